@@ -1,0 +1,360 @@
+//! parvm's wire protocol: every message that crosses a process boundary
+//! (`parctl` -> manager, manager <-> VMM), and the framing that carries them.
+//!
+//! Module map:
+//! - [`frame`]: the frame format (magic, version, fd count, length, JSON
+//!   body), [`Channel`] to send and receive frames with file descriptors
+//!   beside them (SCM_RIGHTS), and [`ProtocolError`].
+//! - this file: the message types: [`Request`]/[`Response`] on the manager's
+//!   listening socket, [`VmmMessage`]/[`ManagerMessage`] on a partition's
+//!   control channel, and the shared status types.
+//!
+//! Data flows in request/response pairs on the listening socket (one
+//! response per request, except `Console`, after which the client streams
+//! [`Request::ConsoleInput`] and the manager ends with
+//! [`Response::ConsoleEnded`]); on a control channel both sides send
+//! whenever they need to. See docs/protocol.md.
+//!
+//! This crate lives under `partition-manager/` and is re-exported as
+//! `partition_manager::protocol`; it is a crate of its own only so that the
+//! `vmm` crate can use it while the manager depends on `vmm` for partition
+//! definitions.
+
+pub mod frame;
+
+pub use frame::{Channel, ProtocolError, HEADER_LEN, MAGIC, MAX_FDS, MAX_FRAME, VERSION};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable through which the manager gives a VMM its reconnect
+/// token (not a flag: flags are visible to every user in `/proc`).
+pub const TOKEN_ENV: &str = "PARVM_CONTROL_TOKEN";
+
+/// Lifecycle state of a partition, as stored and shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionState {
+    /// Defined, never started.
+    Defined,
+    /// A VMM was spawned; it has not reported ready yet.
+    Starting,
+    /// The VMM reported ready: the vCPUs run.
+    Running,
+    /// The vCPUs are held at a barrier (`parctl pause`).
+    Paused,
+    /// A stop was requested; the VMM has not exited yet.
+    Stopping,
+    /// The VMM exited cleanly (guest power-off/reset, stop, kill).
+    Stopped,
+    /// The VMM died or the guest crashed.
+    Crashed,
+}
+
+impl PartitionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartitionState::Defined => "defined",
+            PartitionState::Starting => "starting",
+            PartitionState::Running => "running",
+            PartitionState::Paused => "paused",
+            PartitionState::Stopping => "stopping",
+            PartitionState::Stopped => "stopped",
+            PartitionState::Crashed => "crashed",
+        }
+    }
+
+    /// Whether a VMM process is (believed to be) alive in this state.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            PartitionState::Starting
+                | PartitionState::Running
+                | PartitionState::Paused
+                | PartitionState::Stopping
+        )
+    }
+}
+
+impl std::fmt::Display for PartitionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PartitionState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        serde_json::from_value(serde_json::Value::String(s.to_string()))
+            .map_err(|_| format!("unknown partition state `{s}`"))
+    }
+}
+
+/// What the manager does when a partition's VMM fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Leave it crashed.
+    #[default]
+    Never,
+    /// Start it again after a crash, with exponential backoff.
+    OnFailure,
+}
+
+impl RestartPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Never => "never",
+            RestartPolicy::OnFailure => "on-failure",
+        }
+    }
+}
+
+impl std::fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RestartPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "never" => Ok(RestartPolicy::Never),
+            "on-failure" => Ok(RestartPolicy::OnFailure),
+            _ => Err(format!("unknown restart policy `{s}`: use never or on-failure")),
+        }
+    }
+}
+
+/// One partition as `parctl status --json` and `list --json` show it. The
+/// field set is stable: fields may be added, never renamed or removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionStatus {
+    pub name: String,
+    pub state: PartitionState,
+    /// The VMM's process id while one is alive.
+    pub pid: Option<u32>,
+    pub vcpus: u64,
+    pub memory_mib: u64,
+    pub kernel: String,
+    pub restart: RestartPolicy,
+    /// Automatic restarts since the operator last started it.
+    pub restarts: u32,
+    /// Why the last VMM exited (`null` before the first exit).
+    pub last_exit: Option<String>,
+    /// Whether the manager holds a live control channel to the VMM.
+    pub attached: bool,
+    /// The console log file.
+    pub console_log: String,
+    /// Unix time (seconds) of the last state change.
+    pub since: u64,
+}
+
+/// Kinds of errors the manager answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request could not be decoded or a field is invalid.
+    BadRequest,
+    /// No partition of that name.
+    NotFound,
+    /// A partition of that name exists already.
+    AlreadyExists,
+    /// The partition is in a state that does not allow the operation.
+    InvalidState,
+    /// The peer is not allowed to talk to the manager.
+    PermissionDenied,
+    /// The peer speaks another protocol version.
+    VersionMismatch,
+    /// The VMM could not be started or did not become ready.
+    StartFailed,
+    /// The manager failed (store, spawn, ...).
+    Internal,
+}
+
+/// `parctl` (or a reconnecting VMM) -> manager, on the listening socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Registers a partition. `definition` is a vmm partition definition
+    /// object (see `vmm::config::PartitionDefinition`) with absolute paths.
+    Define {
+        definition: serde_json::Value,
+        #[serde(default)]
+        restart: RestartPolicy,
+    },
+    Undefine {
+        name: String,
+    },
+    /// Starts the partition and answers once it is running (or failed).
+    Start {
+        name: String,
+    },
+    /// Asks the VMM to stop; answers once it has exited.
+    Stop {
+        name: String,
+    },
+    Restart {
+        name: String,
+    },
+    /// SIGKILL to the VMM; the partition ends up stopped, not restarted.
+    Kill {
+        name: String,
+    },
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+    List,
+    Status {
+        name: String,
+    },
+    /// Answered with [`Response::LogFile`] and the console log's fd.
+    Logs {
+        name: String,
+    },
+    /// Answered with [`Response::LogFile`] and the console log's fd; the
+    /// connection then carries [`Request::ConsoleInput`] until
+    /// [`Response::ConsoleEnded`].
+    Console {
+        name: String,
+    },
+    /// Bytes for the guest's serial console (after `Console`).
+    ConsoleInput {
+        data: Vec<u8>,
+    },
+    /// A VMM whose manager went away re-attaches: the connection becomes its
+    /// control channel if `token` and the peer's pid match the registry.
+    Attach {
+        name: String,
+        pid: u32,
+        token: String,
+        paused: bool,
+    },
+}
+
+/// Manager -> `parctl` (or a reconnecting VMM).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Response {
+    /// The partition after the operation.
+    Status { status: PartitionStatus },
+    List { partitions: Vec<PartitionStatus> },
+    Undefined { name: String },
+    /// The console log's file descriptor travels beside this frame.
+    LogFile { name: String, path: String },
+    /// The partition stopped: the console session is over.
+    ConsoleEnded { reason: String },
+    /// An `Attach` was accepted: the connection is now a control channel.
+    Attached,
+    Error { kind: ErrorKind, message: String },
+}
+
+impl Response {
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Response::Error {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// How a VMM ended, as it reports it on the way out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ExitStatus {
+    /// The guest reset itself.
+    Reset,
+    /// The guest powered off.
+    PowerOff,
+    /// Stopped on the manager's request.
+    Stopped,
+    /// Stopped by a signal (SIGTERM, SIGINT).
+    Signal { signal: i32 },
+    /// The guest crashed (triple fault, KVM error).
+    Crash { reason: String },
+}
+
+impl ExitStatus {
+    /// Whether the restart policy treats this exit as a failure.
+    pub fn is_failure(&self) -> bool {
+        matches!(self, ExitStatus::Crash { .. })
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            ExitStatus::Reset => "guest reset".into(),
+            ExitStatus::PowerOff => "guest powered off".into(),
+            ExitStatus::Stopped => "stopped".into(),
+            ExitStatus::Signal { signal } => format!("stopped by signal {signal}"),
+            ExitStatus::Crash { reason } => format!("guest crashed: {reason}"),
+        }
+    }
+}
+
+/// VMM -> manager on a control channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "snake_case", deny_unknown_fields)]
+pub enum VmmMessage {
+    /// First message on a spawned VMM's channel.
+    Hello {
+        version: u16,
+        name: String,
+        pid: u32,
+    },
+    /// Every vCPU thread runs.
+    Ready,
+    Paused,
+    Resumed,
+    /// Last message: the VMM is exiting.
+    Exit { status: ExitStatus, code: i32 },
+    /// A control request could not be carried out.
+    Failed { message: String },
+}
+
+/// Manager -> VMM on a control channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ManagerMessage {
+    /// Orderly shutdown: the VMM stops its vCPUs and exits 0.
+    Stop,
+    Pause,
+    Resume,
+    ConsoleInput { data: Vec<u8> },
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn requests_have_a_stable_json_shape() {
+        let r = Request::Start { name: "a".into() };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"op":"start","name":"a"}"#
+        );
+        let r: Request = serde_json::from_str(r#"{"op":"list"}"#).unwrap();
+        assert_eq!(r, Request::List);
+        assert!(serde_json::from_str::<Request>(r#"{"op":"start","name":"a","x":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
+    }
+
+    #[test]
+    fn states_and_policies_round_trip_as_strings() {
+        for s in ["defined", "starting", "running", "paused", "stopping", "stopped", "crashed"] {
+            let st: PartitionState = s.parse().unwrap();
+            assert_eq!(st.as_str(), s);
+        }
+        assert!("zombie".parse::<PartitionState>().is_err());
+        assert_eq!("on-failure".parse::<RestartPolicy>().unwrap(), RestartPolicy::OnFailure);
+        assert_eq!(
+            serde_json::to_string(&RestartPolicy::OnFailure).unwrap(),
+            r#""on-failure""#
+        );
+        assert!("always".parse::<RestartPolicy>().is_err());
+    }
+}

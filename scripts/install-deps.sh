@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install the host packages parvm's build and tests need (Debian/Ubuntu).
+#
+#   binutils            GNU as/ld, used by tests/guests/build.sh to build the
+#                       tiny test guest kernels from source
+#   qemu-system-x86     reference VMM: boots the same guest images so the guest
+#                       can be checked independently of parvm's own vmm
+#   python3             small helper scripts in tests and docs
+#
+# Idempotent: packages already installed are skipped, and `apt-get update`
+# runs at most once, only when something has to be installed. Usable by CI as
+# root (no sudo needed); as a normal user it uses sudo when available.
+set -euo pipefail
+
+PKGS=(binutils qemu-system-x86 python3)
+
+missing=()
+for p in "${PKGS[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "install-deps: all present (${PKGS[*]})"
+    exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+        SUDO="sudo"
+    else
+        echo "install-deps: need root (or sudo) to install: ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update
+$SUDO apt-get install -y --no-install-recommends "${missing[@]}"

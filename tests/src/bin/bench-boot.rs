@@ -1,0 +1,125 @@
+//! Boot benchmark (issue: foundation). For the tiny guest it measures, over
+//! several runs, the time from process start to `parvm-guest: ready` on the
+//! serial console, and the VMM's resident memory beyond guest RAM (RssAnon +
+//! RssFile from /proc; guest RAM is a memfd and counts as RssShmem). The same
+//! guest is booted by Debian's QEMU (`-M microvm -enable-kvm`, guest RAM also
+//! a memfd) in the same run, and the two are printed side by side.
+//!
+//! Run: `cargo build --release --workspace && target/release/bench-boot [RUNS]`
+
+use parvm_tests::guests::guest_path;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Sample {
+    ready: Duration,
+    overhead_kib: u64,
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Starts `cmd`, times the ready line, waits for the guest to idle at CPL3,
+/// samples memory, kills it.
+fn measure(mut cmd: Command) -> Result<Sample, String> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    let pid = child.id();
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(out).lines();
+    let mut ready = None;
+    let mut result = Err("guest output ended before `parvm-guest: hanging`".to_string());
+    for line in lines.by_ref() {
+        let Ok(line) = line else { break };
+        if ready.is_none() && line.contains("parvm-guest: ready") {
+            ready = Some(start.elapsed());
+        }
+        if line.contains("parvm-guest: hanging") {
+            std::thread::sleep(Duration::from_millis(200));
+            let overhead = status_kib(pid, "RssAnon:") + status_kib(pid, "RssFile:");
+            result = ready
+                .map(|ready| Sample {
+                    ready,
+                    overhead_kib: overhead,
+                })
+                .ok_or_else(|| "no ready line".to_string());
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let me = std::env::current_exe().unwrap_or_default();
+    let vmm: PathBuf = me.with_file_name("vmm");
+    let kernel = guest_path("tiny.elf");
+    let cmdline = "console=ttyS0 parvm.test=hang";
+    let mem = "64";
+
+    let parvm = |_: usize| {
+        let mut c = Command::new(&vmm);
+        c.args(["--kernel"]).arg(&kernel).args(["--memory-mib", mem, "--vcpus", "1", "--cmdline", cmdline]);
+        measure(c)
+    };
+    let qemu = |_: usize| {
+        let mut c = Command::new("qemu-system-x86_64");
+        c.args([
+            "-M", "microvm,memory-backend=mem", "-enable-kvm", "-cpu", "host,-arch-capabilities", "-smp", "1", "-m", &format!("{mem}M"),
+            "-object", &format!("memory-backend-memfd,id=mem,size={mem}M"),
+            "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
+            "-append", cmdline, "-kernel",
+        ])
+        .arg(&kernel);
+        measure(c)
+    };
+
+    println!("boot benchmark: tiny guest, {runs} runs each, 1 vCPU, {mem} MiB (median)");
+    let collect = |f: &dyn Fn(usize) -> Result<Sample, String>| -> Result<(f64, f64), String> {
+        let mut t = Vec::new();
+        let mut m = Vec::new();
+        for i in 0..runs {
+            let s = f(i)?;
+            t.push(s.ready.as_secs_f64() * 1000.0);
+            m.push(s.overhead_kib as f64 / 1024.0);
+        }
+        Ok((median(t), median(m)))
+    };
+    let p = match collect(&parvm) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("bench-boot: parvm: {e}");
+            std::process::exit(1);
+        }
+    };
+    let q = collect(&qemu);
+    println!("{:<34} {:>12} {:>12} {:>8}", "metric", "parvm", "qemu", "ratio");
+    match q {
+        Ok(q) => {
+            println!("{:<34} {:>12.2} {:>12.2} {:>8.3}", "start to ready (ms)", p.0, q.0, p.0 / q.0);
+            println!("{:<34} {:>12.2} {:>12.2} {:>8.3}", "VMM RSS beyond guest RAM (MiB)", p.1, q.1, p.1 / q.1);
+        }
+        Err(e) => {
+            println!("{:<34} {:>12.2} {:>12} {:>8}", "start to ready (ms)", p.0, "n/a", "-");
+            println!("{:<34} {:>12.2} {:>12} {:>8}", "VMM RSS beyond guest RAM (MiB)", p.1, "n/a", "-");
+            println!("qemu: {e}");
+        }
+    }
+    println!("targets: ready < 0.25 x QEMU; VMM overhead < 3 MiB");
+}

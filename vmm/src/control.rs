@@ -1,0 +1,499 @@
+//! The VMM side of the control channel to the partition manager.
+//!
+//! The manager spawns `vmm --control-fd N --manager-socket PATH` with one end
+//! of a socketpair on fd N (the connection is the partition's identity) and a
+//! reconnect token in the environment ([`parvm_protocol::TOKEN_ENV`]). One
+//! thread, started by [`Control::attach`] once the partition is built:
+//!
+//! 1. sends `Hello`, then `Ready` once every vCPU thread runs;
+//! 2. carries out `Stop` (an exit request), `Pause`/`Resume` (the
+//!    [`PauseGate`] vCPU barrier) and `ConsoleInput` (bytes for the serial
+//!    port);
+//! 3. when the manager goes away, keeps the partition running and connects
+//!    to the manager's socket again every [`RECONNECT_INTERVAL`], sending
+//!    `Attach` with its token, until a manager takes it back.
+//!
+//! On the way out `main` calls [`Control::finish`], which sends the exit
+//! status.
+
+use crate::devices::bus::lock;
+use crate::devices::exit::{ExitReason, ExitSignal};
+use crate::devices::serial::SerialPort;
+use crate::Vmm;
+use parvm_protocol::{
+    Channel, ErrorKind, ExitStatus, ManagerMessage, ProtocolError, Request, Response, VmmMessage,
+    VERSION,
+};
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How often a VMM whose manager went away tries to reach it again.
+pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a pause may take to hold every vCPU.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("--control-fd {0}: not an open socket")]
+    NotASocket(RawFd),
+    #[error("--control-fd {0}: {1}")]
+    Fd(RawFd, std::io::Error),
+    #[error("control channel: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("cannot start the control thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A barrier the vCPU threads pass before every KVM_RUN: `pause` holds them
+/// there (kicking them out of KVM_RUN with the VMM's kick signal) and returns
+/// once all are held; `resume` lets them go. It also counts started vCPU
+/// threads, which is how the control channel knows the partition is ready.
+pub struct PauseGate {
+    requested: AtomicBool,
+    inner: Mutex<GateInner>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct GateInner {
+    /// vCPU threads between `enter` and `leave`.
+    running: Vec<libc::pthread_t>,
+    /// How many of them are held at the gate.
+    held: usize,
+    /// How many ever entered.
+    started: usize,
+}
+
+impl Default for PauseGate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PauseGate {
+    pub fn new() -> Self {
+        PauseGate {
+            requested: AtomicBool::new(false),
+            inner: Mutex::new(GateInner::default()),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// A vCPU thread starts running.
+    pub fn enter(&self) {
+        let mut g = lock(&self.inner);
+        // SAFETY: pthread_self has no preconditions.
+        g.running.push(unsafe { libc::pthread_self() });
+        g.started += 1;
+        self.changed.notify_all();
+    }
+
+    /// A vCPU thread is about to end; after this it is never signalled.
+    pub fn leave(&self) {
+        let mut g = lock(&self.inner);
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        // SAFETY: pthread_equal only compares two thread ids.
+        g.running.retain(|&t| unsafe { libc::pthread_equal(t, me) } == 0);
+        self.changed.notify_all();
+    }
+
+    /// Called by a vCPU thread before KVM_RUN: holds it while a pause is
+    /// requested and the partition is not exiting.
+    pub fn checkpoint(&self, exit: &ExitSignal) {
+        if !self.requested.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut g = lock(&self.inner);
+        g.held += 1;
+        self.changed.notify_all();
+        while self.requested.load(Ordering::SeqCst) && !exit.requested() {
+            g = match self.changed.wait_timeout(g, Duration::from_millis(50)) {
+                Ok((g, _)) => g,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        g.held -= 1;
+    }
+
+    /// Holds every vCPU; true once all are held, false on exit or timeout.
+    pub fn pause(&self, exit: &ExitSignal, timeout: Duration) -> bool {
+        self.requested.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + timeout;
+        let mut g = lock(&self.inner);
+        loop {
+            if g.held >= g.running.len() {
+                return true;
+            }
+            if exit.requested() || Instant::now() >= deadline {
+                return false;
+            }
+            for &t in &g.running {
+                // SAFETY: `t` is a live vCPU thread: threads remove
+                // themselves (under this lock, which we hold) before ending,
+                // and Vmm::run installed a handler for the kick signal before
+                // starting them.
+                unsafe { libc::pthread_kill(t, crate::kick_signal()) };
+            }
+            g = match self.changed.wait_timeout(g, Duration::from_millis(2)) {
+                Ok((g, _)) => g,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// Lets the held vCPUs run again.
+    pub fn resume(&self) {
+        self.requested.store(false, Ordering::SeqCst);
+        let _g = lock(&self.inner);
+        self.changed.notify_all();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` vCPU threads have started; false if the partition
+    /// exits first.
+    pub fn wait_started(&self, n: usize, exit: &ExitSignal) -> bool {
+        let mut g = lock(&self.inner);
+        while g.started < n {
+            if exit.requested() {
+                return false;
+            }
+            g = match self.changed.wait_timeout(g, Duration::from_millis(50)) {
+                Ok((g, _)) => g,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        true
+    }
+}
+
+struct Shared {
+    name: String,
+    pid: u32,
+    vcpus: usize,
+    token: Option<String>,
+    manager_socket: Option<PathBuf>,
+    /// The current connection to the manager (a clone used for writing).
+    writer: Mutex<Option<Channel>>,
+    exit: Arc<ExitSignal>,
+    pause: Arc<PauseGate>,
+    serial: Arc<Mutex<SerialPort>>,
+    stop_requested: AtomicBool,
+    finished: AtomicBool,
+}
+
+impl Shared {
+    /// Sends to the manager if one is connected; a failure only means the
+    /// manager is gone, which the reader notices.
+    fn send(&self, msg: &VmmMessage) {
+        let w = lock(&self.writer);
+        if let Some(chan) = w.as_ref() {
+            if let Err(e) = chan.send(msg, &[]) {
+                tracing::debug!(partition = %self.name, error = %e, "cannot send to the manager");
+            }
+        }
+    }
+}
+
+/// The control channel of a running VMM.
+pub struct Control {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Control {
+    /// Takes over the inherited control socket `fd` (if any) and starts the
+    /// control thread. `manager_socket` is where to reconnect; the token
+    /// comes from the environment.
+    pub fn attach(
+        fd: Option<RawFd>,
+        manager_socket: Option<PathBuf>,
+        vmm: &Vmm,
+    ) -> Result<Option<Control>, ControlError> {
+        let Some(fd) = fd else {
+            return Ok(None);
+        };
+        let stream = socket_from_fd(fd)?;
+        let chan = Channel::new(stream);
+        let shared = Arc::new(Shared {
+            name: vmm.config.name.clone(),
+            pid: std::process::id(),
+            vcpus: usize::from(vmm.config.vcpus),
+            token: std::env::var(parvm_protocol::TOKEN_ENV).ok(),
+            manager_socket,
+            writer: Mutex::new(Some(chan.try_clone().map_err(|e| ControlError::Fd(fd, e))?)),
+            exit: vmm.exit_signal(),
+            pause: vmm.pause_gate(),
+            serial: vmm.serial(),
+            stop_requested: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+        });
+        // The token must not leak to anything this process might start.
+        std::env::remove_var(parvm_protocol::TOKEN_ENV);
+        shared.send(&VmmMessage::Hello {
+            version: VERSION,
+            name: shared.name.clone(),
+            pid: shared.pid,
+        });
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("ready".into())
+            .stack_size(64 << 10)
+            .spawn(move || {
+                if s.pause.wait_started(s.vcpus, &s.exit) {
+                    s.send(&VmmMessage::Ready);
+                }
+            })
+            .map_err(ControlError::Thread)?;
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("control".into())
+            .stack_size(256 << 10)
+            .spawn(move || control_loop(&s, chan))
+            .map_err(ControlError::Thread)?;
+        Ok(Some(Control {
+            shared,
+            thread: Some(thread),
+        }))
+    }
+
+    /// Reports how the partition ended and closes the channel.
+    pub fn finish(mut self, reason: &ExitReason) {
+        let status = exit_status(reason, self.shared.stop_requested.load(Ordering::SeqCst));
+        self.shared.send(&VmmMessage::Exit {
+            status,
+            code: reason.exit_code(),
+        });
+        self.close();
+    }
+
+    fn close(&mut self) {
+        self.shared.finished.store(true, Ordering::SeqCst);
+        if let Some(chan) = lock(&self.shared.writer).take() {
+            let _ = chan.stream().shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The protocol's view of an [`ExitReason`].
+pub fn exit_status(reason: &ExitReason, stop_requested: bool) -> ExitStatus {
+    match reason {
+        ExitReason::Reset => ExitStatus::Reset,
+        ExitReason::PowerOff => ExitStatus::PowerOff,
+        ExitReason::Signal(_) if stop_requested => ExitStatus::Stopped,
+        ExitReason::Signal(signal) => ExitStatus::Signal { signal: *signal },
+        ExitReason::Crash { reason, .. } => ExitStatus::Crash {
+            reason: reason.clone(),
+        },
+    }
+}
+
+fn socket_from_fd(fd: RawFd) -> Result<UnixStream, ControlError> {
+    // SAFETY: fstat writes into a zeroed local struct; a bad fd is an error.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: see above; `st` is a valid out-pointer.
+    if fd < 0 || unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(ControlError::NotASocket(fd));
+    }
+    // SAFETY: the descriptor was inherited from the manager for this process
+    // alone and is an open socket (checked above); nothing else wraps it.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    // SAFETY: F_SETFD on a descriptor we own: keep it out of any child.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(stream)
+}
+
+fn control_loop(s: &Shared, mut chan: Channel) {
+    loop {
+        match chan.recv::<ManagerMessage>() {
+            Ok((msg, _fds)) => handle(s, msg),
+            Err(ProtocolError::Json(e)) => {
+                tracing::warn!(partition = %s.name, error = %e, "malformed control message ignored");
+                s.send(&VmmMessage::Failed {
+                    message: format!("malformed control message: {e}"),
+                });
+            }
+            Err(e) => {
+                if s.finished.load(Ordering::SeqCst) {
+                    return;
+                }
+                tracing::warn!(partition = %s.name, error = %e, "lost the partition manager; the partition keeps running");
+                *lock(&s.writer) = None;
+                match reconnect(s) {
+                    Some(c) => chan = c,
+                    None => return,
+                }
+            }
+        }
+    }
+}
+
+fn handle(s: &Shared, msg: ManagerMessage) {
+    match msg {
+        ManagerMessage::Stop => {
+            tracing::info!(partition = %s.name, "stop requested by the manager");
+            s.stop_requested.store(true, Ordering::SeqCst);
+            s.pause.resume();
+            s.exit.request(ExitReason::Signal(libc::SIGTERM));
+        }
+        ManagerMessage::Pause => {
+            if s.pause.pause(&s.exit, PAUSE_TIMEOUT) {
+                s.send(&VmmMessage::Paused);
+            } else {
+                s.pause.resume();
+                s.send(&VmmMessage::Failed {
+                    message: "vCPUs did not stop in time".into(),
+                });
+            }
+        }
+        ManagerMessage::Resume => {
+            s.pause.resume();
+            s.send(&VmmMessage::Resumed);
+        }
+        ManagerMessage::ConsoleInput { data } => {
+            let mut port = lock(&s.serial);
+            if let Err(e) = port.0.enqueue_raw_bytes(&data) {
+                tracing::warn!(partition = %s.name, error = ?e, "console input dropped");
+            }
+        }
+    }
+}
+
+/// Connects to the manager's socket until a manager takes the partition
+/// back; `None` when there is nowhere to reconnect or the VMM is exiting.
+fn reconnect(s: &Shared) -> Option<Channel> {
+    let (Some(path), Some(token)) = (&s.manager_socket, &s.token) else {
+        tracing::warn!(partition = %s.name, "no manager socket or token: running without a manager");
+        return None;
+    };
+    let mut logged = false;
+    while !s.finished.load(Ordering::SeqCst) && !s.exit.requested() {
+        std::thread::sleep(RECONNECT_INTERVAL);
+        match try_attach(s, path, token) {
+            Ok(chan) => {
+                tracing::info!(partition = %s.name, "re-attached to the partition manager");
+                let writer = chan.try_clone().ok()?;
+                *lock(&s.writer) = Some(writer);
+                return Some(chan);
+            }
+            Err(e) => {
+                if !logged {
+                    tracing::info!(partition = %s.name, error = %e, "manager not reachable yet, retrying");
+                    logged = true;
+                }
+            }
+        }
+    }
+    None
+}
+
+fn try_attach(s: &Shared, path: &PathBuf, token: &str) -> Result<Channel, String> {
+    let stream = UnixStream::connect(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let chan = Channel::new(stream);
+    chan.send(
+        &Request::Attach {
+            name: s.name.clone(),
+            pid: s.pid,
+            token: token.to_string(),
+            paused: s.pause.is_paused(),
+        },
+        &[],
+    )
+    .map_err(|e| e.to_string())?;
+    match chan.recv::<Response>() {
+        Ok((Response::Attached, _)) => {}
+        Ok((Response::Error { kind, message }, _)) => {
+            if kind == ErrorKind::NotFound || kind == ErrorKind::PermissionDenied {
+                tracing::warn!(partition = %s.name, %message, "the manager refused to take the partition back");
+            }
+            return Err(message);
+        }
+        Ok((other, _)) => return Err(format!("unexpected answer {other:?}")),
+        Err(e) => return Err(e.to_string()),
+    }
+    chan.stream()
+        .set_read_timeout(None)
+        .map_err(|e| e.to_string())?;
+    Ok(chan)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn exit_reasons_map_to_statuses() {
+        assert_eq!(exit_status(&ExitReason::Reset, false), ExitStatus::Reset);
+        assert_eq!(exit_status(&ExitReason::Signal(15), true), ExitStatus::Stopped);
+        assert_eq!(
+            exit_status(&ExitReason::Signal(15), false),
+            ExitStatus::Signal { signal: 15 }
+        );
+        let crash = ExitReason::Crash {
+            reason: "triple fault".into(),
+            registers: String::new(),
+        };
+        assert!(exit_status(&crash, false).is_failure());
+    }
+
+    #[test]
+    fn gate_holds_threads_until_resumed() {
+        crate::install_kick_handler().unwrap();
+        let gate = Arc::new(PauseGate::new());
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let passes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let t = {
+            let (gate, exit, passes) = (gate.clone(), exit.clone(), passes.clone());
+            std::thread::spawn(move || {
+                gate.enter();
+                while !exit.requested() {
+                    gate.checkpoint(&exit);
+                    passes.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                gate.leave();
+            })
+        };
+        assert!(gate.wait_started(1, &exit));
+        assert!(gate.pause(&exit, Duration::from_secs(5)));
+        let held = passes.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(passes.load(Ordering::SeqCst), held, "a paused thread ran");
+        gate.resume();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(passes.load(Ordering::SeqCst) > held);
+        // An exit request releases a held thread.
+        assert!(gate.pause(&exit, Duration::from_secs(5)));
+        exit.request(ExitReason::PowerOff);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn control_fd_must_be_a_socket() {
+        assert!(matches!(socket_from_fd(-1), Err(ControlError::NotASocket(-1))));
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        assert!(matches!(socket_from_fd(fd), Err(ControlError::NotASocket(_))));
+    }
+}

@@ -1,0 +1,89 @@
+//! How the VMM is asked to stop: by the guest (reset, power-off, crash), by a
+//! signal, or by an error. The first request wins; the main thread waits on
+//! the eventfd and tears everything down.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Why the partition stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest reset itself (i8042 or ACPI reset): the VMM exits 0.
+    Reset,
+    /// The guest powered off through ACPI: exit 0.
+    PowerOff,
+    /// SIGTERM or SIGINT: orderly shutdown, exit 0.
+    Signal(i32),
+    /// Triple fault, KVM internal error, failed entry: exit 2 with a
+    /// one-line reason and the registers.
+    Crash { reason: String, registers: String },
+}
+
+impl ExitReason {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExitReason::Crash { .. } => 2,
+            _ => 0,
+        }
+    }
+}
+
+pub struct ExitSignal {
+    evt: EventFd,
+    requested: AtomicBool,
+    reason: Mutex<Option<ExitReason>>,
+}
+
+impl ExitSignal {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(ExitSignal {
+            evt: EventFd::new(libc::EFD_NONBLOCK)?,
+            requested: AtomicBool::new(false),
+            reason: Mutex::new(None),
+        })
+    }
+
+    /// Records `reason` unless an earlier one exists, and wakes the waiter.
+    pub fn request(&self, reason: ExitReason) {
+        {
+            let mut r = super::bus::lock(&self.reason);
+            if r.is_none() {
+                *r = Some(reason);
+            }
+        }
+        self.requested.store(true, Ordering::SeqCst);
+        // Writing an eventfd only fails on counter overflow; the flag above
+        // is what the vCPUs check, so a failed wake-up only delays.
+        let _ = self.evt.write(1);
+    }
+
+    pub fn requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    pub fn eventfd(&self) -> &EventFd {
+        &self.evt
+    }
+
+    pub fn reason(&self) -> Option<ExitReason> {
+        super::bus::lock(&self.reason).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn first_reason_wins() {
+        let s = ExitSignal::new().unwrap();
+        assert!(!s.requested());
+        s.request(ExitReason::Reset);
+        s.request(ExitReason::PowerOff);
+        assert!(s.requested());
+        assert_eq!(s.reason(), Some(ExitReason::Reset));
+        assert_eq!(s.eventfd().read().unwrap(), 2);
+    }
+}

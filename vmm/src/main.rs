@@ -1,0 +1,156 @@
+//! `vmm`: run one partition from a JSON definition and/or flags.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+use vmm::config::{Console, DiskConfig, PartitionDefinition};
+use vmm::devices::exit::ExitReason;
+
+/// parvm's per-partition virtual machine monitor: boots one partition on KVM.
+///
+/// Exit status: 0 when the guest resets or powers off or on SIGTERM/SIGINT;
+/// 1 when the partition cannot be started (the error names the problem);
+/// 2 when the guest crashes (triple fault, KVM internal error), with the
+/// vCPU registers on stderr.
+#[derive(Parser, Debug)]
+#[command(name = "vmm", version)]
+struct Args {
+    /// Partition definition (JSON); flags given beside it override its fields.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Partition name (used in logs).
+    #[arg(long)]
+    name: Option<String>,
+    /// Kernel: ELF vmlinux (PVH or 64-bit entry) or bzImage.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+    /// Guest RAM in MiB (default 128).
+    #[arg(long, value_name = "N")]
+    memory_mib: Option<u64>,
+    /// Number of vCPUs (1-254, default 1).
+    #[arg(long, value_name = "N")]
+    vcpus: Option<u64>,
+    /// Serial console: stdout, none, or a file path (appended to).
+    #[arg(long, value_name = "stdout|none|PATH")]
+    console: Option<String>,
+    /// A virtio-blk disk: raw image PATH, `ro` for read-only, `id=` for its
+    /// name (default diskN). Repeat for several disks; replaces the file's.
+    #[arg(long, value_name = "PATH[,ro][,id=ID]")]
+    disk: Vec<String>,
+    /// KVM device to use.
+    #[arg(long, value_name = "PATH", default_value = vmm::KVM_DEVICE)]
+    kvm_device: PathBuf,
+    /// Inherited socket to the partition manager (set by the manager).
+    #[arg(long, value_name = "N")]
+    control_fd: Option<i32>,
+    /// The manager's socket, to reconnect to if the manager restarts (set by
+    /// the manager; the token comes from PARVM_CONTROL_TOKEN).
+    #[arg(long, value_name = "PATH", requires = "control_fd")]
+    manager_socket: Option<PathBuf>,
+}
+
+static EXIT_FD: AtomicI32 = AtomicI32::new(-1);
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_terminate(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    SIGNAL.store(sig, Ordering::SeqCst);
+    let fd = EXIT_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) on an eventfd is async-signal-safe; the buffer is a
+        // local u64 of the size an eventfd expects.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<i32> {
+    let file = match &args.config {
+        Some(path) => PartitionDefinition::from_file(path)?,
+        None => PartitionDefinition::default(),
+    };
+    let flags = PartitionDefinition {
+        name: args.name,
+        vcpus: args.vcpus,
+        memory_mib: args.memory_mib,
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        console: args.console.map(Console::try_from).transpose()?,
+        disks: if args.disk.is_empty() {
+            None
+        } else {
+            Some(
+                args.disk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| DiskConfig::from_flag(d, i))
+                    .collect::<Result<_, _>>()?,
+            )
+        },
+    };
+    let config = file.overridden_by(flags).validate()?;
+    let vmm = vmm::Vmm::new(config, &args.kvm_device)?;
+    let control = vmm::control::Control::attach(args.control_fd, args.manager_socket, &vmm)?;
+
+    let exit = vmm.exit_signal();
+    EXIT_FD.store(
+        std::os::fd::AsRawFd::as_raw_fd(exit.eventfd()),
+        Ordering::SeqCst,
+    );
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        vmm_sys_util::signal::register_signal_handler(sig, on_terminate)?;
+    }
+    let watcher = {
+        let exit = exit.clone();
+        // Turns the async-signal-safe wake-up into an exit request.
+        std::thread::spawn(move || loop {
+            let sig = SIGNAL.load(Ordering::SeqCst);
+            if sig != 0 {
+                exit.request(ExitReason::Signal(sig));
+                return;
+            }
+            if exit.requested() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        })
+    };
+    let reason = vmm.run()?;
+    if let Some(control) = control {
+        control.finish(&reason);
+    }
+    let _ = watcher.join();
+    match &reason {
+        ExitReason::Crash { reason, registers } => {
+            eprintln!("vmm: guest crashed: {reason}");
+            eprint!("{registers}");
+        }
+        ExitReason::Signal(sig) => tracing::info!(signal = sig, "stopped by signal"),
+        other => tracing::info!(reason = ?other, "guest stopped"),
+    }
+    Ok(reason.exit_code())
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PARVM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("vmm: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
