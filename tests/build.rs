@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into()));
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into()));
     let guests = manifest.join("guests");
     let out = manifest.join("../target/guests");
     println!("cargo:rerun-if-changed={}", guests.display());
@@ -21,7 +22,9 @@ fn main() {
         .status();
     match status {
         Ok(s) if s.success() => {}
-        Ok(s) => panic!("tests/guests/build.sh failed ({s}): the tiny guests need GNU as and ld (binutils)"),
+        Ok(s) => panic!(
+            "tests/guests/build.sh failed ({s}): the tiny guests need GNU as and ld (binutils)"
+        ),
         Err(e) => panic!("cannot run tests/guests/build.sh: {e}"),
     }
 }

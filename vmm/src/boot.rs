@@ -92,14 +92,16 @@ fn write<T: vm_memory::ByteValued>(mem: &GuestMemoryMmap, v: T, at: u64) -> Resu
 /// Loads kernel, initrd and command line and writes the boot information.
 pub fn load(mem: &GuestMemoryMmap, setup: &BootSetup) -> Result<EntryPoint, BootError> {
     let path = setup.kernel.to_path_buf();
-    let mut kernel = File::open(setup.kernel).map_err(|e| BootError::OpenKernel(path.clone(), e))?;
+    let mut kernel =
+        File::open(setup.kernel).map_err(|e| BootError::OpenKernel(path.clone(), e))?;
     let size = kernel
         .metadata()
         .map_err(|e| BootError::OpenKernel(path.clone(), e))?
         .len();
     let low_end = (setup.mem_mib << 20).min(MMIO_HOLE_START);
     let mut magic = [0u8; 0x206];
-    let got = read_prefix(&mut kernel, &mut magic).map_err(|e| BootError::OpenKernel(path.clone(), e))?;
+    let got =
+        read_prefix(&mut kernel, &mut magic).map_err(|e| BootError::OpenKernel(path.clone(), e))?;
     let is_elf = got >= 4 && magic[..4] == *b"\x7fELF";
     let is_bzimage = got >= 0x206 && magic[0x202..0x206] == *b"HdrS";
     if !is_elf && !is_bzimage {
@@ -141,7 +143,13 @@ pub fn load(mem: &GuestMemoryMmap, setup: &BootSetup) -> Result<EntryPoint, Boot
         _ => low_end,
     };
     let initrd = match setup.initrd {
-        Some(p) => Some(load_initrd(mem, p, result.kernel_end, initrd_limit, setup.mem_mib)?),
+        Some(p) => Some(load_initrd(
+            mem,
+            p,
+            result.kernel_end,
+            initrd_limit,
+            setup.mem_mib,
+        )?),
         None => None,
     };
     let e820 = e820_map(setup.mem_mib << 20);
@@ -331,9 +339,9 @@ pub fn setup_sregs(
     let gdt = [
         gdt_entry(0, 0, 0),
         gdt_entry(0, 0, 0),
-        code,                              // 0x10 __BOOT_CS
-        gdt_entry(0xc093, 0, 0xfffff),     // 0x18 __BOOT_DS
-        gdt_entry(0x808b, 0, 0xfffff),     // 0x20 TSS
+        code,                          // 0x10 __BOOT_CS
+        gdt_entry(0xc093, 0, 0xfffff), // 0x18 __BOOT_DS
+        gdt_entry(0x808b, 0, 0xfffff), // 0x20 TSS
     ];
     for (i, e) in gdt.iter().enumerate() {
         write(mem, *e, BOOT_GDT_START + (i * 8) as u64)?;
@@ -405,7 +413,10 @@ mod tests {
     #[test]
     fn gdt_entries_decode_to_flat_segments() {
         let cs = segment_from_gdt(gdt_entry(0xa09b, 0, 0xfffff), 2);
-        assert_eq!((cs.selector, cs.l, cs.db, cs.limit, cs.present), (0x10, 1, 0, 0xffff_ffff, 1));
+        assert_eq!(
+            (cs.selector, cs.l, cs.db, cs.limit, cs.present),
+            (0x10, 1, 0, 0xffff_ffff, 1)
+        );
         let cs32 = segment_from_gdt(gdt_entry(0xc09b, 0, 0xfffff), 2);
         assert_eq!((cs32.l, cs32.db, cs32.type_), (0, 1, 0xb));
         assert_eq!(segment_from_gdt(0, 0).unusable, 1);
@@ -416,7 +427,10 @@ mod tests {
         let ram = GuestRam::new(16).unwrap();
         let s = setup_sregs(&ram.memory, EntryMode::Linux64, kvm_sregs::default()).unwrap();
         assert_eq!(s.cr3, PML4_START);
-        let pde: u64 = ram.memory.read_obj(GuestAddress(PDE_START + 2047 * 8)).unwrap();
+        let pde: u64 = ram
+            .memory
+            .read_obj(GuestAddress(PDE_START + 2047 * 8))
+            .unwrap();
         assert_eq!(pde, (2047 << 21) | 0x83);
     }
 
@@ -426,7 +440,11 @@ mod tests {
         p
     }
 
-    fn try_load(kernel: &Path, initrd: Option<&Path>, mem_mib: u64) -> Result<EntryPoint, BootError> {
+    fn try_load(
+        kernel: &Path,
+        initrd: Option<&Path>,
+        mem_mib: u64,
+    ) -> Result<EntryPoint, BootError> {
         let ram = GuestRam::new(mem_mib).unwrap();
         load(
             &ram.memory,
@@ -443,13 +461,22 @@ mod tests {
     #[test]
     fn garbage_and_truncated_kernels_are_refused() {
         let junk = tmpfile("junk", &[0x55; 4096]);
-        assert!(matches!(try_load(&junk, None, 16), Err(BootError::UnknownKernelFormat(_))));
+        assert!(matches!(
+            try_load(&junk, None, 16),
+            Err(BootError::UnknownKernelFormat(_))
+        ));
         let empty = tmpfile("empty", &[]);
-        assert!(matches!(try_load(&empty, None, 16), Err(BootError::UnknownKernelFormat(_))));
+        assert!(matches!(
+            try_load(&empty, None, 16),
+            Err(BootError::UnknownKernelFormat(_))
+        ));
         let trunc = tmpfile("trunc", b"\x7fELF\x02\x01\x01");
         let e = try_load(&trunc, None, 16).unwrap_err();
         assert!(matches!(e, BootError::LoadKernel(..)), "{e}");
         let missing = Path::new("/nonexistent/parvm-kernel");
-        assert!(matches!(try_load(missing, None, 16), Err(BootError::OpenKernel(..))));
+        assert!(matches!(
+            try_load(missing, None, 16),
+            Err(BootError::OpenKernel(..))
+        ));
     }
 }

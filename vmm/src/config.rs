@@ -146,23 +146,22 @@ impl PartitionDefinition {
     /// Parses a definition; errors name the offending field.
     pub fn from_json(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let de = &mut serde_json::Deserializer::from_str(text);
-        let def: PartitionDefinition =
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                let field = e.path().to_string();
-                let message = e.inner().to_string();
-                if field.is_empty() || field == "." {
-                    ConfigError::Syntax {
-                        path: path.to_path_buf(),
-                        message,
-                    }
-                } else {
-                    ConfigError::Field {
-                        path: path.to_path_buf(),
-                        field,
-                        message,
-                    }
+        let def: PartitionDefinition = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let message = e.inner().to_string();
+            if field.is_empty() || field == "." {
+                ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    message,
                 }
-            })?;
+            } else {
+                ConfigError::Field {
+                    path: path.to_path_buf(),
+                    field,
+                    message,
+                }
+            }
+        })?;
         Ok(def.relative_to(path.parent().unwrap_or(Path::new("."))))
     }
 
@@ -289,14 +288,18 @@ mod tests {
 
     #[test]
     fn unknown_field_is_named() {
-        let e = parse(r#"{"kernel":"k","memory":5}"#).unwrap_err().to_string();
+        let e = parse(r#"{"kernel":"k","memory":5}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("memory"), "{e}");
         assert!(e.contains("unknown field"), "{e}");
     }
 
     #[test]
     fn wrong_type_names_the_field() {
-        let e = parse(r#"{"kernel":"k","vcpus":"two"}"#).unwrap_err().to_string();
+        let e = parse(r#"{"kernel":"k","vcpus":"two"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("field `vcpus`"), "{e}");
     }
 
@@ -344,7 +347,8 @@ mod tests {
             .unwrap();
         assert_eq!(d.disks[0].path, PathBuf::from("/etc/parvm/r.img"));
         assert!(d.disks[1].read_only && !d.disks[0].read_only);
-        let dup = parse(r#"{"kernel":"k","disks":[{"id":"a","path":"x"},{"id":"a","path":"y"}]}"#).unwrap();
+        let dup = parse(r#"{"kernel":"k","disks":[{"id":"a","path":"x"},{"id":"a","path":"y"}]}"#)
+            .unwrap();
         assert!(matches!(dup.validate(), Err(ConfigError::DuplicateDisk(_))));
         let bad = parse(r#"{"kernel":"k","disks":[{"id":"","path":"x"}]}"#).unwrap();
         assert!(matches!(bad.validate(), Err(ConfigError::DiskId(_))));

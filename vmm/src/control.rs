@@ -99,7 +99,8 @@ impl PauseGate {
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
         // SAFETY: pthread_equal only compares two thread ids.
-        g.running.retain(|&t| unsafe { libc::pthread_equal(t, me) } == 0);
+        g.running
+            .retain(|&t| unsafe { libc::pthread_equal(t, me) } == 0);
         self.changed.notify_all();
     }
 
@@ -308,8 +309,12 @@ pub fn exit_status(reason: &ExitReason, stop_requested: bool) -> ExitStatus {
 fn socket_from_fd(fd: RawFd) -> Result<UnixStream, ControlError> {
     // SAFETY: fstat writes into a zeroed local struct; a bad fd is an error.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: see above; `st` is a valid out-pointer.
-    if fd < 0 || unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+    if fd < 0 {
+        return Err(ControlError::NotASocket(fd));
+    }
+    // SAFETY: `st` is a valid out-pointer; a bad fd is an error return.
+    let rc = unsafe { libc::fstat(fd, &mut st) };
+    if rc != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(ControlError::NotASocket(fd));
     }
     // SAFETY: the descriptor was inherited from the manager for this process
@@ -445,7 +450,10 @@ mod tests {
     #[test]
     fn exit_reasons_map_to_statuses() {
         assert_eq!(exit_status(&ExitReason::Reset, false), ExitStatus::Reset);
-        assert_eq!(exit_status(&ExitReason::Signal(15), true), ExitStatus::Stopped);
+        assert_eq!(
+            exit_status(&ExitReason::Signal(15), true),
+            ExitStatus::Stopped
+        );
         assert_eq!(
             exit_status(&ExitReason::Signal(15), false),
             ExitStatus::Signal { signal: 15 }
@@ -491,9 +499,15 @@ mod tests {
 
     #[test]
     fn control_fd_must_be_a_socket() {
-        assert!(matches!(socket_from_fd(-1), Err(ControlError::NotASocket(-1))));
+        assert!(matches!(
+            socket_from_fd(-1),
+            Err(ControlError::NotASocket(-1))
+        ));
         let f = std::fs::File::open("/dev/null").unwrap();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
-        assert!(matches!(socket_from_fd(fd), Err(ControlError::NotASocket(_))));
+        assert!(matches!(
+            socket_from_fd(fd),
+            Err(ControlError::NotASocket(_))
+        ));
     }
 }

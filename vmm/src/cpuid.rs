@@ -133,7 +133,9 @@ mod tests {
 
     #[test]
     fn apic_id_topology_and_hidden_bits() {
-        let mut c = CpuId::from_entries(&[entry(1, 0), entry(0xb, 0), entry(0xb, 1), entry(0xa, 0)]).unwrap();
+        let mut c =
+            CpuId::from_entries(&[entry(1, 0), entry(0xb, 0), entry(0xb, 1), entry(0xa, 0)])
+                .unwrap();
         filter(&mut c, 3, 4);
         let s = c.as_slice();
         assert_eq!(s[0].ebx >> 24, 3);
@@ -146,6 +148,15 @@ mod tests {
 
     #[test]
     fn bits_for_counts() {
-        assert_eq!([bits_for(1), bits_for(2), bits_for(3), bits_for(4), bits_for(5)], [0, 1, 2, 2, 3]);
+        assert_eq!(
+            [
+                bits_for(1),
+                bits_for(2),
+                bits_for(3),
+                bits_for(4),
+                bits_for(5)
+            ],
+            [0, 1, 2, 2, 3]
+        );
     }
 }

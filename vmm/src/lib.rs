@@ -29,8 +29,8 @@ use crate::config::{Console, PartitionConfig};
 use crate::devices::bus::{lock, Bus};
 use crate::devices::exit::{ExitReason, ExitSignal};
 use crate::devices::legacy::{AcpiPowerPort, ResetTrigger, I8042};
-use crate::devices::virtio::VirtioDevices;
 use crate::devices::serial::{ConsoleOut, EventFdTrigger, SerialPort, COM1_BASE, COM1_IRQ};
+use crate::devices::virtio::VirtioDevices;
 use crate::memory::GuestRam;
 use crate::vcpu::Vcpu;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
@@ -134,7 +134,9 @@ impl Vmm {
                 max,
             });
         }
-        let vm = kvm.create_vm().map_err(|e| VmmError::Kvm("KVM_CREATE_VM", e))?;
+        let vm = kvm
+            .create_vm()
+            .map_err(|e| VmmError::Kvm("KVM_CREATE_VM", e))?;
 
         // 2. Guest RAM (a memfd) and its memory slots.
         let ram = GuestRam::new(config.memory_mib)?;
@@ -150,7 +152,8 @@ impl Vmm {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        vm.create_pit2(pit).map_err(|e| VmmError::Kvm("KVM_CREATE_PIT2", e))?;
+        vm.create_pit2(pit)
+            .map_err(|e| VmmError::Kvm("KVM_CREATE_PIT2", e))?;
         set_gsi_routing(&vm)?;
 
         // 4. virtio-mmio devices (disks) on the MMIO bus.
@@ -185,7 +188,9 @@ impl Vmm {
         tracing::info!(partition = %config.name, entry = format_args!("{:#x}", entry.addr.0), mode = ?entry.mode, "kernel loaded");
 
         // 6. Devices on the port-I/O bus.
-        let exit = Arc::new(ExitSignal::new().map_err(|e| VmmError::Setup("exit eventfd", e.to_string()))?);
+        let exit = Arc::new(
+            ExitSignal::new().map_err(|e| VmmError::Setup("exit eventfd", e.to_string()))?,
+        );
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK)
             .map_err(|e| VmmError::Setup("serial eventfd", e.to_string()))?;
         vm.register_irqfd(&serial_irq, COM1_IRQ)
@@ -207,11 +212,14 @@ impl Vmm {
         ))));
         let mut pio = Bus::new();
         let bus_err = |e: devices::bus::BusError| VmmError::Setup("port I/O bus", e.to_string());
-        pio.insert(u64::from(COM1_BASE), 8, serial.clone()).map_err(bus_err)?;
+        pio.insert(u64::from(COM1_BASE), 8, serial.clone())
+            .map_err(bus_err)?;
         pio.insert(
             0x60,
             5,
-            Arc::new(Mutex::new(I8042(vm_superio::I8042Device::new(ResetTrigger(exit.clone()))))),
+            Arc::new(Mutex::new(I8042(vm_superio::I8042Device::new(
+                ResetTrigger(exit.clone()),
+            )))),
         )
         .map_err(bus_err)?;
         pio.insert(
@@ -229,7 +237,14 @@ impl Vmm {
         let pause = Arc::new(control::PauseGate::new());
         let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
         for index in 0..config.vcpus {
-            let vcpu = Vcpu::new(&vm, index, pio.clone(), mmio.clone(), exit.clone(), pause.clone())?;
+            let vcpu = Vcpu::new(
+                &vm,
+                index,
+                pio.clone(),
+                mmio.clone(),
+                exit.clone(),
+                pause.clone(),
+            )?;
             let mut cpuid = supported.clone();
             cpuid::filter(&mut cpuid, index, config.vcpus);
             vcpu.configure(&cpuid)?;

@@ -117,10 +117,7 @@ impl GuestRam {
         // is checked before use.
         let fd = unsafe { libc::memfd_create(c"parvm-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
         if fd < 0 {
-            return Err(MemoryError::Memfd(
-                mem_mib,
-                std::io::Error::last_os_error(),
-            ));
+            return Err(MemoryError::Memfd(mem_mib, std::io::Error::last_os_error()));
         }
         // SAFETY: `fd` is a freshly created descriptor owned by nobody else.
         let memfd = unsafe { File::from_raw_fd(fd) };
@@ -138,7 +135,11 @@ impl GuestRam {
         }
         let memory = GuestMemoryMmap::from_ranges_with_files(ranges)
             .map_err(|e| MemoryError::Map(mem_mib, e.to_string()))?;
-        Ok(GuestRam { memfd, memory, size })
+        Ok(GuestRam {
+            memfd,
+            memory,
+            size,
+        })
     }
 
     /// Bytes of RAM below the MMIO hole.

@@ -3,8 +3,8 @@
 //! buses; a triple fault or KVM error becomes an [`ExitReason::Crash`] with
 //! the registers.
 
-use crate::devices::bus::Bus;
 use crate::control::PauseGate;
+use crate::devices::bus::Bus;
 use crate::devices::exit::{ExitReason, ExitSignal};
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, CpuId, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
@@ -73,7 +73,9 @@ impl Vcpu {
     /// CPUID, MSRs, FPU and LAPIC for every vCPU.
     pub fn configure(&self, cpuid: &CpuId) -> Result<(), VcpuError> {
         let i = self.index;
-        self.fd.set_cpuid2(cpuid).map_err(cfg_err(i, "KVM_SET_CPUID2"))?;
+        self.fd
+            .set_cpuid2(cpuid)
+            .map_err(cfg_err(i, "KVM_SET_CPUID2"))?;
         let entries: Vec<kvm_msr_entry> = [
             (MSR_IA32_SYSENTER_CS, 0),
             (MSR_IA32_SYSENTER_ESP, 0),
@@ -94,9 +96,17 @@ impl Vcpu {
         })
         .collect();
         let msrs = Msrs::from_entries(&entries).map_err(cfg_err(i, "building MSR list"))?;
-        let set = self.fd.set_msrs(&msrs).map_err(cfg_err(i, "KVM_SET_MSRS"))?;
+        let set = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(cfg_err(i, "KVM_SET_MSRS"))?;
         if set != entries.len() {
-            tracing::warn!(vcpu = i, set, wanted = entries.len(), "KVM accepted only some boot MSRs");
+            tracing::warn!(
+                vcpu = i,
+                set,
+                wanted = entries.len(),
+                "KVM accepted only some boot MSRs"
+            );
         }
         let fpu = kvm_fpu {
             fcw: 0x37f,
@@ -112,18 +122,24 @@ impl Vcpu {
                 lapic.regs[reg + k] = *b as _;
             }
         }
-        self.fd.set_lapic(&lapic).map_err(cfg_err(i, "KVM_SET_LAPIC"))?;
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(cfg_err(i, "KVM_SET_LAPIC"))?;
         Ok(())
     }
 
     pub fn sregs(&self) -> Result<kvm_sregs, VcpuError> {
-        self.fd.get_sregs().map_err(cfg_err(self.index, "KVM_GET_SREGS"))
+        self.fd
+            .get_sregs()
+            .map_err(cfg_err(self.index, "KVM_GET_SREGS"))
     }
 
     /// The boot vCPU's entry state.
     pub fn set_boot_state(&self, regs: &kvm_regs, sregs: &kvm_sregs) -> Result<(), VcpuError> {
         let i = self.index;
-        self.fd.set_sregs(sregs).map_err(cfg_err(i, "KVM_SET_SREGS"))?;
+        self.fd
+            .set_sregs(sregs)
+            .map_err(cfg_err(i, "KVM_SET_SREGS"))?;
         self.fd.set_regs(regs).map_err(cfg_err(i, "KVM_SET_REGS"))
     }
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Bad input to the `vmm` binary: each case gets a one-line error naming the
 //! problem and exit status 1, never a panic.
 
@@ -18,7 +19,12 @@ fn refused(f: &Finished, needles: &[&str]) {
     assert_eq!(f.code(), Some(1), "exit status; stderr: {}", f.stderr);
     assert!(!f.stderr.contains("panicked"), "panic: {}", f.stderr);
     let lines: Vec<&str> = f.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "one line of error expected, got: {}", f.stderr);
+    assert_eq!(
+        lines.len(),
+        1,
+        "one line of error expected, got: {}",
+        f.stderr
+    );
     assert!(lines[0].starts_with("vmm: error: "), "{}", lines[0]);
     for n in needles {
         assert!(lines[0].contains(n), "`{n}` not in: {}", lines[0]);
@@ -61,7 +67,10 @@ fn no_permission_on_dev_kvm() {
 #[test]
 fn missing_kernel() {
     let f = vmm(&["--kernel", "/nonexistent/vmlinux"]);
-    refused(&f, &["cannot open kernel /nonexistent/vmlinux", "No such file"]);
+    refused(
+        &f,
+        &["cannot open kernel /nonexistent/vmlinux", "No such file"],
+    );
 }
 
 #[test]
@@ -85,8 +94,16 @@ fn truncated_and_foreign_kernels() {
         ("trunc.elf", elf[..100].to_vec(), "kernel"),
         ("header-only.elf", elf[..64].to_vec(), "kernel"),
         ("trunc.bzImage", bz[..0x300].to_vec(), "kernel"),
-        ("text.img", b"this is not a kernel\n".repeat(100), "neither an ELF vmlinux nor a bzImage"),
-        ("empty.img", Vec::new(), "neither an ELF vmlinux nor a bzImage"),
+        (
+            "text.img",
+            b"this is not a kernel\n".repeat(100),
+            "neither an ELF vmlinux nor a bzImage",
+        ),
+        (
+            "empty.img",
+            Vec::new(),
+            "neither an ELF vmlinux nor a bzImage",
+        ),
     ];
     for (name, bytes, needle) in cases {
         let p = dir.join(name);
@@ -109,7 +126,14 @@ fn memory_too_small_for_kernel_or_initrd() {
     // Kernel fits, kernel + initrd does not.
     let i = dir.join("initrd");
     std::fs::write(&i, vec![7u8; 1 << 20]).expect("write");
-    let f = vmm(&["--kernel", &tiny(), "--initrd", &i.display().to_string(), "--memory-mib", "2"]);
+    let f = vmm(&[
+        "--kernel",
+        &tiny(),
+        "--initrd",
+        &i.display().to_string(),
+        "--memory-mib",
+        "2",
+    ]);
     refused(&f, &["initrd", "does not fit", "2 MiB"]);
 }
 
@@ -119,7 +143,14 @@ fn initrd_larger_than_ram() {
     let i = dir.join("initrd");
     let f = std::fs::File::create(&i).expect("create");
     f.set_len(64 << 20).expect("set_len");
-    let f = vmm(&["--kernel", &tiny(), "--initrd", &i.display().to_string(), "--memory-mib", "16"]);
+    let f = vmm(&[
+        "--kernel",
+        &tiny(),
+        "--initrd",
+        &i.display().to_string(),
+        "--memory-mib",
+        "16",
+    ]);
     refused(&f, &["initrd", "67108864 bytes", "16 MiB"]);
     let f = vmm(&["--kernel", &tiny(), "--initrd", "/nonexistent/initrd"]);
     refused(&f, &["cannot open initrd /nonexistent/initrd"]);
@@ -127,8 +158,14 @@ fn initrd_larger_than_ram() {
 
 #[test]
 fn vcpu_counts_out_of_range() {
-    refused(&vmm(&["--kernel", &tiny(), "--vcpus", "0"]), &["vcpus", "got 0"]);
-    refused(&vmm(&["--kernel", &tiny(), "--vcpus", "300"]), &["vcpus", "got 300"]);
+    refused(
+        &vmm(&["--kernel", &tiny(), "--vcpus", "0"]),
+        &["vcpus", "got 0"],
+    );
+    refused(
+        &vmm(&["--kernel", &tiny(), "--vcpus", "300"]),
+        &["vcpus", "got 300"],
+    );
 }
 
 fn definition(dir: &Path, name: &str, json: &str) -> String {
@@ -141,15 +178,40 @@ fn definition(dir: &Path, name: &str, json: &str) -> String {
 fn bad_definitions_name_the_field() {
     let dir = scratch_dir("bad-json");
     let k = tiny();
-    let unknown = definition(&dir, "unknown.json", &format!(r#"{{"kernel":"{k}","memroy_mib":64}}"#));
-    refused(&vmm(&["--config", &unknown]), &["unknown.json", "memroy_mib"]);
-    let wrong = definition(&dir, "wrong.json", &format!(r#"{{"kernel":"{k}","vcpus":"two"}}"#));
-    refused(&vmm(&["--config", &wrong]), &["wrong.json", "field `vcpus`", "invalid type"]);
-    let neg = definition(&dir, "neg.json", &format!(r#"{{"kernel":"{k}","memory_mib":-5}}"#));
+    let unknown = definition(
+        &dir,
+        "unknown.json",
+        &format!(r#"{{"kernel":"{k}","memroy_mib":64}}"#),
+    );
+    refused(
+        &vmm(&["--config", &unknown]),
+        &["unknown.json", "memroy_mib"],
+    );
+    let wrong = definition(
+        &dir,
+        "wrong.json",
+        &format!(r#"{{"kernel":"{k}","vcpus":"two"}}"#),
+    );
+    refused(
+        &vmm(&["--config", &wrong]),
+        &["wrong.json", "field `vcpus`", "invalid type"],
+    );
+    let neg = definition(
+        &dir,
+        "neg.json",
+        &format!(r#"{{"kernel":"{k}","memory_mib":-5}}"#),
+    );
     refused(&vmm(&["--config", &neg]), &["field `memory_mib`"]);
     let broken = definition(&dir, "broken.json", r#"{"kernel": "#);
     refused(&vmm(&["--config", &broken]), &["broken.json", "EOF"]);
-    let console = definition(&dir, "console.json", &format!(r#"{{"kernel":"{k}","console":""}}"#));
+    let console = definition(
+        &dir,
+        "console.json",
+        &format!(r#"{{"kernel":"{k}","console":""}}"#),
+    );
     refused(&vmm(&["--config", &console]), &["console"]);
-    refused(&vmm(&["--config", "/nonexistent/p.json"]), &["cannot read partition definition /nonexistent/p.json"]);
+    refused(
+        &vmm(&["--config", "/nonexistent/p.json"]),
+        &["cannot read partition definition /nonexistent/p.json"],
+    );
 }

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Booting the tiny guest with the real `vmm` binary: serial output and exit
 //! status for the configurations a user would run.
 
@@ -26,13 +27,35 @@ fn expected_mem_mib(mem_mib: u64) -> u64 {
 }
 
 fn assert_clean_boot(f: &Finished, vcpus: u32, mem_mib: u64) {
-    assert!(!f.timed_out, "guest did not finish: {}\n{}", f.stdout, f.stderr);
-    assert_eq!(f.code(), Some(0), "stdout:\n{}\nstderr:\n{}", f.stdout, f.stderr);
+    assert!(
+        !f.timed_out,
+        "guest did not finish: {}\n{}",
+        f.stdout, f.stderr
+    );
+    assert_eq!(
+        f.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        f.stdout,
+        f.stderr
+    );
     let out = &f.stdout;
     assert!(out.contains("parvm-guest: ready\n"), "{out}");
-    assert!(out.contains(&format!("parvm-guest: cpus={vcpus}\n")), "{out}");
-    assert!(out.contains(&format!("parvm-guest: smp online={vcpus}/{vcpus}\n")), "{out}");
-    assert!(out.contains(&format!("parvm-guest: mem={}MiB\n", expected_mem_mib(mem_mib))), "{out}");
+    assert!(
+        out.contains(&format!("parvm-guest: cpus={vcpus}\n")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("parvm-guest: smp online={vcpus}/{vcpus}\n")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "parvm-guest: mem={}MiB\n",
+            expected_mem_mib(mem_mib)
+        )),
+        "{out}"
+    );
     assert!(out.contains("parvm-guest: cpl=3\n"), "{out}");
     assert!(out.contains("parvm-guest: poweroff\n"), "{out}");
 }
@@ -54,14 +77,22 @@ fn two_vcpus_1_gib() {
 fn four_vcpus_64bit_entry() {
     let f = boot("tiny64.elf", 4, 64, &[]);
     assert_clean_boot(&f, 4, 64);
-    assert!(f.stdout.contains("parvm-guest: boot=linux64\n"), "{}", f.stdout);
+    assert!(
+        f.stdout.contains("parvm-guest: boot=linux64\n"),
+        "{}",
+        f.stdout
+    );
 }
 
 #[test]
 fn bzimage() {
     let f = boot("tiny.bzImage", 2, 32, &[]);
     assert_clean_boot(&f, 2, 32);
-    assert!(f.stdout.contains("parvm-guest: boot=linux64\n"), "{}", f.stdout);
+    assert!(
+        f.stdout.contains("parvm-guest: boot=linux64\n"),
+        "{}",
+        f.stdout
+    );
 }
 
 #[test]
@@ -69,28 +100,69 @@ fn initrd_checksum_and_cmdline_reach_the_guest() {
     let dir = scratch_dir("initrd");
     let initrd = dir.join("initrd.img");
     // 3 MiB + 123 bytes of a pattern, so page alignment and the tail matter.
-    let data: Vec<u8> = (0..(3usize << 20) + 123).map(|i| (i * 7 + i / 4096) as u8).collect();
+    let data: Vec<u8> = (0..(3usize << 20) + 123)
+        .map(|i| (i * 7 + i / 4096) as u8)
+        .collect();
     std::fs::write(&initrd, &data).expect("write initrd");
-    let want = format!("parvm-guest: initrd bytes={} fnv1a64={:016x}\n", data.len(), fnv1a64(&data));
+    let want = format!(
+        "parvm-guest: initrd bytes={} fnv1a64={:016x}\n",
+        data.len(),
+        fnv1a64(&data)
+    );
     let cmdline = "console=ttyS0 parvm.hello=world spaces  kept";
     for kernel in ["tiny.elf", "tiny64.elf", "tiny.bzImage"] {
-        let f = boot(kernel, 1, 64, &["--initrd", &initrd.display().to_string(), "--cmdline", cmdline]);
+        let f = boot(
+            kernel,
+            1,
+            64,
+            &[
+                "--initrd",
+                &initrd.display().to_string(),
+                "--cmdline",
+                cmdline,
+            ],
+        );
         assert_clean_boot(&f, 1, 64);
-        assert!(f.stdout.contains(&want), "{kernel}: want {want} in\n{}", f.stdout);
-        assert!(f.stdout.contains(&format!("parvm-guest: cmdline={cmdline}\n")), "{kernel}: {}", f.stdout);
+        assert!(
+            f.stdout.contains(&want),
+            "{kernel}: want {want} in\n{}",
+            f.stdout
+        );
+        assert!(
+            f.stdout
+                .contains(&format!("parvm-guest: cmdline={cmdline}\n")),
+            "{kernel}: {}",
+            f.stdout
+        );
     }
     let f = boot("tiny.elf", 1, 16, &[]);
-    assert!(f.stdout.contains("parvm-guest: initrd none\n"), "{}", f.stdout);
+    assert!(
+        f.stdout.contains("parvm-guest: initrd none\n"),
+        "{}",
+        f.stdout
+    );
 }
 
 #[test]
 fn triple_fault_exits_nonzero_with_registers() {
     let f = boot("tiny.elf", 1, 16, &["--cmdline", "parvm.test=triplefault"]);
-    assert!(f.stdout.contains("parvm-guest: triple fault now"), "{}", f.stdout);
+    assert!(
+        f.stdout.contains("parvm-guest: triple fault now"),
+        "{}",
+        f.stdout
+    );
     assert_eq!(f.code(), Some(2), "{}", f.stderr);
     let first = f.stderr.lines().next().unwrap_or_default();
-    assert!(first.contains("guest crashed") && first.contains("triple fault"), "{}", f.stderr);
-    assert!(f.stderr.contains("rip=") && f.stderr.contains("cr3="), "{}", f.stderr);
+    assert!(
+        first.contains("guest crashed") && first.contains("triple fault"),
+        "{}",
+        f.stderr
+    );
+    assert!(
+        f.stderr.contains("rip=") && f.stderr.contains("cr3="),
+        "{}",
+        f.stderr
+    );
     assert!(!f.stderr.contains("panicked"));
 }
 
@@ -98,9 +170,18 @@ fn triple_fault_exits_nonzero_with_registers() {
 fn sigterm_stops_a_running_guest() {
     let k = guest_path("tiny.elf").display().to_string();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmm"));
-    cmd.args(["--kernel", &k, "--vcpus", "2", "--memory-mib", "32", "--cmdline", "parvm.test=hang"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    cmd.args([
+        "--kernel",
+        &k,
+        "--vcpus",
+        "2",
+        "--memory-mib",
+        "32",
+        "--cmdline",
+        "parvm.test=hang",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("spawn vmm");
     // Wait for the guest to be spinning at CPL3, then ask for a shutdown.
     let out = child.stdout.take().expect("stdout");
@@ -127,7 +208,12 @@ fn sigterm_stops_a_running_guest() {
 fn console_to_file_and_none() {
     let dir = scratch_dir("console");
     let log = dir.join("console.log");
-    let f = boot("tiny.elf", 1, 16, &["--console", &log.display().to_string()]);
+    let f = boot(
+        "tiny.elf",
+        1,
+        16,
+        &["--console", &log.display().to_string()],
+    );
     assert_eq!(f.code(), Some(0), "{}", f.stderr);
     assert!(!f.stdout.contains("parvm-guest"));
     let text = std::fs::read_to_string(&log).expect("console log");
@@ -142,9 +228,25 @@ fn example_definition_boots() {
     let cfg = repo_root().join("configs/tiny.json");
     let f = vmm(&["--config", &cfg.display().to_string()]);
     assert_clean_boot(&f, 2, 64);
-    assert!(f.stdout.contains("parvm-guest: cmdline=console=ttyS0 parvm.example=tiny\n"), "{}", f.stdout);
+    assert!(
+        f.stdout
+            .contains("parvm-guest: cmdline=console=ttyS0 parvm.example=tiny\n"),
+        "{}",
+        f.stdout
+    );
     // Flags override the file.
-    let f = vmm(&["--config", &cfg.display().to_string(), "--vcpus", "1", "--cmdline", "over"]);
+    let f = vmm(&[
+        "--config",
+        &cfg.display().to_string(),
+        "--vcpus",
+        "1",
+        "--cmdline",
+        "over",
+    ]);
     assert_clean_boot(&f, 1, 64);
-    assert!(f.stdout.contains("parvm-guest: cmdline=over\n"), "{}", f.stdout);
+    assert!(
+        f.stdout.contains("parvm-guest: cmdline=over\n"),
+        "{}",
+        f.stdout
+    );
 }

@@ -30,9 +30,13 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 /// Starts `cmd`, times the ready line, waits for the guest to idle at CPL3,
 /// samples memory, kills it.
 fn measure(mut cmd: Command) -> Result<Sample, String> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     let start = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
     let pid = child.id();
     let out = child.stdout.take().ok_or("no stdout")?;
     let mut lines = BufReader::new(out).lines();
@@ -66,7 +70,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10);
     let me = std::env::current_exe().unwrap_or_default();
     let vmm: PathBuf = me.with_file_name("vmm");
     let kernel = guest_path("tiny.elf");
@@ -75,16 +82,39 @@ fn main() {
 
     let parvm = |_: usize| {
         let mut c = Command::new(&vmm);
-        c.args(["--kernel"]).arg(&kernel).args(["--memory-mib", mem, "--vcpus", "1", "--cmdline", cmdline]);
+        c.args(["--kernel"]).arg(&kernel).args([
+            "--memory-mib",
+            mem,
+            "--vcpus",
+            "1",
+            "--cmdline",
+            cmdline,
+        ]);
         measure(c)
     };
     let qemu = |_: usize| {
         let mut c = Command::new("qemu-system-x86_64");
         c.args([
-            "-M", "microvm,memory-backend=mem", "-enable-kvm", "-cpu", "host,-arch-capabilities", "-smp", "1", "-m", &format!("{mem}M"),
-            "-object", &format!("memory-backend-memfd,id=mem,size={mem}M"),
-            "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
-            "-append", cmdline, "-kernel",
+            "-M",
+            "microvm,memory-backend=mem",
+            "-enable-kvm",
+            "-cpu",
+            "host,-arch-capabilities",
+            "-smp",
+            "1",
+            "-m",
+            &format!("{mem}M"),
+            "-object",
+            &format!("memory-backend-memfd,id=mem,size={mem}M"),
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-append",
+            cmdline,
+            "-kernel",
         ])
         .arg(&kernel);
         measure(c)
@@ -109,15 +139,36 @@ fn main() {
         }
     };
     let q = collect(&qemu);
-    println!("{:<34} {:>12} {:>12} {:>8}", "metric", "parvm", "qemu", "ratio");
+    println!(
+        "{:<34} {:>12} {:>12} {:>8}",
+        "metric", "parvm", "qemu", "ratio"
+    );
     match q {
         Ok(q) => {
-            println!("{:<34} {:>12.2} {:>12.2} {:>8.3}", "start to ready (ms)", p.0, q.0, p.0 / q.0);
-            println!("{:<34} {:>12.2} {:>12.2} {:>8.3}", "VMM RSS beyond guest RAM (MiB)", p.1, q.1, p.1 / q.1);
+            println!(
+                "{:<34} {:>12.2} {:>12.2} {:>8.3}",
+                "start to ready (ms)",
+                p.0,
+                q.0,
+                p.0 / q.0
+            );
+            println!(
+                "{:<34} {:>12.2} {:>12.2} {:>8.3}",
+                "VMM RSS beyond guest RAM (MiB)",
+                p.1,
+                q.1,
+                p.1 / q.1
+            );
         }
         Err(e) => {
-            println!("{:<34} {:>12.2} {:>12} {:>8}", "start to ready (ms)", p.0, "n/a", "-");
-            println!("{:<34} {:>12.2} {:>12} {:>8}", "VMM RSS beyond guest RAM (MiB)", p.1, "n/a", "-");
+            println!(
+                "{:<34} {:>12.2} {:>12} {:>8}",
+                "start to ready (ms)", p.0, "n/a", "-"
+            );
+            println!(
+                "{:<34} {:>12.2} {:>12} {:>8}",
+                "VMM RSS beyond guest RAM (MiB)", p.1, "n/a", "-"
+            );
             println!("qemu: {e}");
         }
     }

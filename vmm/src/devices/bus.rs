@@ -108,7 +108,7 @@ mod tests {
         let mut b = [0u8; 1];
         assert!(bus.read(0x3fd, &mut b));
         assert_eq!(b[0], 5);
-        assert!(bus.write(0x3f8, &[b'x']));
+        assert!(bus.write(0x3f8, b"x"));
         assert_eq!(dev.lock().unwrap().0, vec![(0, vec![b'x'])]);
         assert!(!bus.read(0x400, &mut b));
         assert!(!bus.read(0x3f7, &mut b));
@@ -119,11 +119,22 @@ mod tests {
     #[test]
     fn overlaps_and_empty_ranges_are_refused() {
         let mut bus = Bus::new();
-        bus.insert(0x10, 0x10, Arc::new(Mutex::new(Recorder::default()))).unwrap();
-        for (b, l) in [(0x18, 4), (0x8, 0x9), (0x0, 0x100), (0x40, 0), (u64::MAX, 2)] {
-            assert!(bus.insert(b, l, Arc::new(Mutex::new(Recorder::default()))).is_err());
+        bus.insert(0x10, 0x10, Arc::new(Mutex::new(Recorder::default())))
+            .unwrap();
+        for (b, l) in [
+            (0x18, 4),
+            (0x8, 0x9),
+            (0x0, 0x100),
+            (0x40, 0),
+            (u64::MAX, 2),
+        ] {
+            assert!(bus
+                .insert(b, l, Arc::new(Mutex::new(Recorder::default())))
+                .is_err());
         }
-        bus.insert(0x20, 1, Arc::new(Mutex::new(Recorder::default()))).unwrap();
-        bus.insert(0x8, 8, Arc::new(Mutex::new(Recorder::default()))).unwrap();
+        bus.insert(0x20, 1, Arc::new(Mutex::new(Recorder::default())))
+            .unwrap();
+        bus.insert(0x8, 8, Arc::new(Mutex::new(Recorder::default())))
+            .unwrap();
     }
 }

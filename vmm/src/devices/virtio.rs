@@ -14,7 +14,9 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use std::sync::{Arc, Mutex};
 use virtio_devices::block::{Block, BlockConfig};
-use virtio_devices::{InterruptKind, InterruptSignal, MmioTransport, MMIO_REGION_SIZE, QUEUE_NOTIFY_OFFSET};
+use virtio_devices::{
+    InterruptKind, InterruptSignal, MmioTransport, MMIO_REGION_SIZE, QUEUE_NOTIFY_OFFSET,
+};
 use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -77,8 +79,8 @@ impl VirtioDevices {
         disks: &[DiskConfig],
         mmio: &mut Bus,
     ) -> Result<Self, VirtioError> {
-        let mut event_manager =
-            EventManager::<Subscriber>::new().map_err(|e| VirtioError::EventManager(format!("{e:?}")))?;
+        let mut event_manager = EventManager::<Subscriber>::new()
+            .map_err(|e| VirtioError::EventManager(format!("{e:?}")))?;
         let mut acpi = Vec::new();
         let mut cmdline = Vec::new();
         for (i, disk) in disks.iter().enumerate() {
@@ -90,18 +92,27 @@ impl VirtioDevices {
                 path: disk.path.clone(),
                 read_only: disk.read_only,
             })?;
-            let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VirtioError::EventFd(id.clone(), e))?;
+            let irq = EventFd::new(libc::EFD_NONBLOCK)
+                .map_err(|e| VirtioError::EventFd(id.clone(), e))?;
             vm.register_irqfd(&irq, gsi)
                 .map_err(|e| VirtioError::Kvm(id.clone(), "KVM_IRQFD", e))?;
             let transport = MmioTransport::new(Box::new(block), mem.clone(), Arc::new(Irqfd(irq)))
                 .map_err(|e| VirtioError::Transport(id.clone(), e))?;
             for (q, evt) in transport.queue_notify_evts().iter().enumerate() {
-                vm.register_ioevent(evt, &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET), q as u32)
-                    .map_err(|e| VirtioError::Kvm(id.clone(), "KVM_IOEVENTFD", e))?;
+                vm.register_ioevent(
+                    evt,
+                    &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+                    q as u32,
+                )
+                .map_err(|e| VirtioError::Kvm(id.clone(), "KVM_IOEVENTFD", e))?;
             }
             event_manager.add_subscriber(Arc::new(Mutex::new(handler)));
-            mmio.insert(base, MMIO_REGION_SIZE, Arc::new(Mutex::new(MmioDevice(transport))))
-                .map_err(|e| VirtioError::Bus(id.clone(), e))?;
+            mmio.insert(
+                base,
+                MMIO_REGION_SIZE,
+                Arc::new(Mutex::new(MmioDevice(transport))),
+            )
+            .map_err(|e| VirtioError::Bus(id.clone(), e))?;
             acpi.push(VirtioMmioAcpi {
                 base,
                 size: MMIO_REGION_SIZE,
@@ -119,13 +130,15 @@ impl VirtioDevices {
 
     /// Runs the device event loop on its own thread until the VMM exits.
     pub fn spawn(mut self, exit: Arc<ExitSignal>) -> std::io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new().name("virtio".into()).spawn(move || {
-            while !exit.requested() {
-                if let Err(e) = self.event_manager.run_with_timeout(100) {
-                    tracing::error!(error = ?e, "device event loop failed");
-                    break;
+        std::thread::Builder::new()
+            .name("virtio".into())
+            .spawn(move || {
+                while !exit.requested() {
+                    if let Err(e) = self.event_manager.run_with_timeout(100) {
+                        tracing::error!(error = ?e, "device event loop failed");
+                        break;
+                    }
                 }
-            }
-        })
+            })
     }
 }
