@@ -34,7 +34,8 @@ done
 # segment is deliberately RWX; keep ld quiet about it (older ld lacks the
 # flag, so only pass it when supported).
 LDFLAGS=(-nostdlib -z max-page-size=4096 -z noexecstack)
-if "$LD" --help 2>/dev/null | grep -q -- --no-warn-rwx-segments; then
+ld_help="$("$LD" --help 2>/dev/null || true)"
+if [[ "$ld_help" == *--no-warn-rwx-segments* ]]; then
     LDFLAGS+=(--no-warn-rwx-segments)
 fi
 

@@ -121,7 +121,14 @@ start_of_setup:
         rep movsb
 
         /* e820 table from the BIOS: int 0x15, eax=0xe820, 20-byte entries
-         * at boot_params+0x2d0, count at +0x1e8 (at most 128). */
+         * at boot_params+0x2d0, count at +0x1e8 (at most 128). The buffer is
+         * ES:DI, but DS is set to the same segment too: qboot (QEMU microvm's
+         * firmware) writes the entry through DS:DI, which otherwise lands on
+         * this very code. (qboot's e820 still fails the "SMAP" check in QEMU
+         * 7.2, so microvm + bzImage reports mem=0MiB; PVH is microvm's way.) */
+        pushw   %ds
+        movw    %es, %ax
+        movw    %ax, %ds
         xorl    %ebx, %ebx
         movw    $0x2d0, %di
         xorw    %bp, %bp
@@ -140,6 +147,7 @@ start_of_setup:
         jb      3b
 4:      movw    %bp, %ax
         movb    %al, %es:0x1e8
+        popw    %ds
 
         /* Temporary page tables: identity map of the first 1 GiB with
          * 2 MiB pages (the kernel switches to its own right away). */

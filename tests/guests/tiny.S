@@ -13,7 +13,8 @@
  * Both entries record where the boot information is, switch to the guest's
  * OWN page tables/GDT/IDT/TSS (all built at assembly/link time, so CPL0 does
  * almost no work: on PVM every CPL0 instruction is emulated at ~1M/s), print
- * "parvm-guest: ready" and drop to CPL3 with IOPL=3. Everything else - boot
+ * "parvm-guest: ready" and drop to CPL3 with IOPL=3 (plus an all-ports TSS
+ * I/O bitmap, which is what PVM honours). Everything else - boot
  * info parsing, ACPI, SMP bring-up, the initrd hash - runs at CPL3, which
  * runs natively under PVM. Every page is mapped present|rw|user, so CPL3 can
  * touch RAM, the local APIC and any MMIO window directly.
@@ -30,9 +31,12 @@
  *   then one of:
  *   parvm-guest: triple fault now      (cmdline token parvm.test=triplefault)
  *   parvm-guest: hanging               (cmdline token parvm.test=hang)
+ *   parvm-guest: exception 6 rip=...   (cmdline token parvm.test=exception:
+ *                                       ud2 at CPL3, then as any exception)
  *   parvm-guest: poweroff              (default: i8042 reset, then triple fault)
  * and on any CPU exception:
  *   parvm-guest: exception <vector, decimal> rip=0x<16 hex digits>
+ * followed by an i8042 reset and, failing that, a triple fault.
  *
  * Register conventions for the helper routines below: arguments in the
  * registers named in each header comment; rax, rcx, rdx, rsi, rdi, r8-r11 may
@@ -69,7 +73,9 @@
         .set UCODE64,       0x28
         .set TSS_SEL,       0x30
 
-        .set VEC_TRIPLE,    0x81        /* DPL3 gate: "triple-fault me" */
+        .set VEC_TRIPLE,    0x81        /* DPL3 gate: "triple-fault me" (works
+                                           natively/TCG; PVM turns int n at CPL3
+                                           into #UD, see triple_requested) */
         .set CR4_CLEAR,     0x00f00004  /* TSD|SMEP|SMAP|PKE|CET: CPL0 runs on user pages */
 
         /* hvm_start_info (PVH) offsets */
@@ -267,7 +273,7 @@ triple_fault_now:
         jmp     1b
 
 /* ======================================================================
- * Serial output helpers (work at CPL0 and at CPL3 with IOPL=3).
+ * Serial output helpers (work at CPL0 and at CPL3: IOPL=3 / TSS bitmap).
  * ====================================================================== */
 
 /* putc: al = character. Clobbers dx. */
@@ -482,6 +488,13 @@ user_main:
 1:      pause                                   /* spin forever at CPL3 */
         jmp     1b
 2:
+        leaq    cmdline_buf(%rip), %rdi
+        leaq    tok_exception(%rip), %rsi
+        call    has_token
+        testl   %eax, %eax
+        jz      3f
+        ud2                                     /* -> "exception 6 rip=..." */
+3:
         leaq    msg_poweroff(%rip), %rsi
         call    puts
         jmp     reset_machine
@@ -972,6 +985,7 @@ msg_exception:    .asciz "parvm-guest: exception "
 msg_rip:          .asciz " rip=0x"
 tok_triplefault:  .asciz "parvm.test=triplefault"
 tok_hang:         .asciz "parvm.test=hang"
+tok_exception:    .asciz "parvm.test=exception"
 
 /* GDT. 64-bit code/data for CPL0 and CPL3, a 32-bit code segment for the AP
  * trampoline, and the 64-bit TSS (descriptor built from the TSS's link
@@ -1020,7 +1034,8 @@ tss_iomap:
 tss_end:
 
 /* IDT: 256 interrupt gates to the 16-byte stubs, CPL0 code segment, DPL0,
- * except VEC_TRIPLE (DPL3: CPL3 may raise it with int $0x81). */
+ * except VEC_TRIPLE (DPL3, so CPL3 may raise it with int $0x81; not used
+ * under PVM, where int n at CPL3 arrives as #UD). */
         .balign 16
 idt:
         .set    vec, 0

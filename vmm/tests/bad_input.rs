@@ -215,3 +215,37 @@ fn bad_definitions_name_the_field() {
         &["cannot read partition definition /nonexistent/p.json"],
     );
 }
+
+#[test]
+fn bad_disks_are_refused() {
+    let dir = scratch_dir("bad-disks");
+    let small = dir.join("small.img");
+    std::fs::write(&small, [0u8; 511]).unwrap();
+    let good = dir.join("good.img");
+    std::fs::write(&good, vec![0u8; 1 << 20]).unwrap();
+    let k = tiny();
+    let f = vmm(&["--kernel", &k, "--disk", "/nonexistent/disk.img"]);
+    refused(&f, &["disk0", "/nonexistent/disk.img", "No such file"]);
+    let f = vmm(&["--kernel", &k, "--disk", &small.display().to_string()]);
+    refused(&f, &["disk0", "small.img", "512"]);
+    let f = vmm(&["--kernel", &k, "--disk", &dir.display().to_string()]);
+    refused(&f, &["disk0"]);
+    let g = good.display().to_string();
+    let f = vmm(&[
+        "--kernel",
+        &k,
+        "--disk",
+        &format!("{g},id=a"),
+        "--disk",
+        &format!("{g},id=a"),
+    ]);
+    refused(&f, &["duplicate disk id `a`"]);
+    let f = vmm(&["--kernel", &k, "--disk", &format!("{g},bogus")]);
+    refused(&f, &["invalid --disk", "bogus"]);
+    let json = definition(
+        &dir,
+        "disks.json",
+        &format!(r#"{{"kernel":"{k}","disks":[{{"id":"root","path":"{g}","readonly":true}}]}}"#),
+    );
+    refused(&vmm(&["--config", &json]), &["disks[0]", "readonly"]);
+}

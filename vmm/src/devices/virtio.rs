@@ -15,7 +15,8 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use std::sync::{Arc, Mutex};
 use virtio_devices::block::{Block, BlockConfig};
 use virtio_devices::{
-    InterruptKind, InterruptSignal, MmioTransport, MMIO_REGION_SIZE, QUEUE_NOTIFY_OFFSET,
+    kernel_cmdline_device, InterruptKind, InterruptSignal, MmioTransport, MMIO_REGION_SIZE,
+    QUEUE_NOTIFY_OFFSET,
 };
 use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::eventfd::EventFd;
@@ -118,7 +119,7 @@ impl VirtioDevices {
                 size: MMIO_REGION_SIZE,
                 gsi,
             });
-            cmdline.push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
+            cmdline.push(kernel_cmdline_device(base, gsi));
             tracing::info!(disk = %id, base = format_args!("{base:#x}"), gsi, read_only = disk.read_only, "virtio-blk");
         }
         Ok(VirtioDevices {
