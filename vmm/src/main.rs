@@ -2,9 +2,10 @@
 
 use clap::Parser;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::Arc;
 use vmm::config::{Console, DiskConfig, PartitionDefinition};
-use vmm::devices::exit::ExitReason;
+use vmm::devices::exit::{ExitReason, ExitSignal};
 
 /// parvm's per-partition virtual machine monitor: boots one partition on KVM.
 ///
@@ -55,17 +56,16 @@ struct Args {
     manager_socket: Option<PathBuf>,
 }
 
-static EXIT_FD: AtomicI32 = AtomicI32::new(-1);
-static SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// The partition's exit signal, for the SIGTERM/SIGINT handler (set once,
+/// never freed: the process exits with it alive).
+static EXIT: AtomicPtr<ExitSignal> = AtomicPtr::new(std::ptr::null_mut());
 
 extern "C" fn on_terminate(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    SIGNAL.store(sig, Ordering::SeqCst);
-    let fd = EXIT_FD.load(Ordering::SeqCst);
-    if fd >= 0 {
-        let one: u64 = 1;
-        // SAFETY: write(2) on an eventfd is async-signal-safe; the buffer is a
-        // local u64 of the size an eventfd expects.
-        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    let exit = EXIT.load(Ordering::SeqCst);
+    // SAFETY: EXIT is null or a pointer from Arc::into_raw that is never
+    // released, so it is valid for the whole process.
+    if let Some(exit) = unsafe { exit.as_ref() } {
+        exit.request_from_signal_handler(sig);
     }
 }
 
@@ -98,34 +98,17 @@ fn run(args: Args) -> anyhow::Result<i32> {
     let vmm = vmm::Vmm::new(config, &args.kvm_device)?;
     let control = vmm::control::Control::attach(args.control_fd, args.manager_socket, &vmm)?;
 
-    let exit = vmm.exit_signal();
-    EXIT_FD.store(
-        std::os::fd::AsRawFd::as_raw_fd(exit.eventfd()),
+    EXIT.store(
+        Arc::into_raw(vmm.exit_signal()).cast_mut(),
         Ordering::SeqCst,
     );
     for sig in [libc::SIGTERM, libc::SIGINT] {
         vmm_sys_util::signal::register_signal_handler(sig, on_terminate)?;
     }
-    let watcher = {
-        let exit = exit.clone();
-        // Turns the async-signal-safe wake-up into an exit request.
-        std::thread::spawn(move || loop {
-            let sig = SIGNAL.load(Ordering::SeqCst);
-            if sig != 0 {
-                exit.request(ExitReason::Signal(sig));
-                return;
-            }
-            if exit.requested() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        })
-    };
     let reason = vmm.run()?;
     if let Some(control) = control {
         control.finish(&reason);
     }
-    let _ = watcher.join();
     match &reason {
         ExitReason::Crash { reason, registers } => {
             eprintln!("vmm: guest crashed: {reason}");

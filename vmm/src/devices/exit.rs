@@ -2,7 +2,8 @@
 //! signal, or by an error. The first request wins; the main thread waits on
 //! the eventfd and tears everything down.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Mutex;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -32,6 +33,8 @@ impl ExitReason {
 pub struct ExitSignal {
     evt: EventFd,
     requested: AtomicBool,
+    /// Set by a signal handler (which may not take the mutex below).
+    signal: AtomicI32,
     reason: Mutex<Option<ExitReason>>,
 }
 
@@ -40,6 +43,7 @@ impl ExitSignal {
         Ok(ExitSignal {
             evt: EventFd::new(libc::EFD_NONBLOCK)?,
             requested: AtomicBool::new(false),
+            signal: AtomicI32::new(0),
             reason: Mutex::new(None),
         })
     }
@@ -58,6 +62,17 @@ impl ExitSignal {
         let _ = self.evt.write(1);
     }
 
+    /// The request of a signal handler: only atomics and write(2), both
+    /// async-signal-safe. A reason recorded earlier still wins.
+    pub fn request_from_signal_handler(&self, sig: i32) {
+        self.signal.store(sig, Ordering::SeqCst);
+        self.requested.store(true, Ordering::SeqCst);
+        let one: u64 = 1;
+        // SAFETY: write(2) on our eventfd from a local u64 of the size an
+        // eventfd expects; async-signal-safe.
+        unsafe { libc::write(self.evt.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
     pub fn requested(&self) -> bool {
         self.requested.load(Ordering::SeqCst)
     }
@@ -67,7 +82,10 @@ impl ExitSignal {
     }
 
     pub fn reason(&self) -> Option<ExitReason> {
-        super::bus::lock(&self.reason).clone()
+        super::bus::lock(&self.reason).clone().or_else(|| {
+            let sig = self.signal.load(Ordering::SeqCst);
+            (sig != 0).then_some(ExitReason::Signal(sig))
+        })
     }
 }
 
@@ -85,5 +103,18 @@ mod tests {
         assert!(s.requested());
         assert_eq!(s.reason(), Some(ExitReason::Reset));
         assert_eq!(s.eventfd().read().unwrap(), 2);
+    }
+
+    #[test]
+    fn signal_requests_are_seen_and_do_not_override() {
+        let s = ExitSignal::new().unwrap();
+        s.request_from_signal_handler(libc::SIGTERM);
+        assert!(s.requested());
+        assert_eq!(s.reason(), Some(ExitReason::Signal(libc::SIGTERM)));
+        assert_eq!(s.eventfd().read().unwrap(), 1);
+        let t = ExitSignal::new().unwrap();
+        t.request(ExitReason::PowerOff);
+        t.request_from_signal_handler(libc::SIGINT);
+        assert_eq!(t.reason(), Some(ExitReason::PowerOff));
     }
 }

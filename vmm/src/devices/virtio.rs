@@ -10,8 +10,9 @@ use super::exit::ExitSignal;
 use crate::acpi::VirtioMmioAcpi;
 use crate::config::DiskConfig;
 use crate::memory::{GuestMemoryMmap, VIRTIO_MMIO_START};
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use virtio_devices::block::{Block, BlockConfig};
 use virtio_devices::{
@@ -51,6 +52,20 @@ impl InterruptSignal for Irqfd {
     fn trigger(&self, _kind: InterruptKind) -> std::io::Result<()> {
         self.0.write(1)
     }
+}
+
+/// Wakes the event loop when the VMM is asked to stop (edge-triggered: the
+/// exit eventfd stays readable for the other waiters).
+struct ExitWaker(RawFd);
+
+impl MutEventSubscriber for ExitWaker {
+    fn init(&mut self, ops: &mut EventOps) {
+        let events = Events::new_raw(self.0, EventSet::IN | EventSet::EDGE_TRIGGERED);
+        if let Err(e) = ops.add(events) {
+            tracing::warn!(error = ?e, "device loop cannot watch the exit eventfd");
+        }
+    }
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {}
 }
 
 struct MmioDevice(MmioTransport<GuestMemory>);
@@ -131,6 +146,8 @@ impl VirtioDevices {
 
     /// Runs the device event loop on its own thread until the VMM exits.
     pub fn spawn(mut self, exit: Arc<ExitSignal>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        self.event_manager
+            .add_subscriber(Arc::new(Mutex::new(ExitWaker(exit.eventfd().as_raw_fd()))));
         std::thread::Builder::new()
             .name("virtio".into())
             .spawn(move || {
