@@ -75,7 +75,11 @@ pub struct Header {
 }
 
 /// Builds a frame header for a body of `len` bytes with `fds` descriptors.
-pub fn encode_header(version: u16, fds: usize, len: usize) -> Result<[u8; HEADER_LEN], ProtocolError> {
+pub fn encode_header(
+    version: u16,
+    fds: usize,
+    len: usize,
+) -> Result<[u8; HEADER_LEN], ProtocolError> {
     if len > MAX_FRAME {
         return Err(ProtocolError::TooLarge(len));
     }
@@ -299,9 +303,7 @@ mod tests {
     fn a_message_round_trips_with_descriptors() {
         let (a, b) = UnixStream::pair().unwrap();
         let (a, b) = (Channel::new(a), Channel::new(b));
-        let mut file = std::fs::File::from(
-            vmm_sys_util::tempfile::TempFile::new().unwrap().into_file(),
-        );
+        let mut file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
         file.write_all(b"console text").unwrap();
         let msg = Request::Status { name: "p1".into() };
         a.send(&msg, &[file.as_fd()]).unwrap();
@@ -345,7 +347,10 @@ mod tests {
         drop(b);
         assert!(matches!(
             a.recv::<Request>(),
-            Err(ProtocolError::Truncated { expected: 12, got: 5 })
+            Err(ProtocolError::Truncated {
+                expected: 12,
+                got: 5
+            })
         ));
     }
 
@@ -379,9 +384,17 @@ mod tests {
         let mut h = encode_header(VERSION, 0, 0).unwrap();
         h[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         b.write_all(&h).unwrap();
-        assert!(matches!(a.recv::<Request>(), Err(ProtocolError::TooLarge(_))));
         assert!(matches!(
-            encode(&ManagerMessage::ConsoleInput { data: vec![0; MAX_FRAME] }, 0),
+            a.recv::<Request>(),
+            Err(ProtocolError::TooLarge(_))
+        ));
+        assert!(matches!(
+            encode(
+                &ManagerMessage::ConsoleInput {
+                    data: vec![0; MAX_FRAME]
+                },
+                0
+            ),
             Err(ProtocolError::TooLarge(_))
         ));
     }
@@ -390,12 +403,14 @@ mod tests {
     fn bad_json_and_wrong_messages_are_errors_and_the_channel_survives() {
         let (a, mut b) = pair();
         let body = b"{\"op\":\"start\"";
-        b.write_all(&encode_header(VERSION, 0, body.len()).unwrap()).unwrap();
+        b.write_all(&encode_header(VERSION, 0, body.len()).unwrap())
+            .unwrap();
         b.write_all(body).unwrap();
         let e = a.recv::<Request>().unwrap_err();
         assert!(matches!(e, ProtocolError::Json(_)) && !e.is_fatal(), "{e}");
         // A well-formed frame of the wrong type.
-        b.write_all(&encode(&Response::Attached, 0).unwrap()).unwrap();
+        b.write_all(&encode(&Response::Attached, 0).unwrap())
+            .unwrap();
         assert!(matches!(a.recv::<Request>(), Err(ProtocolError::Json(_))));
         // The next good frame still decodes.
         b.write_all(&encode(&Request::List, 0).unwrap()).unwrap();
@@ -409,7 +424,10 @@ mod tests {
         b.write_all(b"{}").unwrap();
         assert!(matches!(
             a.recv::<Request>(),
-            Err(ProtocolError::FdMismatch { announced: 2, received: 0 })
+            Err(ProtocolError::FdMismatch {
+                announced: 2,
+                received: 0
+            })
         ));
     }
 
@@ -421,12 +439,18 @@ mod tests {
             .map(|_| std::fs::File::open("/dev/null").unwrap())
             .collect();
         let fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
-        assert!(matches!(a.send(&Request::List, &fds), Err(ProtocolError::TooManyFds(_))));
+        assert!(matches!(
+            a.send(&Request::List, &fds),
+            Err(ProtocolError::TooManyFds(_))
+        ));
         // Forge a frame that claims few but carries many.
         let frame = encode(&Request::List, 1).unwrap();
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         a.stream().send_with_fds(&[&frame[..]], &raw).unwrap();
-        assert!(matches!(b.recv::<Request>(), Err(ProtocolError::TooManyFds(_))));
+        assert!(matches!(
+            b.recv::<Request>(),
+            Err(ProtocolError::TooManyFds(_))
+        ));
     }
 
     #[test]
@@ -464,7 +488,10 @@ mod tests {
     #[test]
     fn decode_reports_short_buffers() {
         let frame = encode(&Request::List, 0).unwrap();
-        assert!(matches!(decode::<Request>(&frame[..4]), Err(ProtocolError::Truncated { .. })));
+        assert!(matches!(
+            decode::<Request>(&frame[..4]),
+            Err(ProtocolError::Truncated { .. })
+        ));
         assert!(matches!(
             decode::<Request>(&frame[..frame.len() - 1]),
             Err(ProtocolError::Truncated { .. })

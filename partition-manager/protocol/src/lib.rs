@@ -121,7 +121,9 @@ impl std::str::FromStr for RestartPolicy {
         match s {
             "never" => Ok(RestartPolicy::Never),
             "on-failure" => Ok(RestartPolicy::OnFailure),
-            _ => Err(format!("unknown restart policy `{s}`: use never or on-failure")),
+            _ => Err(format!(
+                "unknown restart policy `{s}`: use never or on-failure"
+            )),
         }
     }
 }
@@ -240,16 +242,30 @@ pub enum Request {
 #[serde(tag = "result", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Response {
     /// The partition after the operation.
-    Status { status: PartitionStatus },
-    List { partitions: Vec<PartitionStatus> },
-    Undefined { name: String },
+    Status {
+        status: PartitionStatus,
+    },
+    List {
+        partitions: Vec<PartitionStatus>,
+    },
+    Undefined {
+        name: String,
+    },
     /// The console log's file descriptor travels beside this frame.
-    LogFile { name: String, path: String },
+    LogFile {
+        name: String,
+        path: String,
+    },
     /// The partition stopped: the console session is over.
-    ConsoleEnded { reason: String },
+    ConsoleEnded {
+        reason: String,
+    },
     /// An `Attach` was accepted: the connection is now a control channel.
     Attached,
-    Error { kind: ErrorKind, message: String },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 impl Response {
@@ -309,9 +325,14 @@ pub enum VmmMessage {
     Paused,
     Resumed,
     /// Last message: the VMM is exiting.
-    Exit { status: ExitStatus, code: i32 },
+    Exit {
+        status: ExitStatus,
+        code: i32,
+    },
     /// A control request could not be carried out.
-    Failed { message: String },
+    Failed {
+        message: String,
+    },
 }
 
 /// Manager -> VMM on a control channel.
@@ -322,7 +343,9 @@ pub enum ManagerMessage {
     Stop,
     Pause,
     Resume,
-    ConsoleInput { data: Vec<u8> },
+    ConsoleInput {
+        data: Vec<u8>,
+    },
 }
 
 #[cfg(test)]
@@ -345,12 +368,17 @@ mod tests {
 
     #[test]
     fn states_and_policies_round_trip_as_strings() {
-        for s in ["defined", "starting", "running", "paused", "stopping", "stopped", "crashed"] {
+        for s in [
+            "defined", "starting", "running", "paused", "stopping", "stopped", "crashed",
+        ] {
             let st: PartitionState = s.parse().unwrap();
             assert_eq!(st.as_str(), s);
         }
         assert!("zombie".parse::<PartitionState>().is_err());
-        assert_eq!("on-failure".parse::<RestartPolicy>().unwrap(), RestartPolicy::OnFailure);
+        assert_eq!(
+            "on-failure".parse::<RestartPolicy>().unwrap(),
+            RestartPolicy::OnFailure
+        );
         assert_eq!(
             serde_json::to_string(&RestartPolicy::OnFailure).unwrap(),
             r#""on-failure""#

@@ -1,0 +1,353 @@
+//! `parctl`: the operator's command line to the partition manager. See
+//! docs/manager.md.
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Parser, Subcommand};
+use partition_manager::client::Client;
+use partition_manager::daemon::default_socket;
+use partition_manager::definition;
+use partition_manager::protocol::{PartitionStatus, Request, Response, RestartPolicy};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::Duration;
+use vmm_sys_util::terminal::Terminal;
+
+/// Control parvm partitions through the partition manager.
+///
+/// Every command prints one line of error and exits with status 1 when it
+/// fails. `--json` output shapes are stable and documented in
+/// docs/manager.md.
+#[derive(Parser, Debug)]
+#[command(name = "parctl", version)]
+struct Args {
+    /// The manager's socket [default: $XDG_RUNTIME_DIR/parvm/pm.sock, else
+    /// /run/parvm/pm.sock].
+    #[arg(long, global = true, value_name = "PATH", env = "PARVM_SOCKET")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Register a partition from a JSON definition file (vmm's format, plus
+    /// an optional "restart": "never" | "on-failure"). Relative paths in the
+    /// file are relative to the file.
+    Define {
+        file: PathBuf,
+        /// Restart policy, overriding the file's "restart".
+        #[arg(long, value_name = "never|on-failure")]
+        restart: Option<RestartPolicy>,
+    },
+    /// Remove a stopped partition from the registry (its logs stay).
+    Undefine { name: String },
+    /// Start a partition; returns once its vCPUs run.
+    Start { name: String },
+    /// Stop a partition in an orderly way (killed if it takes too long).
+    Stop { name: String },
+    /// Stop (if running) and start a partition.
+    Restart { name: String },
+    /// Kill a partition's VMM at once (SIGKILL); it is not restarted.
+    Kill { name: String },
+    /// Hold a running partition's vCPUs.
+    Pause { name: String },
+    /// Let a paused partition's vCPUs run again.
+    Resume { name: String },
+    /// List partitions (a table, or JSON).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one partition.
+    Status {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attach to a running partition's serial console: its output follows,
+    /// input goes to the guest. On a terminal, Ctrl-] detaches.
+    Console { name: String },
+    /// Print a partition's console log.
+    Logs { name: String },
+}
+
+fn status_line(s: &PartitionStatus) -> String {
+    match (s.pid, &s.last_exit) {
+        (Some(pid), _) => format!("{}: {} (pid {pid})", s.name, s.state),
+        (None, Some(why)) => format!("{}: {} ({why})", s.name, s.state),
+        (None, None) => format!("{}: {}", s.name, s.state),
+    }
+}
+
+fn print_table(parts: &[PartitionStatus]) {
+    let rows: Vec<[String; 7]> = parts
+        .iter()
+        .map(|p| {
+            [
+                p.name.clone(),
+                p.state.to_string(),
+                p.pid.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                p.vcpus.to_string(),
+                format!("{}M", p.memory_mib),
+                p.restart.to_string(),
+                p.last_exit.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let head = [
+        "NAME",
+        "STATE",
+        "PID",
+        "VCPUS",
+        "MEMORY",
+        "RESTART",
+        "LAST EXIT",
+    ];
+    let mut width = head.map(str::len);
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = width[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(head.to_vec());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+fn print_status(s: &PartitionStatus) {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    println!("name:        {}", s.name);
+    println!("state:       {}", s.state);
+    println!(
+        "pid:         {}",
+        s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+    );
+    println!("vcpus:       {}", s.vcpus);
+    println!("memory:      {} MiB", s.memory_mib);
+    println!("kernel:      {}", s.kernel);
+    println!(
+        "restart:     {} ({} automatic restarts)",
+        s.restart, s.restarts
+    );
+    println!("last exit:   {}", opt(&s.last_exit));
+    println!("attached:    {}", if s.attached { "yes" } else { "no" });
+    println!("console log: {}", s.console_log);
+}
+
+fn expect_status(answer: Response) -> anyhow::Result<PartitionStatus> {
+    match answer {
+        Response::Status { status } => Ok(status),
+        other => bail!("unexpected answer from the partition manager: {other:?}"),
+    }
+}
+
+fn log_file(answer: (Response, Vec<OwnedFd>)) -> anyhow::Result<File> {
+    match answer {
+        (Response::LogFile { .. }, fds) => fds
+            .into_iter()
+            .next()
+            .map(File::from)
+            .ok_or_else(|| anyhow!("the partition manager sent no log file descriptor")),
+        (other, _) => bail!("unexpected answer from the partition manager: {other:?}"),
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let socket = args.socket.unwrap_or_else(default_socket);
+    let request = match &args.command {
+        Cmd::Define { file, restart } => {
+            let (def, file_restart) = definition::from_file(file)?;
+            Request::Define {
+                definition: serde_json::to_value(&def)?,
+                restart: restart.or(file_restart).unwrap_or_default(),
+            }
+        }
+        Cmd::Undefine { name } => Request::Undefine { name: name.clone() },
+        Cmd::Start { name } => Request::Start { name: name.clone() },
+        Cmd::Stop { name } => Request::Stop { name: name.clone() },
+        Cmd::Restart { name } => Request::Restart { name: name.clone() },
+        Cmd::Kill { name } => Request::Kill { name: name.clone() },
+        Cmd::Pause { name } => Request::Pause { name: name.clone() },
+        Cmd::Resume { name } => Request::Resume { name: name.clone() },
+        Cmd::List { .. } => Request::List,
+        Cmd::Status { name, .. } => Request::Status { name: name.clone() },
+        Cmd::Console { name } => Request::Console { name: name.clone() },
+        Cmd::Logs { name } => Request::Logs { name: name.clone() },
+    };
+    let client = Client::connect(&socket)?;
+    let answer = client.call(&request)?;
+    match args.command {
+        Cmd::Define { .. } => println!("defined {}", expect_status(answer.0)?.name),
+        Cmd::Undefine { name } => println!("undefined {name}"),
+        Cmd::List { json } => {
+            let Response::List { partitions } = answer.0 else {
+                bail!(
+                    "unexpected answer from the partition manager: {:?}",
+                    answer.0
+                );
+            };
+            if json {
+                println!("{}", serde_json::json!({ "partitions": partitions }));
+            } else {
+                print_table(&partitions);
+            }
+        }
+        Cmd::Status { json, .. } => {
+            let s = expect_status(answer.0)?;
+            if json {
+                println!("{}", serde_json::to_string(&s)?);
+            } else {
+                print_status(&s);
+            }
+        }
+        Cmd::Logs { .. } => {
+            let mut f = log_file(answer)?;
+            f.seek(SeekFrom::Start(0))?;
+            std::io::copy(&mut f, &mut std::io::stdout().lock())?;
+        }
+        Cmd::Console { name } => console(&client, log_file(answer)?, &name)?,
+        _ => println!("{}", status_line(&expect_status(answer.0)?)),
+    }
+    Ok(())
+}
+
+/// Follows the console log and forwards stdin until the partition stops,
+/// stdin asks to detach (Ctrl-] on a terminal), or the manager goes away.
+fn console(client: &Client, mut log: File, name: &str) -> anyhow::Result<()> {
+    const DETACH: u8 = 0x1d; // Ctrl-]
+    let len = log.seek(SeekFrom::End(0))?;
+    log.seek(SeekFrom::Start(len.saturating_sub(4096)))?;
+    let stdin = std::io::stdin();
+    // SAFETY: isatty only inspects the descriptor.
+    let tty = unsafe { libc::isatty(stdin.as_raw_fd()) } == 1;
+    let _raw = if tty {
+        eprintln!("parctl: attached to {name}'s console; Ctrl-] detaches");
+        Some(RawMode::enter()?)
+    } else {
+        None
+    };
+    let mut out = std::io::stdout().lock();
+    let mut stdin_open = true;
+    let mut buf = vec![0u8; 4096];
+    let drain = |log: &mut File, out: &mut std::io::StdoutLock<'_>| -> std::io::Result<()> {
+        std::io::copy(log, out)?;
+        out.flush()
+    };
+    loop {
+        drain(&mut log, &mut out)?;
+        let mut fds = vec![libc::pollfd {
+            fd: client.channel().stream().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if stdin_open {
+            fds.push(libc::pollfd {
+                fd: 0,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        // SAFETY: `fds` is a valid array of pollfd of the given length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        if n <= 0 {
+            continue;
+        }
+        if fds[0].revents != 0 {
+            // The manager speaks only to end the session (or on error).
+            let ended = client.receive();
+            std::thread::sleep(Duration::from_millis(20));
+            drain(&mut log, &mut out)?;
+            return match ended {
+                Ok((Response::ConsoleEnded { reason }, _)) => {
+                    eprintln!("parctl: {name} stopped: {reason}");
+                    Ok(())
+                }
+                Ok((other, _)) => bail!("unexpected answer from the partition manager: {other:?}"),
+                Err(e) => Err(e.into()),
+            };
+        }
+        if stdin_open && fds.get(1).is_some_and(|f| f.revents != 0) {
+            let got = std::io::stdin().lock().read(&mut buf)?;
+            if got == 0 {
+                stdin_open = false;
+                continue;
+            }
+            let data = &buf[..got];
+            let (data, detach) = match data.iter().position(|&b| b == DETACH && tty) {
+                Some(i) => (&data[..i], true),
+                None => (data, false),
+            };
+            if !data.is_empty() {
+                client
+                    .channel()
+                    .send(
+                        &Request::ConsoleInput {
+                            data: data.to_vec(),
+                        },
+                        &[],
+                    )
+                    .context("cannot send console input")?;
+            }
+            if detach {
+                eprintln!("\r\nparctl: detached from {name}");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The terminal in raw mode until dropped.
+struct RawMode;
+
+impl RawMode {
+    fn enter() -> anyhow::Result<Self> {
+        std::io::stdin()
+            .lock()
+            .set_raw_mode()
+            .map_err(|e| anyhow!("cannot put the terminal in raw mode: {e}"))?;
+        Ok(RawMode)
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = std::io::stdin().lock().set_canon_mode();
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        // One line, whatever the error chain.
+        eprintln!("parctl: error: {}", one_line(&e));
+        std::process::exit(1);
+    }
+}
+
+/// The error and its causes on one line, skipping causes the message
+/// already quotes.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg.replace('\n', " ")
+}

@@ -1,0 +1,122 @@
+//! `partition-manager`: the daemon. See docs/manager.md.
+
+use clap::Parser;
+use partition_manager::daemon;
+use partition_manager::supervisor::{Manager, ManagerConfig};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// parvm's partition manager: keeps the registry of partitions (SQLite under
+/// --state-dir) and runs one supervised `vmm` process per started partition.
+/// `parctl` talks to it on --socket (mode 0600; only this uid and root are
+/// served). Partitions keep running when the manager exits; a restarted
+/// manager takes them back.
+///
+/// Logs go to stderr; set PARVM_LOG (e.g. `debug`) for more.
+#[derive(Parser, Debug)]
+#[command(name = "partition-manager", version)]
+struct Args {
+    /// Listening socket [default: $XDG_RUNTIME_DIR/parvm/pm.sock, else
+    /// /run/parvm/pm.sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Where the registry (partitions.db), console logs (logs/NAME.log) and
+    /// VMM logs (logs/NAME.vmm.log) live [default: /var/lib/parvm, or
+    /// $XDG_STATE_HOME/parvm for non-root users].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// The vmm binary [default: `vmm` next to this program].
+    #[arg(long, value_name = "PATH")]
+    vmm: Option<PathBuf>,
+    /// Seconds a start may take until the VMM reports ready.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    ready_timeout: u64,
+    /// Seconds a stop may take before the VMM is killed.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    stop_timeout: u64,
+}
+
+fn default_state_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/parvm");
+    }
+    match (std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME")) {
+        (Some(d), _) if !d.is_empty() => PathBuf::from(d).join("parvm"),
+        (_, Some(h)) => PathBuf::from(h).join(".local/state/parvm"),
+        _ => PathBuf::from("/var/lib/parvm"),
+    }
+}
+
+fn default_vmm() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("vmm")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("vmm"))
+}
+
+fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let socket = absolute(args.socket.unwrap_or_else(daemon::default_socket))?;
+    let state_dir = absolute(args.state_dir.unwrap_or_else(default_state_dir))?;
+    let vmm = args.vmm.unwrap_or_else(default_vmm);
+    let vmm = if vmm.components().count() > 1 {
+        absolute(vmm)?
+    } else {
+        vmm
+    };
+    let _lock = daemon::lock_state_dir(&state_dir)?;
+    let mgr = Manager::open(ManagerConfig {
+        socket: socket.clone(),
+        state_dir: state_dir.clone(),
+        vmm,
+        ready_timeout: Duration::from_secs(args.ready_timeout),
+        stop_timeout: Duration::from_secs(args.stop_timeout),
+    })?;
+    let listener = daemon::listen(&socket)?;
+    tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "partition manager listening");
+    daemon::serve(mgr, listener);
+    Ok(())
+}
+
+fn main() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter: tracing_subscriber::filter::Targets = std::env::var("PARVM_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
+        });
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
+        .init();
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        eprintln!("partition-manager: error: {}", one_line(&e));
+        std::process::exit(1);
+    }
+}
+
+/// The error and its causes on one line, skipping causes the message
+/// already quotes.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg.replace('\n', " ")
+}

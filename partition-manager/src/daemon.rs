@@ -1,0 +1,422 @@
+//! The listening socket: who may connect, and one thread per connection
+//! turning [`Request`]s into [`Manager`] calls.
+//!
+//! The socket is created with mode 0600 in a directory the manager creates
+//! with mode 0700; every connection's peer credentials (`SO_PEERCRED`) are
+//! logged and only the manager's own uid and root are served. A connection
+//! that sends garbage, another protocol version or half a frame gets an
+//! error answer (when one can still be sent) and is closed; other
+//! connections are not affected.
+
+use crate::supervisor::{spawn_thread, Manager, ManagerError};
+use parvm_protocol::{Channel, ErrorKind, ProtocolError, Request, Response};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A client that sends nothing for this long is disconnected.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("a partition manager already listens on {0}")]
+    InUse(PathBuf),
+    #[error("another partition manager uses the state directory {0}")]
+    StateDirLocked(PathBuf),
+    #[error("cannot listen on {path}: {source}")]
+    Listen {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The default socket: `$XDG_RUNTIME_DIR/parvm/pm.sock`, else
+/// `/run/parvm/pm.sock`.
+pub fn default_socket() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("parvm/pm.sock"),
+        _ => PathBuf::from("/run/parvm/pm.sock"),
+    }
+}
+
+/// Peer credentials of a Unix socket.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerCred {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub fn peer_cred(s: &UnixStream) -> std::io::Result<PeerCred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a local of
+    // that size.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(PeerCred {
+        pid: cred.pid as u32,
+        uid: cred.uid,
+        gid: cred.gid,
+    })
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Takes the state directory's lock so that two managers never share it.
+/// The returned file must stay open for the manager's lifetime.
+pub fn lock_state_dir(dir: &Path) -> Result<File, DaemonError> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(|source| DaemonError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        // Console logs may hold anything the guests print.
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let path = dir.join("manager.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| DaemonError::Dir {
+            path: path.clone(),
+            source,
+        })?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(DaemonError::StateDirLocked(dir.to_path_buf()));
+    }
+    Ok(f)
+}
+
+/// Binds the listening socket with mode 0600 (its directory is created
+/// 0700 if missing). A stale socket file nobody listens on is replaced.
+pub fn listen(path: &Path) -> Result<UnixListener, DaemonError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|source| DaemonError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(DaemonError::InUse(path.to_path_buf()));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    // No window in which the socket exists with a wider mode.
+    // SAFETY: umask only changes this process's file creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(|source| DaemonError::Listen {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        DaemonError::Listen {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(listener)
+}
+
+/// Accepts connections forever, one thread each.
+pub fn serve(mgr: Arc<Manager>, listener: UnixListener) {
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => {
+                let mgr = mgr.clone();
+                spawn_thread("client", move || serve_connection(&mgr, stream));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Sends a last answer and closes without losing it: closing a Unix socket
+/// with unread input makes the peer's read fail with ECONNRESET before it
+/// sees the answer, so the input is drained (briefly) first.
+fn close_with(chan: &Channel, answer: &Response) {
+    if chan.send(answer, &[]).is_err() {
+        return;
+    }
+    let s = chan.stream();
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut sink = [0u8; 4096];
+    let mut left = 1usize << 20;
+    while left > 0 {
+        match std::io::Read::read(&mut &*s, &mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+}
+
+fn error_response(e: &ManagerError) -> Response {
+    Response::error(e.kind(), e.to_string())
+}
+
+fn serve_connection(mgr: &Arc<Manager>, stream: UnixStream) {
+    let cred = match peer_cred(&stream) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read peer credentials; closing");
+            return;
+        }
+    };
+    let chan = Channel::new(stream);
+    let me = euid();
+    if cred.uid != me && cred.uid != 0 {
+        tracing::warn!(
+            uid = cred.uid,
+            pid = cred.pid,
+            "connection refused: uid not allowed"
+        );
+        let answer = Response::error(
+            ErrorKind::PermissionDenied,
+            format!(
+                "uid {} may not use this partition manager (only uid {me} and root)",
+                cred.uid
+            ),
+        );
+        close_with(&chan, &answer);
+        return;
+    }
+    tracing::info!(uid = cred.uid, pid = cred.pid, "client connected");
+    let _ = chan.stream().set_read_timeout(Some(IDLE_TIMEOUT));
+    let _ = chan.stream().set_write_timeout(Some(IDLE_TIMEOUT));
+    loop {
+        let request = match chan.recv::<Request>() {
+            Ok((r, _fds)) => r,
+            Err(ProtocolError::Closed) => return,
+            Err(ProtocolError::Json(e)) => {
+                tracing::warn!(pid = cred.pid, error = %e, "malformed request");
+                let answer =
+                    Response::error(ErrorKind::BadRequest, format!("malformed request: {e}"));
+                if chan.send(&answer, &[]).is_err() {
+                    return;
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(pid = cred.pid, error = %e, "bad peer; closing the connection");
+                let kind = match e {
+                    ProtocolError::VersionMismatch { .. } => ErrorKind::VersionMismatch,
+                    _ => ErrorKind::BadRequest,
+                };
+                close_with(&chan, &Response::error(kind, e.to_string()));
+                return;
+            }
+        };
+        match request {
+            Request::Attach {
+                name,
+                pid,
+                token,
+                paused,
+            } => {
+                match mgr.attach(&name, pid, &token, paused, Some(cred.pid), &chan) {
+                    Ok(generation) => {
+                        if chan.send(&Response::Attached, &[]).is_err() {
+                            return;
+                        }
+                        let _ = chan.stream().set_read_timeout(None);
+                        mgr.read_channel(&name, generation, chan, None);
+                    }
+                    Err(e) => {
+                        let _ = chan.send(&error_response(&e), &[]);
+                    }
+                }
+                return;
+            }
+            Request::Console { name } => {
+                console_session(mgr, &chan, &name);
+                return;
+            }
+            other => {
+                let (answer, file) = handle(mgr, other);
+                let fds: Vec<_> = file.iter().map(|f| f.as_fd()).collect();
+                if chan.send(&answer, &fds).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One request, one answer (with the log file's descriptor for `Logs`).
+pub fn handle(mgr: &Arc<Manager>, request: Request) -> (Response, Option<File>) {
+    let status = |r: Result<_, ManagerError>| match r {
+        Ok(status) => Response::Status { status },
+        Err(e) => error_response(&e),
+    };
+    let answer = match request {
+        Request::Define {
+            definition,
+            restart,
+        } => status(mgr.define(&definition, restart)),
+        Request::Undefine { name } => match mgr.undefine(&name) {
+            Ok(()) => Response::Undefined { name },
+            Err(e) => error_response(&e),
+        },
+        Request::Start { name } => status(mgr.start(&name)),
+        Request::Stop { name } => status(mgr.stop(&name)),
+        Request::Restart { name } => status(mgr.restart(&name)),
+        Request::Kill { name } => status(mgr.kill(&name)),
+        Request::Pause { name } => status(mgr.pause(&name, true)),
+        Request::Resume { name } => status(mgr.pause(&name, false)),
+        Request::List => Response::List {
+            partitions: mgr.list(),
+        },
+        Request::Status { name } => status(mgr.status(&name)),
+        Request::Logs { name } => match open_log(mgr, &name) {
+            Ok((file, path)) => {
+                return (
+                    Response::LogFile {
+                        name,
+                        path: path.display().to_string(),
+                    },
+                    Some(file),
+                )
+            }
+            Err(e) => error_response(&e),
+        },
+        Request::ConsoleInput { .. } => Response::error(
+            ErrorKind::BadRequest,
+            "console input outside a console session",
+        ),
+        Request::Console { .. } | Request::Attach { .. } => Response::error(
+            ErrorKind::BadRequest,
+            "this request needs a connection of its own",
+        ),
+    };
+    (answer, None)
+}
+
+fn open_log(mgr: &Manager, name: &str) -> Result<(File, PathBuf), ManagerError> {
+    mgr.status(name)?;
+    let path = mgr.cfg.console_log(name);
+    match File::open(&path) {
+        Ok(f) => Ok((f, path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ManagerError::InvalidState {
+            name: name.into(),
+            state: mgr.status(name)?.state,
+            message: "it has no console log yet (never started)",
+        }),
+        Err(source) => Err(ManagerError::Io {
+            what: format!("cannot open {}", path.display()),
+            source,
+        }),
+    }
+}
+
+/// `Console`: hands out the log's descriptor, then forwards input frames to
+/// the VMM until the client leaves or the partition's VMM ends.
+fn console_session(mgr: &Arc<Manager>, chan: &Channel, name: &str) {
+    let Some(generation) = mgr.live_generation(name) else {
+        let e = match mgr.status(name) {
+            Ok(s) => ManagerError::InvalidState {
+                name: name.into(),
+                state: s.state,
+                message: "it is not running (use `parctl logs` for its log)",
+            },
+            Err(e) => e,
+        };
+        let _ = chan.send(&error_response(&e), &[]);
+        return;
+    };
+    let (file, path) = match open_log(mgr, name) {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = chan.send(&error_response(&e), &[]);
+            return;
+        }
+    };
+    let answer = Response::LogFile {
+        name: name.into(),
+        path: path.display().to_string(),
+    };
+    if chan.send(&answer, &[file.as_fd()]).is_err() {
+        return;
+    }
+    let _ = chan
+        .stream()
+        .set_read_timeout(Some(Duration::from_secs(10)));
+    loop {
+        if mgr.live_generation(name) != Some(generation) {
+            let reason = mgr
+                .status(name)
+                .ok()
+                .and_then(|s| s.last_exit)
+                .unwrap_or_else(|| "partition stopped".into());
+            let _ = chan.send(&Response::ConsoleEnded { reason }, &[]);
+            return;
+        }
+        let mut pfd = libc::pollfd {
+            fd: chan.stream().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, 100) };
+        if n <= 0 {
+            continue;
+        }
+        match chan.recv::<Request>() {
+            Ok((Request::ConsoleInput { data }, _)) => {
+                if let Err(e) = mgr.console_input(name, data) {
+                    tracing::debug!(partition = %name, error = %e, "console input not delivered");
+                }
+            }
+            Ok(_) | Err(ProtocolError::Json(_)) => {
+                let _ = chan.send(
+                    &Response::error(
+                        ErrorKind::BadRequest,
+                        "only console input is accepted in a console session",
+                    ),
+                    &[],
+                );
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! parvm's partition manager: the daemon that owns the table of partitions
+//! and runs one supervised `vmm` process per partition, and the library
+//! behind its CLI `parctl`.
+//!
+//! Module map (data flows top to bottom):
+//! - [`protocol`]: every message between processes and the frames carrying
+//!   them (the `parvm-protocol` crate, shared with `vmm`).
+//! - [`client`]: connecting to the manager and making one request.
+//! - [`daemon`]: the listening socket (mode 0600, `SO_PEERCRED`), one thread
+//!   per connection dispatching requests to the [`supervisor`].
+//! - [`supervisor`]: the partition table, spawning VMMs with a socketpair as
+//!   their control channel, reading those channels, restart policy,
+//!   re-attaching VMMs after a manager restart.
+//! - [`definition`]: partition definitions (vmm's JSON plus `restart`).
+//! - [`store`]: the persistent registry in SQLite under the state directory.
+//!
+//! See docs/manager.md (operators) and docs/protocol.md (the wire format).
+
+pub use parvm_protocol as protocol;
+
+pub mod client;
+pub mod daemon;
+pub mod definition;
+pub mod store;
+pub mod supervisor;

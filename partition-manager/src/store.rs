@@ -1,0 +1,294 @@
+//! The persistent partition registry: one SQLite database under the state
+//! directory (`<state-dir>/partitions.db`).
+//!
+//! Why SQLite through rusqlite with the `bundled` feature: transactions with
+//! `synchronous=FULL` make each write durable (fsync'd) before the manager
+//! answers; the database survives a `kill -9` of the manager at any point
+//! (WAL journal); operators can inspect it with the `sqlite3` tool; and
+//! `bundled` compiles the one SQLite version rusqlite was tested with into
+//! the binary, so nothing has to be installed on the host and CI and
+//! developers build the same thing.
+//!
+//! The manager keeps the rows in memory too and writes through: every change
+//! of a record goes to [`Store::put`] before anyone is told about it.
+
+use parvm_protocol::{PartitionState, RestartPolicy};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+
+/// Version of the table layout below.
+const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("partition store {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("partition store {path}: schema version {found} is newer than this manager's ({SCHEMA_VERSION})")]
+    Schema { path: PathBuf, found: i64 },
+    #[error("partition store {path}: row `{name}`: {message}")]
+    Corrupt {
+        path: PathBuf,
+        name: String,
+        message: String,
+    },
+}
+
+/// One partition as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub name: String,
+    /// The vmm partition definition (JSON object, absolute paths).
+    pub definition: serde_json::Value,
+    pub restart: RestartPolicy,
+    pub state: PartitionState,
+    pub last_exit: Option<String>,
+    /// The VMM's pid while one runs.
+    pub pid: Option<u32>,
+    /// The VMM's start time (clock ticks after boot, /proc/PID/stat field
+    /// 22), so a recycled pid is not mistaken for the VMM.
+    pub pid_start: Option<u64>,
+    /// The token the running VMM re-attaches with.
+    pub token: Option<String>,
+    pub restarts: u32,
+    /// Unix time of the last state change.
+    pub since: u64,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join("partitions.db");
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA busy_timeout = 5000;
+             CREATE TABLE IF NOT EXISTS meta (
+                 key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS partitions (
+                 name TEXT PRIMARY KEY,
+                 definition TEXT NOT NULL,
+                 restart TEXT NOT NULL,
+                 state TEXT NOT NULL,
+                 last_exit TEXT,
+                 pid INTEGER,
+                 pid_start INTEGER,
+                 token TEXT,
+                 restarts INTEGER NOT NULL DEFAULT 0,
+                 since INTEGER NOT NULL);",
+        )
+        .map_err(err)?;
+        let found: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(err)?;
+        match found {
+            None => {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema', ?1)",
+                    params![SCHEMA_VERSION],
+                )
+                .map_err(err)?;
+            }
+            Some(v) if v > SCHEMA_VERSION => return Err(StoreError::Schema { path, found: v }),
+            Some(_) => {}
+        }
+        Ok(Store { conn, path })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Inserts or replaces a record; durable when this returns.
+    pub fn put(&self, r: &Record) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO partitions
+                    (name, definition, restart, state, last_exit, pid, pid_start, token, restarts, since)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT(name) DO UPDATE SET
+                    definition = excluded.definition, restart = excluded.restart,
+                    state = excluded.state, last_exit = excluded.last_exit,
+                    pid = excluded.pid, pid_start = excluded.pid_start,
+                    token = excluded.token, restarts = excluded.restarts,
+                    since = excluded.since",
+                params![
+                    r.name,
+                    r.definition.to_string(),
+                    r.restart.as_str(),
+                    r.state.as_str(),
+                    r.last_exit,
+                    r.pid,
+                    r.pid_start.map(|v| v as i64),
+                    r.token,
+                    r.restarts,
+                    r.since as i64,
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Removes a record; durable when this returns.
+    pub fn remove(&self, name: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM partitions WHERE name = ?1", params![name])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Every record, by name.
+    pub fn all(&self) -> Result<Vec<Record>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT name, definition, restart, state, last_exit, pid, pid_start, token, restarts, since
+                 FROM partitions ORDER BY name",
+            )
+            .map_err(|e| self.err(e))?;
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<u32>,
+            Option<i64>,
+            Option<String>,
+            u32,
+            i64,
+        );
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, def, restart, state, last_exit, pid, pid_start, token, restarts, since): Row =
+                row.map_err(|e| self.err(e))?;
+            let corrupt = |message: String| StoreError::Corrupt {
+                path: self.path.clone(),
+                name: name.clone(),
+                message,
+            };
+            out.push(Record {
+                definition: serde_json::from_str(&def).map_err(|e| corrupt(e.to_string()))?,
+                restart: restart.parse().map_err(corrupt)?,
+                state: state.parse().map_err(corrupt)?,
+                last_exit,
+                pid,
+                pid_start: pid_start.map(|v| v as u64),
+                token,
+                restarts,
+                since: since as u64,
+                name,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn record(name: &str) -> Record {
+        Record {
+            name: name.into(),
+            definition: serde_json::json!({"name": name, "kernel": "/k"}),
+            restart: RestartPolicy::OnFailure,
+            state: PartitionState::Defined,
+            last_exit: None,
+            pid: None,
+            pid_start: None,
+            token: None,
+            restarts: 0,
+            since: 1,
+        }
+    }
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        {
+            let s = Store::open(dir.as_path()).unwrap();
+            s.put(&record("b")).unwrap();
+            let mut a = record("a");
+            s.put(&a).unwrap();
+            a.state = PartitionState::Running;
+            a.pid = Some(42);
+            a.pid_start = Some(1234);
+            a.token = Some("t".into());
+            a.last_exit = Some("guest reset".into());
+            s.put(&a).unwrap();
+            s.put(&record("c")).unwrap();
+            s.remove("c").unwrap();
+        }
+        let s = Store::open(dir.as_path()).unwrap();
+        let all = s.all().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].name, "a");
+        assert_eq!(all[0].state, PartitionState::Running);
+        assert_eq!(all[0].pid, Some(42));
+        assert_eq!(all[0].pid_start, Some(1234));
+        assert_eq!(all[0].token.as_deref(), Some("t"));
+        assert_eq!(all[1], record("b"));
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        drop(Store::open(dir.as_path()).unwrap());
+        let c = Connection::open(dir.as_path().join("partitions.db")).unwrap();
+        c.execute("UPDATE meta SET value = 99 WHERE key = 'schema'", [])
+            .unwrap();
+        drop(c);
+        assert!(matches!(
+            Store::open(dir.as_path()),
+            Err(StoreError::Schema { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn a_corrupt_row_is_named() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let s = Store::open(dir.as_path()).unwrap();
+        s.put(&record("x")).unwrap();
+        s.conn
+            .execute("UPDATE partitions SET state = 'zombie'", [])
+            .unwrap();
+        let e = s.all().unwrap_err().to_string();
+        assert!(e.contains("`x`") && e.contains("zombie"), "{e}");
+    }
+}
