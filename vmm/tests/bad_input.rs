@@ -125,7 +125,12 @@ fn memory_too_small_for_kernel_or_initrd() {
     refused(&f, &["too small for kernel", "2 MiB"]);
     // Kernel fits in 8 MiB (it boots there), kernel + a 7 MiB initrd does not.
     let ok = vmm(&["--kernel", &tiny(), "--memory-mib", "8"]);
-    assert_eq!(ok.code(), Some(0), "tiny guest must fit in 8 MiB: {}", ok.stderr);
+    assert_eq!(
+        ok.code(),
+        Some(0),
+        "tiny guest must fit in 8 MiB: {}",
+        ok.stderr
+    );
     let i = dir.join("initrd");
     std::fs::write(&i, vec![7u8; 7 << 20]).expect("write");
     let f = vmm(&[
