@@ -333,21 +333,7 @@ fn main() {
     let args = Args::parse();
     if let Err(e) = run(args) {
         // One line, whatever the error chain.
-        eprintln!("parctl: error: {}", one_line(&e));
+        eprintln!("parctl: error: {}", partition_manager::one_line(&e));
         std::process::exit(1);
     }
-}
-
-/// The error and its causes on one line, skipping causes the message
-/// already quotes.
-fn one_line(e: &anyhow::Error) -> String {
-    let mut msg = e.to_string();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !msg.contains(&c) {
-            msg.push_str(": ");
-            msg.push_str(&c);
-        }
-    }
-    msg.replace('\n', " ")
 }
