@@ -6,13 +6,17 @@
 #   qemu-system-x86     reference VMM: boots the same guest images so the guest
 #                       can be checked independently of parvm's own vmm
 #   python3             small helper scripts in tests and docs
+#   acpica-tools        iasl: vmm/tests/acpi_iasl.rs disassembles the VMM's
+#                       ACPI tables with it (default suite)
+#   cpio xz-utils       tests/linux/build-image.sh packs the Linux test
+#                       initramfs (cpio) and unpacks .ko.xz modules (xz)
 #
 # Idempotent: packages already installed are skipped, and `apt-get update`
 # runs at most once, only when something has to be installed. Usable by CI as
 # root (no sudo needed); as a normal user it uses sudo when available.
 set -euo pipefail
 
-PKGS=(binutils qemu-system-x86 python3)
+PKGS=(binutils qemu-system-x86 python3 acpica-tools cpio xz-utils)
 
 missing=()
 for p in "${PKGS[@]}"; do

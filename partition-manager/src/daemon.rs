@@ -288,11 +288,16 @@ pub fn handle(mgr: &Arc<Manager>, request: Request) -> (Response, Option<File>) 
         Ok(status) => Response::Status { status },
         Err(e) => error_response(&e),
     };
+    let grant = |r: Result<_, ManagerError>| match r {
+        Ok(grant) => Response::Grant { grant },
+        Err(e) => error_response(&e),
+    };
     let answer = match request {
         Request::Define {
             definition,
             restart,
-        } => status(mgr.define(&definition, restart)),
+            segments,
+        } => status(mgr.define(&definition, restart, &segments)),
         Request::Undefine { name } => match mgr.undefine(&name) {
             Ok(()) => Response::Undefined { name },
             Err(e) => error_response(&e),
@@ -317,6 +322,65 @@ pub fn handle(mgr: &Arc<Manager>, request: Request) -> (Response, Option<File>) 
                     Some(file),
                 )
             }
+            Err(e) => error_response(&e),
+        },
+        Request::SegmentCreate {
+            owner,
+            id,
+            size,
+            gpa,
+        } => match mgr.segment_create(&owner, &id, size, gpa) {
+            Ok(segment) => Response::Segment { segment },
+            Err(e) => error_response(&e),
+        },
+        Request::Grant {
+            segment,
+            grantee,
+            rights,
+        } => {
+            let owner = segment.split('/').next().unwrap_or_default().to_string();
+            grant(mgr.grant(&owner, &segment, &grantee, rights))
+        }
+        Request::Accept {
+            cookie,
+            partition,
+            gpa,
+        } => grant(mgr.accept(&partition, &cookie, gpa)),
+        Request::Regrant {
+            cookie,
+            partition,
+            grantee,
+            rights,
+        } => grant(mgr.regrant(&partition, &cookie, &grantee, rights)),
+        Request::Revoke { cookie, partition } => match mgr.revoke(partition.as_deref(), &cookie) {
+            Ok(revoked) => Response::Revoked { revoked },
+            Err(e) => error_response(&e),
+        },
+        Request::Copy {
+            partition,
+            src,
+            src_offset,
+            dst,
+            dst_offset,
+            len,
+        } => match mgr.copy(&partition, &src, src_offset, &dst, dst_offset, len) {
+            Ok(bytes) => Response::Copied { bytes },
+            Err(e) => error_response(&e),
+        },
+        Request::Grants => {
+            let (segments, grants, doorbells) = mgr.grant_table();
+            Response::Grants {
+                segments,
+                grants,
+                doorbells,
+            }
+        }
+        Request::Share { config } => match mgr.share(&config) {
+            Ok((segments, grants, doorbells)) => Response::Shared {
+                segments,
+                grants,
+                doorbells,
+            },
             Err(e) => error_response(&e),
         },
         Request::ConsoleInput { .. } => Response::error(

@@ -1,18 +1,22 @@
 //! Partition definitions as the manager takes them: vmm's JSON definition
-//! (`vmm::config::PartitionDefinition`, parsed by vmm's own code) plus one
-//! manager-side field, `"restart": "never" | "on-failure"`, which is taken out
-//! before vmm's strict parser (`deny_unknown_fields`) sees the rest.
+//! (`vmm::config::PartitionDefinition`, parsed by vmm's own code) plus two
+//! manager-side fields, `"restart": "never" | "on-failure"` and
+//! `"segments": [{"id", "size_kib" | "size", "gpa"?}]` (memory segments the
+//! partition owns), which are taken out before vmm's strict parser
+//! (`deny_unknown_fields`) sees the rest.
 //!
 //! `parctl define FILE` parses the file here (errors name the file and the
 //! field, relative paths become absolute), and the manager checks what it
 //! receives again with [`check`]: never trust the peer.
 
-use parvm_protocol::RestartPolicy;
+use parvm_protocol::{RestartPolicy, SegmentSpec};
 use std::path::{Path, PathBuf};
 use vmm::config::{ConfigError, PartitionConfig, PartitionDefinition};
 
 /// The manager-side field of a definition file.
 pub const RESTART_FIELD: &str = "restart";
+/// The manager-side list of segments a partition owns.
+pub const SEGMENTS_FIELD: &str = "segments";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DefinitionError {
@@ -32,6 +36,8 @@ pub enum DefinitionError {
     NotAnObject(PathBuf),
     #[error("partition definition {path}: field `restart`: {message}")]
     Restart { path: PathBuf, message: String },
+    #[error("partition definition {path}: field `segments`: {message}")]
+    Segments { path: PathBuf, message: String },
     #[error("partition definition {0}: field `name` is required")]
     NoName(PathBuf),
     #[error("partition definition {path}: field `{field}`: {message}")]
@@ -53,11 +59,17 @@ pub struct Checked {
     pub restart: RestartPolicy,
 }
 
+/// A definition file as `parctl define` sends it.
+#[derive(Debug, Clone)]
+pub struct FileDefinition {
+    pub definition: PartitionDefinition,
+    pub restart: Option<RestartPolicy>,
+    pub segments: Vec<SegmentSpec>,
+}
+
 /// Reads a definition file as `parctl define` does: relative paths become
-/// absolute (relative to the file), `restart` is taken out.
-pub fn from_file(
-    path: &Path,
-) -> Result<(PartitionDefinition, Option<RestartPolicy>), DefinitionError> {
+/// absolute (relative to the file), `restart` and `segments` are taken out.
+pub fn from_file(path: &Path) -> Result<FileDefinition, DefinitionError> {
     let read_err = |source| DefinitionError::Read {
         path: path.to_path_buf(),
         source,
@@ -89,6 +101,13 @@ pub fn from_file(
             })
         }
     };
+    let segments = match obj.remove(SEGMENTS_FIELD) {
+        None => Vec::new(),
+        Some(v) => parse_segments(v).map_err(|message| DefinitionError::Segments {
+            path: path.to_path_buf(),
+            message,
+        })?,
+    };
     // vmm's parser names unknown fields and resolves relative paths against
     // the file's directory (absolute here, since the path is canonical).
     let def = PartitionDefinition::from_json(&value.to_string(), &abs)?;
@@ -96,7 +115,33 @@ pub fn from_file(
         return Err(DefinitionError::NoName(path.to_path_buf()));
     }
     def.clone().validate()?;
-    Ok((def, restart))
+    Ok(FileDefinition {
+        definition: def,
+        restart,
+        segments,
+    })
+}
+
+/// Parses and checks a `segments` list (ids, sizes, duplicates).
+pub fn parse_segments(v: serde_json::Value) -> Result<Vec<SegmentSpec>, String> {
+    let specs: Vec<SegmentSpec> = serde_json::from_value(v).map_err(|e| e.to_string())?;
+    let mut seen = std::collections::HashSet::new();
+    for s in &specs {
+        if !parvm_protocol::grant::valid_segment_id(&s.id) {
+            return Err(format!(
+                "invalid segment id `{}`: use 1-32 characters from [A-Za-z0-9._-]",
+                s.id
+            ));
+        }
+        if !seen.insert(s.id.clone()) {
+            return Err(format!("duplicate segment id `{}`", s.id));
+        }
+        s.bytes()?;
+        if s.gpa.is_some_and(|g| !g.is_multiple_of(4096)) {
+            return Err(format!("segment `{}`: gpa is not 4 KiB aligned", s.id));
+        }
+    }
+    Ok(specs)
 }
 
 /// The manager's check of a definition received from a client.
@@ -160,7 +205,11 @@ mod tests {
             "a.json",
             r#"{"name":"a","kernel":"k.elf","restart":"on-failure"}"#,
         );
-        let (def, restart) = from_file(&p).unwrap();
+        let FileDefinition {
+            definition: def,
+            restart,
+            ..
+        } = from_file(&p).unwrap();
         assert_eq!(restart, Some(RestartPolicy::OnFailure));
         let kernel = def.kernel.clone().unwrap();
         assert!(
@@ -203,6 +252,36 @@ mod tests {
                 "vcpus.json",
                 r#"{"name":"a","kernel":"/k","vcpus":0}"#,
                 "vcpus",
+            ),
+            (
+                "seg1.json",
+                r#"{"name":"a","kernel":"/k","segments":[{"id":"s"}]}"#,
+                "size_kib is required",
+            ),
+            (
+                "seg2.json",
+                r#"{"name":"a","kernel":"/k","segments":[{"id":"s","size_kib":4},{"id":"s","size_kib":4}]}"#,
+                "duplicate segment",
+            ),
+            (
+                "seg3.json",
+                r#"{"name":"a","kernel":"/k","segments":[{"id":"s","size_kib":2097152}]}"#,
+                "exceeds",
+            ),
+            (
+                "seg4.json",
+                r#"{"name":"a","kernel":"/k","segments":[{"id":"s","size_kib":4,"colour":1}]}"#,
+                "colour",
+            ),
+            (
+                "seg5.json",
+                r#"{"name":"a","kernel":"/k","segments":{"id":"s"}}"#,
+                "segments",
+            ),
+            (
+                "seg6.json",
+                r#"{"name":"a","kernel":"/k","segments":[{"id":"s","size_kib":4,"gpa":4097}]}"#,
+                "aligned",
             ),
         ];
         for (file, text, want) in cases {

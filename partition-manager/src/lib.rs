@@ -11,8 +11,14 @@
 //! - [`supervisor`]: the partition table, spawning VMMs with a socketpair as
 //!   their control channel, reading those channels, restart policy,
 //!   re-attaching VMMs after a manager restart.
-//! - [`definition`]: partition definitions (vmm's JSON plus `restart`).
+//! - [`definition`]: partition definitions (vmm's JSON plus `restart` and
+//!   `segments`).
+//! - [`grants`]: the grant table (segments, cookies, the checks of each
+//!   operation); [`sharing`]: those operations carried out with the VMMs
+//!   (map, unmap, acks, hcalls).
 //! - [`store`]: the persistent registry in SQLite under the state directory.
+//! - [`vios`]: VIOS partitions (kind `vios`, run with the `vios` binary)
+//!   and the brokering of their disks to client partitions.
 //!
 //! See docs/manager.md (operators) and docs/protocol.md (the wire format).
 
@@ -21,8 +27,11 @@ pub use parvm_protocol as protocol;
 pub mod client;
 pub mod daemon;
 pub mod definition;
+pub mod grants;
+pub mod sharing;
 pub mod store;
 pub mod supervisor;
+pub mod vios;
 
 /// The error and its causes on one line, skipping causes the message
 /// already quotes: how `parctl` and `partition-manager` report failures.

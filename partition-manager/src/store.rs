@@ -12,8 +12,9 @@
 //! The manager keeps the rows in memory too and writes through: every change
 //! of a record goes to [`Store::put`] before anyone is told about it.
 
-use parvm_protocol::{PartitionState, RestartPolicy};
+use parvm_protocol::{DoorbellInfo, GrantInfo, PartitionState, RestartPolicy, SegmentInfo};
 use rusqlite::{params, Connection, OptionalExtension};
+use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 
 /// Version of the table layout below.
@@ -87,7 +88,13 @@ impl Store {
                  pid_start INTEGER,
                  token TEXT,
                  restarts INTEGER NOT NULL DEFAULT 0,
-                 since INTEGER NOT NULL);",
+                 since INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS segments (
+                 name TEXT PRIMARY KEY, info TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS grants (
+                 id INTEGER PRIMARY KEY, info TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS doorbells (
+                 id TEXT PRIMARY KEY, info TEXT NOT NULL);",
         )
         .map_err(err)?;
         let found: Option<i64> = conn
@@ -213,6 +220,130 @@ impl Store {
                 since: since as u64,
                 name,
             });
+        }
+        Ok(out)
+    }
+}
+
+/// Segments and grants: one JSON row each (the shapes of
+/// `parctl grants --json`), written through like partition records.
+impl Store {
+    pub fn put_segment(&self, s: &SegmentInfo) -> Result<(), StoreError> {
+        self.put_json("segments", "name", &s.name, s)
+    }
+
+    pub fn remove_segment(&self, name: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM segments WHERE name = ?1", params![name])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Writes a grant durably (fsync'd before this returns).
+    pub fn put_grant(&self, g: &GrantInfo) -> Result<(), StoreError> {
+        self.put_json("grants", "id", &g.id.to_string(), g)
+    }
+
+    /// Writes a grant that may be lost to a power failure (not to a crash
+    /// of the manager: WAL with `synchronous=NORMAL`): minting and
+    /// accepting. Losing one is fail-safe (a cookie that no longer works,
+    /// a mapping that died with the machine anyway); ending a grant
+    /// (revoke, release) always uses the durable writes, which also make
+    /// every earlier write durable (the WAL is sequential).
+    pub fn put_grant_relaxed(&self, g: &GrantInfo) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch("PRAGMA synchronous = NORMAL")
+            .map_err(|e| self.err(e))?;
+        let r = self.put_grant(g);
+        self.conn
+            .execute_batch("PRAGMA synchronous = FULL")
+            .map_err(|e| self.err(e))?;
+        r
+    }
+
+    /// Writes several grants in one durable transaction.
+    pub fn put_grants(&self, grants: &[GrantInfo]) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.err(e))?;
+        for g in grants {
+            if let Err(e) = self.put_grant(g) {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+        self.conn.execute_batch("COMMIT").map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn put_doorbell(&self, d: &DoorbellInfo) -> Result<(), StoreError> {
+        self.put_json("doorbells", "id", &d.id, d)
+    }
+
+    pub fn all_doorbells(&self) -> Result<Vec<DoorbellInfo>, StoreError> {
+        self.all_json("doorbells", "id")
+    }
+
+    pub fn all_segments(&self) -> Result<Vec<SegmentInfo>, StoreError> {
+        self.all_json("segments", "name")
+    }
+
+    pub fn all_grants(&self) -> Result<Vec<GrantInfo>, StoreError> {
+        self.all_json("grants", "id")
+    }
+
+    fn put_json<T: serde::Serialize>(
+        &self,
+        table: &str,
+        key_col: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let text = serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
+            path: self.path.clone(),
+            name: key.into(),
+            message: e.to_string(),
+        })?;
+        self.conn
+            .execute(
+                &format!(
+                    "INSERT INTO {table} ({key_col}, info) VALUES (?1, ?2)
+                     ON CONFLICT({key_col}) DO UPDATE SET info = excluded.info"
+                ),
+                params![key, text],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn all_json<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        key_col: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT {key_col}, info FROM {table} ORDER BY {key_col}"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, rusqlite::types::Value>(0)?,
+                    r.get::<_, String>(1)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, text) = row.map_err(|e| self.err(e))?;
+            let value = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                name: format!("{table} {key:?}"),
+                message: e.to_string(),
+            })?;
+            out.push(value);
         }
         Ok(out)
     }

@@ -14,15 +14,17 @@
 //! Operator requests ([`Manager::start`] etc.) run on the client's thread and
 //! wait on the condition variable for the state they expect.
 
+use crate::grants::{GrantError, GrantTable};
+use crate::sharing::Ack;
 use crate::store::{Record, Store, StoreError};
 use parvm_protocol::{
     Channel, ErrorKind, ExitStatus, ManagerMessage, PartitionState, PartitionStatus, ProtocolError,
     RestartPolicy, VmmMessage, TOKEN_ENV,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -71,6 +73,15 @@ pub enum ManagerError {
     },
     #[error("partition `{0}`: {1}")]
     Control(String, String),
+    #[error(transparent)]
+    Grant(#[from] GrantError),
+    /// The grantee's VMM refused a mapping.
+    #[error("partition `{name}` cannot map it: {message}")]
+    Map {
+        name: String,
+        message: String,
+        conflict: bool,
+    },
 }
 
 impl ManagerError {
@@ -86,6 +97,9 @@ impl ManagerError {
             | ManagerError::Spawn { .. }
             | ManagerError::Io { .. }
             | ManagerError::Control(..) => ErrorKind::Internal,
+            ManagerError::Grant(e) => e.kind(),
+            ManagerError::Map { conflict: true, .. } => ErrorKind::GpaConflict,
+            ManagerError::Map { .. } => ErrorKind::BadRequest,
         }
     }
 }
@@ -122,12 +136,12 @@ impl ManagerConfig {
 }
 
 /// A live VMM.
-struct Runtime {
-    generation: u64,
-    pid: u32,
+pub(crate) struct Runtime {
+    pub(crate) generation: u64,
+    pub(crate) pid: u32,
     /// Write side of the control channel; `None` until a VMM found at
     /// manager start re-attaches.
-    writer: Option<Channel>,
+    pub(crate) writer: Option<Channel>,
     ready_at: Option<Instant>,
     stop_requested: bool,
     killed: bool,
@@ -137,9 +151,9 @@ struct Runtime {
     failure: Option<String>,
 }
 
-struct Partition {
-    rec: Record,
-    run: Option<Runtime>,
+pub(crate) struct Partition {
+    pub(crate) rec: Record,
+    pub(crate) run: Option<Runtime>,
     /// Bumped by every operator action: a pending automatic restart from
     /// an older epoch is dropped.
     epoch: u64,
@@ -147,19 +161,24 @@ struct Partition {
     ready_generation: u64,
 }
 
-struct Inner {
-    store: Store,
-    parts: BTreeMap<String, Partition>,
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) parts: BTreeMap<String, Partition>,
     next_generation: u64,
+    /// Segments and grants (see [`crate::grants`]).
+    pub(crate) table: GrantTable,
+    /// Answers of VMMs to `Map`/`Unmap`, by (partition, key), until the
+    /// waiting request takes them.
+    pub(crate) acks: HashMap<(String, String), Ack>,
 }
 
 pub struct Manager {
     pub cfg: ManagerConfig,
-    inner: Mutex<Inner>,
-    changed: Condvar,
+    pub(crate) inner: Mutex<Inner>,
+    pub(crate) changed: Condvar,
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -210,7 +229,7 @@ fn random_token() -> Result<String, std::io::Error> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn send_signal(pid: u32, sig: i32) {
+pub(crate) fn send_signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) with a pid the registry believes is our VMM.
     unsafe { libc::kill(pid as libc::pid_t, sig) };
 }
@@ -240,8 +259,15 @@ fn status_of(cfg: &ManagerConfig, p: &Partition) -> PartitionStatus {
         name: p.rec.name.clone(),
         state: p.rec.state,
         pid: p.rec.pid,
-        vcpus: d.get("vcpus").and_then(|v| v.as_u64()).unwrap_or(1),
-        memory_mib: d.get("memory_mib").and_then(|v| v.as_u64()).unwrap_or(128),
+        // A VIOS partition (docs/vios.md) has no vCPUs or guest RAM: 0.
+        vcpus: d
+            .get("vcpus")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(if crate::vios::is_vios(d) { 0 } else { 1 }),
+        memory_mib: d
+            .get("memory_mib")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(if crate::vios::is_vios(d) { 0 } else { 128 }),
         kernel: d
             .get("kernel")
             .and_then(|v| v.as_str())
@@ -253,6 +279,12 @@ fn status_of(cfg: &ManagerConfig, p: &Partition) -> PartitionStatus {
         attached: p.run.as_ref().is_some_and(|r| r.writer.is_some()),
         console_log: cfg.console_log(&p.rec.name).display().to_string(),
         since: p.rec.since,
+        kind: crate::vios::is_vios(d).then(|| crate::vios::KIND.to_string()),
+        exports: if crate::vios::is_vios(d) {
+            crate::vios::exports(d)
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -267,6 +299,11 @@ impl Manager {
             })?;
         }
         let store = Store::open(&cfg.state_dir)?;
+        let table = GrantTable::load(
+            store.all_segments()?,
+            store.all_grants()?,
+            store.all_doorbells()?,
+        );
         let mut parts = BTreeMap::new();
         for rec in store.all()? {
             parts.insert(
@@ -285,6 +322,8 @@ impl Manager {
                 store,
                 parts,
                 next_generation: 1,
+                table,
+                acks: HashMap::new(),
             }),
             changed: Condvar::new(),
         });
@@ -292,7 +331,7 @@ impl Manager {
         Ok(mgr)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -342,6 +381,10 @@ impl Manager {
                     p.rec.token = None;
                     p.rec.since = now_secs();
                     store.put(&p.rec)?;
+                    crate::sharing::release_held(&mut inner, &name);
+                    let Some(p) = inner.parts.get(&name) else {
+                        continue;
+                    };
                     if p.rec.restart == RestartPolicy::OnFailure {
                         let (epoch, restarts) = (p.epoch, p.rec.restarts);
                         self.schedule_restart(name, epoch, restarts);
@@ -384,16 +427,26 @@ impl Manager {
         &self,
         definition: &serde_json::Value,
         restart: RestartPolicy,
+        segments: &[parvm_protocol::SegmentSpec],
     ) -> Result<PartitionStatus, ManagerError> {
-        let checked = crate::definition::check(definition, restart)
-            .map_err(|e| ManagerError::BadRequest(e.to_string()))?;
-        let name = checked.config.name.clone();
-        let value = serde_json::to_value(&checked.definition)
-            .map_err(|e| ManagerError::BadRequest(e.to_string()))?;
+        let (name, value) = if crate::vios::is_vios(definition) {
+            // A VIOS partition: checked by the vios crate's parser.
+            let vios = crate::vios::check(definition)?;
+            let value =
+                serde_json::to_value(&vios).map_err(|e| ManagerError::BadRequest(e.to_string()))?;
+            (vios.name, value)
+        } else {
+            let checked = crate::definition::check(definition, restart)
+                .map_err(|e| ManagerError::BadRequest(e.to_string()))?;
+            let value = serde_json::to_value(&checked.definition)
+                .map_err(|e| ManagerError::BadRequest(e.to_string()))?;
+            (checked.config.name.clone(), value)
+        };
         let mut inner = self.lock();
         if inner.parts.contains_key(&name) {
             return Err(ManagerError::AlreadyExists(name));
         }
+        let created = crate::sharing::create_declared(&mut inner, &name, segments)?;
         let rec = Record {
             name: name.clone(),
             definition: value,
@@ -407,7 +460,10 @@ impl Manager {
             since: now_secs(),
         };
         inner.store.put(&rec)?;
-        tracing::info!(partition = %name, %restart, "partition defined");
+        for seg in &created {
+            inner.store.put_segment(seg)?;
+        }
+        tracing::info!(partition = %name, %restart, segments = created.len(), "partition defined");
         let p = Partition {
             rec,
             run: None,
@@ -434,6 +490,7 @@ impl Manager {
         }
         inner.store.remove(name)?;
         inner.parts.remove(name);
+        crate::sharing::forget_owner(&mut inner, name)?;
         let _ = std::fs::remove_file(self.cfg.definition_file(name));
         tracing::info!(partition = %name, "partition undefined");
         self.changed.notify_all();
@@ -505,7 +562,11 @@ impl Manager {
         }
     }
 
-    fn wait<'a>(&self, guard: MutexGuard<'a, Inner>, timeout: Duration) -> MutexGuard<'a, Inner> {
+    pub(crate) fn wait<'a>(
+        &self,
+        guard: MutexGuard<'a, Inner>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, Inner> {
         let timeout = timeout.max(Duration::from_millis(1));
         match self.changed.wait_timeout(guard, timeout) {
             Ok((g, _)) => g,
@@ -779,6 +840,15 @@ impl Manager {
     fn spawn(self: &Arc<Self>, inner: &mut Inner, name: &str) -> Result<u64, ManagerError> {
         let generation = inner.next_generation;
         inner.next_generation += 1;
+        // Disks served by a VIOS (`vios:<vios>/<disk>`): the grant is
+        // checked and a socketpair brokered per disk; the VMM inherits its
+        // ends as fds 4, 5, ... (docs/vios.md).
+        let mut vmm_definition = inner
+            .parts
+            .get(name)
+            .map(|p| p.rec.definition.clone())
+            .ok_or_else(|| ManagerError::NotFound(name.into()))?;
+        let disk_fds = crate::vios::broker(inner, name, &mut vmm_definition)?;
         let Inner { store, parts, .. } = inner;
         let p = parts
             .get_mut(name)
@@ -787,7 +857,7 @@ impl Manager {
 
         // The definition as vmm reads it; the console always goes to the log.
         let def_path = self.cfg.definition_file(name);
-        let mut def = p.rec.definition.clone();
+        let mut def = vmm_definition;
         if let Some(obj) = def.as_object_mut() {
             obj.remove("console");
         }
@@ -806,7 +876,31 @@ impl Manager {
         let (ours, theirs) = UnixStream::pair().map_err(io("socketpair".into()))?;
         let token = random_token().map_err(io("getrandom".into()))?;
         let theirs_fd = theirs.as_raw_fd();
-        let mut cmd = Command::new(&self.cfg.vmm);
+        // The brokered disk sockets, moved above the numbers they go to.
+        let mut high_fds = Vec::with_capacity(disk_fds.len());
+        for fd in &disk_fds {
+            // SAFETY: F_DUPFD_CLOEXEC duplicates a valid fd we own; the copy
+            // is owned by the OwnedFd built from it.
+            let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
+            if high < 0 {
+                return Err(ManagerError::Io {
+                    what: "cannot duplicate a VIOS disk socket".into(),
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+            // SAFETY: `high` is a fresh descriptor nobody else owns.
+            high_fds.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(high) });
+        }
+        drop(disk_fds);
+        let high_raw: Vec<i32> = high_fds.iter().map(|f| f.as_raw_fd()).collect();
+        // A VIOS partition runs the `vios` binary next to `vmm`, with the
+        // same flags.
+        let program = if crate::vios::is_vios(&p.rec.definition) {
+            crate::vios::vios_binary(&self.cfg.vmm)
+        } else {
+            self.cfg.vmm.clone()
+        };
+        let mut cmd = Command::new(&program);
         cmd.arg("--config")
             .arg(&def_path)
             .arg("--console")
@@ -835,14 +929,21 @@ impl Manager {
                 } else if libc::dup2(theirs_fd, 3) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // VIOS disk sockets on 4, 5, ... (dup2 clears close-on-exec).
+                for (i, high) in high_raw.iter().enumerate() {
+                    if libc::dup2(*high, crate::vios::FIRST_DISK_FD + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
         let child = cmd.spawn().map_err(|source| ManagerError::Spawn {
-            path: self.cfg.vmm.clone(),
+            path: program.clone(),
             source,
         })?;
         drop(theirs);
+        drop(high_fds);
         let pid = child.id();
         let pid_start = process_start_time(pid);
         let writer = Channel::new(
@@ -889,6 +990,14 @@ impl Manager {
         let mut reported = None;
         loop {
             match chan.recv::<VmmMessage>() {
+                Ok((VmmMessage::Holding { key }, fds)) => {
+                    crate::sharing::adopt(self, name, &key, fds);
+                }
+                Ok((VmmMessage::Hcall { seq, call }, _)) => {
+                    let mgr = self.clone();
+                    let name = name.to_string();
+                    spawn_thread("hcall", move || mgr.hcall(&name, generation, seq, call));
+                }
                 Ok((msg, _fds)) => {
                     if let VmmMessage::Exit { status, .. } = &msg {
                         reported = Some(status.clone());
@@ -916,7 +1025,7 @@ impl Manager {
         self.on_exit(name, generation, reported, process);
     }
 
-    fn on_message(&self, name: &str, generation: u64, msg: VmmMessage) {
+    fn on_message(self: &Arc<Self>, name: &str, generation: u64, msg: VmmMessage) {
         let mut inner = self.lock();
         let Inner { store, parts, .. } = &mut *inner;
         let Some(p) = parts.get_mut(name) else { return };
@@ -952,7 +1061,15 @@ impl Manager {
                 run.failure = Some(message);
                 None
             }
+            other => {
+                drop(inner);
+                crate::sharing::on_vmm_message(self, name, other);
+                self.changed.notify_all();
+                return;
+            }
         };
+        let is_ready =
+            new_state == Some(PartitionState::Running) && p.rec.state == PartitionState::Starting;
         if let Some(state) = new_state {
             if p.rec.state != PartitionState::Stopping {
                 p.rec.state = state;
@@ -961,6 +1078,11 @@ impl Manager {
                     tracing::error!(partition = %name, error = %e, "cannot record the state");
                 }
             }
+        }
+        if is_ready {
+            crate::sharing::on_ready(self, &mut inner, name);
+            // A VIOS that came back: re-broker its running clients' disks.
+            crate::vios::on_ready(&mut inner, name);
         }
         self.changed.notify_all();
     }
@@ -1005,6 +1127,10 @@ impl Manager {
         if let Err(e) = store.put(&p.rec) {
             tracing::error!(partition = %name, error = %e, "cannot record the exit");
         }
+        crate::sharing::release_held(&mut inner, name);
+        let Some(p) = inner.parts.get(name) else {
+            return;
+        };
         if automatic && p.rec.restarts < MAX_RESTARTS {
             let (epoch, restarts) = (p.epoch, p.rec.restarts);
             self.changed.notify_all();

@@ -13,7 +13,8 @@
 #
 # Cases: PVH ELF on microvm and q35, bzImage on q35 (through its real-mode
 # setup code), each with an initrd and 2 vCPUs; then the triplefault,
-# exception and hang switches, and no initrd / no ACPI.
+# exception and hang switches, and no initrd / no ACPI; then the virtio-blk
+# driver on a fresh disk and on the same disk read-only.
 set -uo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -85,6 +86,17 @@ run "no acpi" 60 "parvm-guest: cpus=1 (no acpi)" "parvm-guest: smp online=1/1" "
     -M microvm,acpi=off -m 64 -kernel "$dir/tiny.elf"
 run "hang" 5 "parvm-guest: hanging" -- \
     -M microvm -m 64 -kernel "$dir/tiny.elf" -append "parvm.test=hang"
+# virtio-blk (parvm.test=blk): microvm appends virtio_mmio.device= only
+# without ACPI, and its transports are legacy unless force-legacy=false.
+truncate -s 1M "$tmp/disk.img"
+blk=(-M microvm,acpi=off -global virtio-mmio.force-legacy=false -m 64 -kernel "$dir/tiny.elf"
+     -append "parvm.test=blk")
+run "virtio-blk" 60 "parvm-guest: blk capacity=2048 ro=0 serial=smoke" \
+    "parvm-guest: blk write=0 flush=0 read=0 match=yes fnv1a64=9986410a773ebf25" "parvm-guest: poweroff" -- \
+    "${blk[@]}" -drive "file=$tmp/disk.img,if=none,id=d0,format=raw" -device virtio-blk-device,drive=d0,serial=smoke
+run "virtio-blk ro" 60 "parvm-guest: blk capacity=2048 ro=1 serial=golden" \
+    "parvm-guest: blk write=1 flush=0 read=0 match=yes fnv1a64=9986410a773ebf25" "parvm-guest: poweroff" -- \
+    "${blk[@]}" -drive "file=$tmp/disk.img,if=none,id=d0,format=raw,readonly=on" -device virtio-blk-device,drive=d0,serial=golden
 
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -33,6 +33,9 @@
  *   parvm-guest: hanging               (cmdline token parvm.test=hang)
  *   parvm-guest: exception 6 rip=...   (cmdline token parvm.test=exception:
  *                                       ud2 at CPL3, then as any exception)
+ *   parvm-guest: blk ... / blkbench ... (cmdline tokens parvm.test=blk and
+ *                                       parvm.test=blkbench: the virtio-blk
+ *                                       driver in blk.S, then poweroff)
  *   parvm-guest: poweroff              (default: i8042 reset, then triple fault)
  * and on any CPU exception:
  *   parvm-guest: exception <vector, decimal> rip=0x<16 hex digits>
@@ -107,6 +110,7 @@
         .section .kernel, "awx", @progbits
         .globl _start, pvh_entry, entry64       /* used by the linker scripts */
         .globl isr_stubs, isr_stubs_end, tramp_start, tramp_end, _kernel_image_end
+        .globl _kernel_bss_end
 
 /* ======================================================================
  * 32-bit PVH entry (offset 0): protected mode, paging off, flat segments,
@@ -229,6 +233,8 @@ isr_stubs_end:
 isr_common:
         cmpb    $0, triple_requested(%rip)
         jne     triple_fault_now
+        cmpb    $0, halt_requested(%rip)        /* grant.S: wait at CPL0 */
+        jne     grant_halt
         cmpq    $32, (%rsp)
         jb      exception
         cmpq    $VEC_TRIPLE, (%rsp)
@@ -495,6 +501,18 @@ user_main:
         jz      3f
         ud2                                     /* -> "exception 6 rip=..." */
 3:
+        leaq    cmdline_buf(%rip), %rdi
+        leaq    tok_blk(%rip), %rsi
+        call    has_token
+        testl   %eax, %eax
+        jnz     blk_test                        /* ends in poweroff */
+        leaq    cmdline_buf(%rip), %rdi
+        leaq    tok_blkbench(%rip), %rsi
+        call    has_token
+        testl   %eax, %eax
+        jnz     blk_bench                       /* ends in poweroff */
+        call    grant_dispatch                  /* parvm.grant=...: no return */
+poweroff:
         leaq    msg_poweroff(%rip), %rsi
         call    puts
         jmp     reset_machine
@@ -945,6 +963,12 @@ initrd_report:
 8:      leaq    msg_initrd_none(%rip), %rsi
         jmp     puts
 
+/* The virtio-blk driver (parvm.test=blk and parvm.test=blkbench). */
+        .include "blk.S"
+
+/* Grant cookies: shared segments and the hcall page (parvm.grant=...). */
+        .include "grant.S"
+
 /* ======================================================================
  * Data. Initialised explicitly (nothing relies on zeroed memory).
  * ====================================================================== */
@@ -986,6 +1010,8 @@ msg_rip:          .asciz " rip=0x"
 tok_triplefault:  .asciz "parvm.test=triplefault"
 tok_hang:         .asciz "parvm.test=hang"
 tok_exception:    .asciz "parvm.test=exception"
+tok_blk:          .asciz "parvm.test=blk"
+tok_blkbench:     .asciz "parvm.test=blkbench"
 
 /* GDT. 64-bit code/data for CPL0 and CPL3, a 32-bit code segment for the AP
  * trampoline, and the 64-bit TSS (descriptor built from the TSS's link
@@ -1100,3 +1126,4 @@ ustack_top:
 ap_stacks:      .skip (MAX_CPUS + 1) * AP_STACK_SIZE
 apic_ids:       .skip MAX_CPUS
 cmdline_buf:    .skip CMDLINE_MAX
+_kernel_bss_end:                /* asserts.ld: below 2 MiB (blk.S's BLK_DATA) */

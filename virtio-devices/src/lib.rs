@@ -16,6 +16,10 @@
 //!   queue through [`block::BlockCore`], which parses each descriptor chain
 //!   ([`block::request`]) and executes it on a [`block::DiskBackend`] (a raw
 //!   image `File`). The core knows no transport; the VIOS reuses it.
+//! - [`vhost_user_blk`]: [`vhost_user_blk::VhostUserBlkDevice`], virtio-blk
+//!   whose queues a vhost-user backend (the VIOS) serves: the transport
+//!   stays in the VMM, the kick eventfd is the ioeventfd, and a relay thread
+//!   turns the backend's call eventfd into an interrupt with the ISR bit set.
 //!
 //! Guest input is hostile: bad registers are ignored with a warning, bad
 //! chains complete with VIRTIO_BLK_S_IOERR/UNSUPP (or length 0 when no
@@ -24,6 +28,7 @@
 pub mod block;
 pub mod device;
 pub mod transport;
+pub mod vhost_user_blk;
 
 pub use device::{ActivateError, Activation, InterruptKind, InterruptSignal, VirtioDevice};
 pub use transport::mmio::{

@@ -47,6 +47,8 @@ pub enum ConfigError {
     DiskFlag(String),
     #[error("too many disks ({0}); at most {MAX_DISKS}")]
     TooManyDisks(usize),
+    #[error("disk `{0}`: {1}")]
+    DiskSource(String, String),
 }
 
 /// Most virtio-mmio disks one partition may have (one IO-APIC pin each).
@@ -85,6 +87,63 @@ impl DiskConfig {
             }
         }
         Ok(disk)
+    }
+}
+
+/// Prefix of a disk `path` served by a vhost-user-blk backend listening on
+/// a Unix socket: `vhost-user:/run/vios/data.sock` (docs/vios.md).
+pub const VHOST_USER_PREFIX: &str = "vhost-user:";
+/// Prefix of a disk `path` served by a vhost-user-blk backend on an
+/// inherited, already connected socket: `vhost-user-fd:4`. The partition
+/// manager writes this form for `vios:` disks, with its end of the
+/// socketpair it brokered between the VMM and the VIOS.
+pub const VHOST_USER_FD_PREFIX: &str = "vhost-user-fd:";
+/// Prefix of a disk `path` naming a VIOS export: `vios:<vios>/<disk>`. Only
+/// the partition manager resolves it (docs/vios.md).
+pub const VIOS_PREFIX: &str = "vios:";
+
+/// Where a disk's blocks come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskSource<'a> {
+    /// A raw image served by the VMM's own virtio-blk.
+    Image(&'a Path),
+    /// A vhost-user-blk backend on this socket path.
+    VhostUser(&'a Path),
+    /// A vhost-user-blk backend on this inherited file descriptor.
+    VhostUserFd(i32),
+    /// A VIOS export, `vios:<vios>/<disk>`, for the manager to broker.
+    Vios { vios: &'a str, disk: &'a str },
+}
+
+impl DiskConfig {
+    /// What `path` names: an image, or one of the vhost-user forms.
+    pub fn source(&self) -> Result<DiskSource<'_>, ConfigError> {
+        let bad = |why: &str| ConfigError::DiskSource(self.id.clone(), why.to_string());
+        let Some(text) = self.path.to_str() else {
+            return Ok(DiskSource::Image(&self.path));
+        };
+        if let Some(socket) = text.strip_prefix(VHOST_USER_PREFIX) {
+            if socket.is_empty() {
+                return Err(bad("vhost-user: needs a socket path"));
+            }
+            Ok(DiskSource::VhostUser(Path::new(socket)))
+        } else if let Some(fd) = text.strip_prefix(VHOST_USER_FD_PREFIX) {
+            let fd: i32 = fd
+                .parse()
+                .ok()
+                .filter(|fd| *fd > 2)
+                .ok_or_else(|| bad("vhost-user-fd: needs a file descriptor number above 2"))?;
+            Ok(DiskSource::VhostUserFd(fd))
+        } else if let Some(name) = text.strip_prefix(VIOS_PREFIX) {
+            match name.split_once('/') {
+                Some((vios, disk)) if valid_name(vios, 64) && valid_name(disk, 20) => {
+                    Ok(DiskSource::Vios { vios, disk })
+                }
+                _ => Err(bad("use vios:<vios-name>/<disk-id>")),
+            }
+        } else {
+            Ok(DiskSource::Image(&self.path))
+        }
     }
 }
 
@@ -185,8 +244,15 @@ impl PartitionDefinition {
         fix(&mut self.kernel);
         fix(&mut self.initrd);
         for disk in self.disks.iter_mut().flatten() {
-            if disk.path.is_relative() {
-                disk.path = dir.join(&disk.path);
+            match disk.source() {
+                Ok(DiskSource::Image(path)) if path.is_relative() => {
+                    disk.path = dir.join(&disk.path);
+                }
+                Ok(DiskSource::VhostUser(socket)) if socket.is_relative() => {
+                    let socket = dir.join(socket);
+                    disk.path = PathBuf::from(format!("{VHOST_USER_PREFIX}{}", socket.display()));
+                }
+                _ => {}
             }
         }
         if let Some(Console::File(path)) = &mut self.console {
@@ -228,6 +294,7 @@ impl PartitionDefinition {
             if disks[..i].iter().any(|o| o.id == d.id) {
                 return Err(ConfigError::DuplicateDisk(d.id.clone()));
             }
+            d.source()?;
         }
         let vcpus = self.vcpus.unwrap_or(1);
         if vcpus == 0 || vcpus > u64::from(MAX_VCPUS) {
@@ -356,6 +423,44 @@ mod tests {
         assert!(e.to_string().contains("disks[0]"), "{e}");
         let e = parse(r#"{"kernel":"k","disks":[{"id":"a"}]}"#).unwrap_err();
         assert!(e.to_string().contains("path"), "{e}");
+    }
+
+    #[test]
+    fn vhost_user_disk_sources() {
+        let d = parse(
+            r#"{"kernel":"k","disks":[{"id":"a","path":"vhost-user:vios.sock"},{"id":"b","path":"vhost-user-fd:4"},{"id":"c","path":"vios:vios1/data"}]}"#,
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(
+            d.disks[0].source().unwrap(),
+            DiskSource::VhostUser(Path::new("/etc/parvm/vios.sock"))
+        );
+        assert_eq!(d.disks[1].source().unwrap(), DiskSource::VhostUserFd(4));
+        assert_eq!(
+            d.disks[2].source().unwrap(),
+            DiskSource::Vios {
+                vios: "vios1",
+                disk: "data"
+            }
+        );
+        for bad in [
+            "vhost-user:",
+            "vhost-user-fd:x",
+            "vhost-user-fd:1",
+            "vios:x",
+            "vios:/d",
+            "vios:a/",
+        ] {
+            let e = parse(&format!(
+                r#"{{"kernel":"k","disks":[{{"id":"a","path":"{bad}"}}]}}"#
+            ))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+            assert!(e.to_string().contains("disk `a`"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //!
 //! 1. sends `Hello`, then `Ready` once every vCPU thread runs;
 //! 2. carries out `Stop` (an exit request), `Pause`/`Resume` (the
-//!    [`PauseGate`] vCPU barrier) and `ConsoleInput` (bytes for the serial
-//!    port);
+//!    [`PauseGate`] vCPU barrier), `ConsoleInput` (bytes for the serial
+//!    port), `Map`/`Unmap` of shared segments ([`GrantMaps`]) and hands
+//!    `HcallDone` answers to the waiting hcall device;
 //! 3. when the manager goes away, keeps the partition running and connects
 //!    to the manager's socket again every [`RECONNECT_INTERVAL`], sending
 //!    `Attach` with its token, until a manager takes it back.
@@ -19,12 +20,13 @@
 use crate::devices::bus::lock;
 use crate::devices::exit::{ExitReason, ExitSignal};
 use crate::devices::serial::SerialPort;
+use crate::grants::GrantMaps;
 use crate::Vmm;
 use parvm_protocol::{
     Channel, ErrorKind, ExitStatus, ManagerMessage, ProtocolError, Request, Response, VmmMessage,
     VERSION,
 };
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -187,6 +189,7 @@ struct Shared {
     exit: Arc<ExitSignal>,
     pause: Arc<PauseGate>,
     serial: Arc<Mutex<SerialPort>>,
+    grants: Arc<GrantMaps>,
     stop_requested: AtomicBool,
     finished: AtomicBool,
 }
@@ -194,13 +197,16 @@ struct Shared {
 impl Shared {
     /// Sends to the manager if one is connected; a failure only means the
     /// manager is gone, which the reader notices.
-    fn send(&self, msg: &VmmMessage) {
+    fn send(&self, msg: &VmmMessage) -> bool {
         let w = lock(&self.writer);
         if let Some(chan) = w.as_ref() {
             if let Err(e) = chan.send(msg, &[]) {
                 tracing::debug!(partition = %self.name, error = %e, "cannot send to the manager");
+                return false;
             }
+            return true;
         }
+        false
     }
 }
 
@@ -234,9 +240,15 @@ impl Control {
             exit: vmm.exit_signal(),
             pause: vmm.pause_gate(),
             serial: vmm.serial(),
+            grants: vmm.grants(),
             stop_requested: AtomicBool::new(false),
             finished: AtomicBool::new(false),
         });
+        // Fault reports and hcalls go out on the control channel.
+        let weak = Arc::downgrade(&shared);
+        shared.grants.link.set_sender(Box::new(move |msg| {
+            weak.upgrade().is_some_and(|s| s.send(&msg))
+        }));
         // The token must not leak to anything this process might start.
         std::env::remove_var(parvm_protocol::TOKEN_ENV);
         shared.send(&VmmMessage::Hello {
@@ -328,7 +340,7 @@ fn socket_from_fd(fd: RawFd) -> Result<UnixStream, ControlError> {
 fn control_loop(s: &Shared, mut chan: Channel) {
     loop {
         match chan.recv::<ManagerMessage>() {
-            Ok((msg, _fds)) => handle(s, msg),
+            Ok((msg, fds)) => handle(s, msg, fds),
             Err(ProtocolError::Json(e)) => {
                 tracing::warn!(partition = %s.name, error = %e, "malformed control message ignored");
                 s.send(&VmmMessage::Failed {
@@ -350,8 +362,68 @@ fn control_loop(s: &Shared, mut chan: Channel) {
     }
 }
 
-fn handle(s: &Shared, msg: ManagerMessage) {
+fn handle(s: &Shared, msg: ManagerMessage, fds: Vec<OwnedFd>) {
     match msg {
+        ManagerMessage::Map {
+            key,
+            gpa,
+            size,
+            read_only,
+        } => {
+            let Some(fd) = fds.into_iter().next() else {
+                s.send(&VmmMessage::MapFailed {
+                    key,
+                    message: "no memory descriptor came with the request".into(),
+                    conflict: false,
+                });
+                return;
+            };
+            let answer = match s.grants.map(&key, fd, gpa, size, read_only) {
+                Ok(gpa) => VmmMessage::Mapped { key, gpa },
+                Err(e) => {
+                    tracing::warn!(partition = %s.name, %key, error = %e, "mapping refused");
+                    VmmMessage::MapFailed {
+                        key,
+                        message: e.to_string(),
+                        conflict: e.is_conflict(),
+                    }
+                }
+            };
+            s.send(&answer);
+        }
+        ManagerMessage::Unmap { key } => match s.grants.unmap(&key) {
+            Ok(()) => {
+                s.send(&VmmMessage::Unmapped { key });
+            }
+            Err(e) => {
+                // The slot could not be removed: the memory must not stay
+                // reachable, so the partition ends.
+                tracing::error!(partition = %s.name, %key, error = %e, "cannot unmap a revoked grant; stopping");
+                s.exit.request(ExitReason::Crash {
+                    reason: format!("cannot unmap revoked grant {key}: {e}"),
+                    registers: String::new(),
+                });
+            }
+        },
+        ManagerMessage::HcallDone { seq, outcome } => s.grants.link.hcall_done(seq, outcome),
+        ManagerMessage::Doorbell {
+            id,
+            ring,
+            gsi,
+            vector,
+        } => {
+            let result = match fds.into_iter().next() {
+                Some(fd) => s
+                    .grants
+                    .doorbell(&id, fd, ring, gsi, vector)
+                    .map_err(|e| e.to_string()),
+                None => Err(format!("doorbell `{id}`: no eventfd came with the request")),
+            };
+            if let Err(message) = result {
+                tracing::warn!(partition = %s.name, %message, "doorbell not wired");
+                s.send(&VmmMessage::Failed { message });
+            }
+        }
         ManagerMessage::Stop => {
             tracing::info!(partition = %s.name, "stop requested by the manager");
             s.stop_requested.store(true, Ordering::SeqCst);
@@ -378,6 +450,24 @@ fn handle(s: &Shared, msg: ManagerMessage) {
                 tracing::warn!(partition = %s.name, error = ?e, "console input dropped");
             }
         }
+        ManagerMessage::VhostUserReconnect { disk } => {
+            let result = match fds.into_iter().next() {
+                Some(fd) => crate::devices::virtio::reconnect_disk(&disk, UnixStream::from(fd)),
+                None => Err(format!(
+                    "vhost_user_reconnect `{disk}`: no socket came with it"
+                )),
+            };
+            if let Err(message) = result {
+                tracing::warn!(partition = %s.name, %message, "vhost-user disk not reconnected");
+                s.send(&VmmMessage::Failed { message });
+            }
+        }
+        ManagerMessage::ViosConnect { disk, .. } => {
+            // Meant for a VIOS partition (docs/vios.md), never for a VMM.
+            s.send(&VmmMessage::Failed {
+                message: format!("vios_connect for disk `{disk}` sent to a VMM"),
+            });
+        }
     }
 }
 
@@ -396,6 +486,16 @@ fn reconnect(s: &Shared) -> Option<Channel> {
                 tracing::info!(partition = %s.name, "re-attached to the partition manager");
                 let writer = chan.try_clone().ok()?;
                 *lock(&s.writer) = Some(writer);
+                // The restarted manager lost the segments' memory: hand
+                // back what this partition maps.
+                for (key, fd) in s.grants.held() {
+                    let msg = VmmMessage::Holding { key };
+                    if let Some(w) = lock(&s.writer).as_ref() {
+                        if let Err(e) = w.send(&msg, &[fd.as_fd()]) {
+                            tracing::debug!(partition = %s.name, error = %e, "cannot hand back a mapping");
+                        }
+                    }
+                }
                 return Some(chan);
             }
             Err(e) => {

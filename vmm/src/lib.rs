@@ -11,6 +11,8 @@
 //! - [`vcpu`]: vCPU configuration and the KVM_RUN loop (one thread each).
 //! - [`control`]: the control channel to the partition manager and the
 //!   pause barrier the vCPUs pass.
+//! - [`grants`]: segments shared by other partitions (extra memory slots in
+//!   the grant windows) and the hcall device.
 //!
 //! Data flows one way at start (config -> memory -> tables -> kernel ->
 //! devices -> vCPUs) and then stays on the vCPU threads; the main thread only
@@ -22,6 +24,7 @@ pub mod config;
 pub mod control;
 pub mod cpuid;
 pub mod devices;
+pub mod grants;
 pub mod memory;
 pub mod vcpu;
 
@@ -113,7 +116,8 @@ pub fn open_kvm(path: &Path) -> Result<Kvm, VmmError> {
 pub struct Vmm {
     pub config: PartitionConfig,
     _kvm: Kvm,
-    _vm: VmFd,
+    _vm: Arc<VmFd>,
+    grants: Arc<grants::GrantMaps>,
     pub ram: GuestRam,
     vcpus: Vec<Vcpu>,
     exit: Arc<ExitSignal>,
@@ -134,9 +138,10 @@ impl Vmm {
                 max,
             });
         }
-        let vm = kvm
-            .create_vm()
-            .map_err(|e| VmmError::Kvm("KVM_CREATE_VM", e))?;
+        let vm = Arc::new(
+            kvm.create_vm()
+                .map_err(|e| VmmError::Kvm("KVM_CREATE_VM", e))?,
+        );
 
         // 2. Guest RAM (a memfd) and its memory slots.
         let ram = GuestRam::new(config.memory_mib)?;
@@ -154,12 +159,43 @@ impl Vmm {
         };
         vm.create_pit2(pit)
             .map_err(|e| VmmError::Kvm("KVM_CREATE_PIT2", e))?;
-        set_gsi_routing(&vm)?;
+        let routing = set_gsi_routing(&vm)?;
 
         // 4. virtio-mmio devices (disks) on the MMIO bus.
         let mut mmio = Bus::new();
         let guest_memory = vm_memory::GuestMemoryAtomic::new(ram.memory.clone());
         let virtio = VirtioDevices::new(&vm, &guest_memory, &config.disks, &mut mmio)?;
+        // Grant windows and the hcall page (shared segments, see grants.rs).
+        let first_free_gsi = devices::virtio::VIRTIO_GSI_BASE + config.disks.len() as u32;
+        let grants = Arc::new(grants::GrantMaps::new(
+            vm.clone(),
+            ram.size,
+            kvm.get_nr_memslots(),
+            first_free_gsi..acpi::IOAPIC_PINS,
+            routing,
+        ));
+        let grant_err = |e: devices::bus::BusError| VmmError::Setup("grant windows", e.to_string());
+        for (base, len) in [
+            (grants::GRANT_WINDOW_START, grants::GRANT_WINDOW_SIZE),
+            (
+                grants.high_start(),
+                grants::HIGH_WINDOW_END - grants.high_start(),
+            ),
+        ] {
+            let window = grants::GrantWindow {
+                maps: grants.clone(),
+                base,
+            };
+            mmio.insert(base, len, Arc::new(Mutex::new(window)))
+                .map_err(grant_err)?;
+        }
+        let hcall = grants::HcallDevice::new(grants.clone());
+        mmio.insert(
+            grants::HCALL_BASE,
+            grants::HCALL_SIZE,
+            Arc::new(Mutex::new(hcall)),
+        )
+        .map_err(grant_err)?;
         let mmio = Arc::new(mmio);
 
         // 5. ACPI tables, then kernel, initrd, command line, boot info.
@@ -259,6 +295,7 @@ impl Vmm {
             config,
             _kvm: kvm,
             _vm: vm,
+            grants,
             ram,
             vcpus,
             exit,
@@ -276,6 +313,11 @@ impl Vmm {
     /// The barrier that pauses and resumes the vCPUs.
     pub fn pause_gate(&self) -> Arc<control::PauseGate> {
         self.pause.clone()
+    }
+
+    /// The grant mappings and the hcall link, for the control channel.
+    pub fn grants(&self) -> Arc<grants::GrantMaps> {
+        self.grants.clone()
     }
 
     /// The serial console, for input from the control channel.
@@ -325,7 +367,8 @@ impl Vmm {
 /// GSI routing as a PC has it and as the MADT says (ISA IRQ 0 -> GSI 2):
 /// GSIs 0-15 reach the 8259s, GSI 0 (the PIT) reaches IO-APIC pin 2, every
 /// other GSI its own IO-APIC pin. KVM's default sends GSI 0 to pin 0.
-fn set_gsi_routing(vm: &VmFd) -> Result<(), VmmError> {
+/// Returns the entries, which grant doorbells extend with MSI routes.
+fn set_gsi_routing(vm: &VmFd) -> Result<Vec<kvm_bindings::kvm_irq_routing_entry>, VmmError> {
     use kvm_bindings::{
         kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
         KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
@@ -358,7 +401,8 @@ fn set_gsi_routing(vm: &VmFd) -> Result<(), VmmError> {
     let routing = KvmIrqRouting::from_entries(&entries)
         .map_err(|e| VmmError::Setup("GSI routing", format!("{e:?}")))?;
     vm.set_gsi_routing(&routing)
-        .map_err(|e| VmmError::Kvm("KVM_SET_GSI_ROUTING", e))
+        .map_err(|e| VmmError::Kvm("KVM_SET_GSI_ROUTING", e))?;
+    Ok(entries)
 }
 
 fn kick_signal() -> i32 {
@@ -372,11 +416,26 @@ fn install_kick_handler() -> Result<(), VmmError> {
         .map_err(|e| VmmError::Setup("vCPU kick signal", e.to_string()))
 }
 
-/// Waits for the exit request, forwarding host console input to the serial
-/// port when stdin is a terminal.
-fn wait_for_exit(exit: &ExitSignal, serial: &Arc<Mutex<SerialPort>>) {
+/// Whether stdin carries console input: a terminal, a pipe or a socket
+/// (a test or script driving the guest), but not /dev/null or a file.
+fn stdin_is_console_input() -> bool {
     // SAFETY: isatty only inspects the descriptor.
-    let interactive = unsafe { libc::isatty(0) } == 1;
+    if unsafe { libc::isatty(0) } == 1 {
+        return true;
+    }
+    // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes only into the `stat` it is given.
+    if unsafe { libc::fstat(0, &mut st) } != 0 {
+        return false;
+    }
+    matches!(st.st_mode & libc::S_IFMT, libc::S_IFIFO | libc::S_IFSOCK)
+}
+
+/// Waits for the exit request, forwarding host console input to the serial
+/// port when stdin is a terminal, a pipe or a socket.
+fn wait_for_exit(exit: &ExitSignal, serial: &Arc<Mutex<SerialPort>>) {
+    let interactive = stdin_is_console_input();
     let mut fds = vec![libc::pollfd {
         fd: exit.eventfd().as_raw_fd(),
         events: libc::POLLIN,

@@ -3,7 +3,7 @@
 //! vm-memory and registered with KVM.
 
 use std::fs::File;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
@@ -115,7 +115,12 @@ impl GuestRam {
         let size = mem_mib << 20;
         // SAFETY: memfd_create with a valid NUL-terminated name; the result
         // is checked before use.
-        let fd = unsafe { libc::memfd_create(c"parvm-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(
+                c"parvm-guest-ram".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
         if fd < 0 {
             return Err(MemoryError::Memfd(mem_mib, std::io::Error::last_os_error()));
         }
@@ -124,6 +129,20 @@ impl GuestRam {
         memfd
             .set_len(size)
             .map_err(|e| MemoryError::Truncate(mem_mib, e))?;
+        // Guest RAM never changes size: sealed, so that a process it is
+        // shared with (a vhost-user backend such as the VIOS, which insists
+        // on it) can map it without risking SIGBUS from a later truncate.
+        // SAFETY: F_ADD_SEALS on a valid memfd we own; no memory is passed.
+        if unsafe {
+            libc::fcntl(
+                memfd.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+            )
+        } < 0
+        {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot seal the guest RAM memfd");
+        }
         let mut offset = 0u64;
         let mut ranges = Vec::new();
         for (addr, len) in ram_ranges(size) {

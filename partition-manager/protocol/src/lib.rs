@@ -5,6 +5,8 @@
 //! - [`frame`]: the frame format (magic, version, fd count, length, JSON
 //!   body), [`Channel`] to send and receive frames with file descriptors
 //!   beside them (SCM_RIGHTS), and [`ProtocolError`].
+//! - [`grant`]: grant cookies, rights, grant-table rows, segments and the
+//!   guest's hcalls as they travel.
 //! - this file: the message types: [`Request`]/[`Response`] on the manager's
 //!   listening socket, [`VmmMessage`]/[`ManagerMessage`] on a partition's
 //!   control channel, and the shared status types.
@@ -21,8 +23,13 @@
 //! definitions.
 
 pub mod frame;
+pub mod grant;
 
 pub use frame::{Channel, ProtocolError, HEADER_LEN, MAGIC, MAX_FDS, MAX_FRAME, VERSION};
+pub use grant::{
+    DoorbellInfo, GrantCookie, GrantInfo, GrantState, Hcall, HcallOutcome, Rights, SegmentInfo,
+    SegmentSpec, SharedConfig,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -150,6 +157,12 @@ pub struct PartitionStatus {
     pub console_log: String,
     /// Unix time (seconds) of the last state change.
     pub since: u64,
+    /// `vios` for a VIOS partition (docs/vios.md); absent for a VMM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// A VIOS partition's exported disks (`id`, or `id:ro`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exports: Vec<String>,
 }
 
 /// Kinds of errors the manager answers with.
@@ -172,6 +185,19 @@ pub enum ErrorKind {
     StartFailed,
     /// The manager failed (store, spawn, ...).
     Internal,
+    /// A cookie the manager never minted (forged or mistyped).
+    UnknownCookie,
+    /// A cookie presented by a partition that is not its grantee, or an
+    /// operation by a partition that may not do it.
+    WrongPartition,
+    /// A revoked, released or already accepted cookie.
+    CookieUsed,
+    /// A regrant asking for more rights than its holder has.
+    RightsEscalation,
+    /// The guest physical address overlaps RAM, a device or another mapping.
+    GpaConflict,
+    /// A segment larger than allowed (or not whole pages).
+    TooLarge,
 }
 
 /// `parctl` (or a reconnecting VMM) -> manager, on the listening socket.
@@ -184,6 +210,9 @@ pub enum Request {
         definition: serde_json::Value,
         #[serde(default)]
         restart: RestartPolicy,
+        /// Memory segments the partition owns (manager-side field).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        segments: Vec<SegmentSpec>,
     },
     Undefine {
         name: String,
@@ -235,6 +264,61 @@ pub enum Request {
         token: String,
         paused: bool,
     },
+    /// Creates a memory segment owned by `owner`; mapped at `gpa` (in the
+    /// owner, while it runs) if given.
+    SegmentCreate {
+        owner: String,
+        id: String,
+        size: u64,
+        #[serde(default)]
+        gpa: Option<u64>,
+    },
+    /// The owner of `segment` (`OWNER/ID`) grants it to `grantee`.
+    Grant {
+        segment: String,
+        grantee: String,
+        rights: Rights,
+    },
+    /// `partition` accepts `cookie` (it must be the grantee), mapping it at
+    /// `gpa` or where its VMM chooses.
+    Accept {
+        cookie: GrantCookie,
+        partition: String,
+        #[serde(default)]
+        gpa: Option<u64>,
+    },
+    /// `partition`, holding the accepted `cookie`, grants the same segment
+    /// on to `grantee` with at most its own rights.
+    Regrant {
+        cookie: GrantCookie,
+        partition: String,
+        grantee: String,
+        rights: Rights,
+    },
+    /// Revokes `cookie` and every grant made from it; answered once every
+    /// affected VMM has unmapped. `partition` (default: the grantor) must be
+    /// the grantor or the segment's owner.
+    Revoke {
+        cookie: GrantCookie,
+        #[serde(default)]
+        partition: Option<String>,
+    },
+    /// `partition` copies `len` bytes between two segments it holds
+    /// cookies for (the data mover: nothing is mapped anywhere new).
+    Copy {
+        partition: String,
+        src: GrantCookie,
+        src_offset: u64,
+        dst: GrantCookie,
+        dst_offset: u64,
+        len: u64,
+    },
+    /// The grant table.
+    Grants,
+    /// Applies a shared-segment configuration (docs/manager.md).
+    Share {
+        config: SharedConfig,
+    },
 }
 
 /// Manager -> `parctl` (or a reconnecting VMM).
@@ -262,6 +346,32 @@ pub enum Response {
     },
     /// An `Attach` was accepted: the connection is now a control channel.
     Attached,
+    Segment {
+        segment: SegmentInfo,
+    },
+    /// A grant after `grant`, `regrant`, `accept`.
+    Grant {
+        grant: GrantInfo,
+    },
+    /// Every grant `revoke` ended, once every affected VMM unmapped.
+    Revoked {
+        revoked: Vec<GrantInfo>,
+    },
+    Copied {
+        bytes: u64,
+    },
+    Grants {
+        segments: Vec<SegmentInfo>,
+        grants: Vec<GrantInfo>,
+        #[serde(default)]
+        doorbells: Vec<DoorbellInfo>,
+    },
+    /// A shared-segment configuration applied.
+    Shared {
+        segments: Vec<SegmentInfo>,
+        grants: Vec<GrantInfo>,
+        doorbells: Vec<DoorbellInfo>,
+    },
     Error {
         kind: ErrorKind,
         message: String,
@@ -333,6 +443,39 @@ pub enum VmmMessage {
     Failed {
         message: String,
     },
+    /// `Map` done: the memory is a KVM slot at `gpa`.
+    Mapped {
+        key: String,
+        gpa: u64,
+    },
+    /// `Map` refused (`conflict`: the address overlaps something).
+    MapFailed {
+        key: String,
+        message: String,
+        conflict: bool,
+    },
+    /// `Unmap` done: the slot is removed and the memory unmapped.
+    Unmapped {
+        key: String,
+    },
+    /// The guest touched a revoked mapping, or wrote to a read-only one
+    /// (`key` names it); `count` accesses so far.
+    Fault {
+        key: String,
+        gpa: u64,
+        write: bool,
+        count: u64,
+    },
+    /// After re-attaching: the VMM still maps `key`; its memfd travels
+    /// beside (a restarted manager adopts it as the segment's memory).
+    Holding {
+        key: String,
+    },
+    /// A guest hcall; answered with [`ManagerMessage::HcallDone`].
+    Hcall {
+        seq: u64,
+        call: Hcall,
+    },
 }
 
 /// Manager -> VMM on a control channel.
@@ -345,6 +488,51 @@ pub enum ManagerMessage {
     Resume,
     ConsoleInput {
         data: Vec<u8>,
+    },
+    /// Map the memfd beside this frame (`size` bytes) into the guest at
+    /// `gpa` (or where the VMM chooses); answered with `Mapped` or
+    /// `MapFailed`.
+    Map {
+        key: String,
+        #[serde(default)]
+        gpa: Option<u64>,
+        size: u64,
+        read_only: bool,
+    },
+    /// Remove the mapping `key`; answered with `Unmapped` once the guest
+    /// can no longer reach it.
+    Unmap {
+        key: String,
+    },
+    HcallDone {
+        seq: u64,
+        outcome: HcallOutcome,
+    },
+    /// To a VIOS partition: serve export `disk` to partition `client` on
+    /// the socket beside this frame (the VIOS end of a socketpair whose
+    /// other end the client's VMM got). See docs/vios.md.
+    ViosConnect {
+        disk: String,
+        client: String,
+    },
+    /// To a VMM: the VIOS serving disk `disk` (the disk id in the VMM's
+    /// definition) came back; the socket beside this frame is the new
+    /// connection to it. The VMM replays the disk's in-flight requests.
+    VhostUserReconnect {
+        disk: String,
+    },
+    /// Wire the eventfd beside this frame as a doorbell end: `ring`: a
+    /// guest write to doorbell register `ring` signals it (ioeventfd);
+    /// `gsi`: a signal interrupts the guest on that GSI (irqfd).
+    Doorbell {
+        id: String,
+        #[serde(default)]
+        ring: Option<u32>,
+        #[serde(default)]
+        gsi: Option<u32>,
+        /// Interrupt with an MSI of this vector instead of a GSI.
+        #[serde(default)]
+        vector: Option<u8>,
     },
 }
 

@@ -148,6 +148,7 @@ fn measure(args: &Args, bin: &Path, kernel: &Path, n: usize) -> anyhow::Result<R
                 "kernel": kernel, "cmdline": cmdline,
             }),
             restart: RestartPolicy::Never,
+            segments: Vec::new(),
         })?;
     }
     let names = Arc::new(names);

@@ -6,7 +6,10 @@ use clap::{Parser, Subcommand};
 use partition_manager::client::Client;
 use partition_manager::daemon::default_socket;
 use partition_manager::definition;
-use partition_manager::protocol::{PartitionStatus, Request, Response, RestartPolicy};
+use partition_manager::protocol::{
+    GrantCookie, GrantInfo, GrantState, PartitionStatus, Request, Response, RestartPolicy, Rights,
+    SegmentInfo,
+};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -71,6 +74,141 @@ enum Cmd {
     Console { name: String },
     /// Print a partition's console log.
     Logs { name: String },
+    /// Memory segments (shared memory a partition owns and can grant).
+    #[command(subcommand)]
+    Segment(SegmentCmd),
+    /// Grant segment OWNER/ID to a partition; prints the cookie.
+    Grant {
+        /// The segment, as OWNER/ID.
+        segment: String,
+        /// The grantee partition.
+        #[arg(long = "to", value_name = "NAME")]
+        grantee: String,
+        #[arg(long, value_name = "ro|rw", default_value = "ro")]
+        rights: Rights,
+    },
+    /// Accept a cookie on behalf of its grantee: its VMM maps the segment.
+    Accept {
+        cookie: String,
+        /// The accepting partition (must be the cookie's grantee).
+        #[arg(long = "as", value_name = "NAME")]
+        partition: String,
+        /// Guest physical address (default: the VMM chooses).
+        #[arg(long, value_name = "ADDR", value_parser = parse_number)]
+        gpa: Option<u64>,
+    },
+    /// Grant an accepted cookie on (rights at most the holder's); prints
+    /// the new cookie.
+    Regrant {
+        cookie: String,
+        /// The holder of the cookie.
+        #[arg(long = "as", value_name = "NAME")]
+        partition: String,
+        #[arg(long = "to", value_name = "NAME")]
+        grantee: String,
+        #[arg(long, value_name = "ro|rw", default_value = "ro")]
+        rights: Rights,
+    },
+    /// Revoke a cookie and everything granted on from it; returns once every
+    /// affected partition has unmapped it.
+    Revoke {
+        cookie: String,
+        /// Act as this partition (the grantor or the owner; default: the
+        /// grantor).
+        #[arg(long = "as", value_name = "NAME")]
+        partition: Option<String>,
+    },
+    /// Copy bytes between two segments a partition holds cookies for.
+    Copy {
+        #[arg(long = "as", value_name = "NAME")]
+        partition: String,
+        #[arg(long)]
+        src: String,
+        #[arg(long, default_value = "0", value_parser = parse_number)]
+        src_offset: u64,
+        #[arg(long)]
+        dst: String,
+        #[arg(long, default_value = "0", value_parser = parse_number)]
+        dst_offset: u64,
+        #[arg(long, value_parser = parse_number)]
+        len: u64,
+    },
+    /// Apply a shared-segment configuration (segments, who maps them where
+    /// at start, doorbells; see docs/manager.md).
+    Share { file: PathBuf },
+    /// Show segments and the grant tree (resource, grantor, grantee, rights,
+    /// state).
+    Grants {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SegmentCmd {
+    /// Create segment OWNER/ID of SIZE bytes (suffixes K, M, G), mapped in
+    /// its owner at --gpa while it runs.
+    Create {
+        segment: String,
+        #[arg(long, value_parser = parse_number)]
+        size: u64,
+        #[arg(long, value_name = "ADDR", value_parser = parse_number)]
+        gpa: Option<u64>,
+    },
+}
+
+/// A number in decimal or 0x-hex, with an optional K/M/G suffix (binary).
+fn parse_number(s: &str) -> Result<u64, String> {
+    let (digits, shift) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 10),
+        Some('M' | 'm') if !s.starts_with("0x") => (&s[..s.len() - 1], 20),
+        Some('G' | 'g') if !s.starts_with("0x") => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let v = match digits.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => digits.parse(),
+    }
+    .map_err(|_| format!("`{s}` is not a number (decimal or 0x-hex, optional K/M/G)"))?;
+    v.checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+fn print_grants(segments: &[SegmentInfo], grants: &[GrantInfo]) {
+    println!(
+        "SEGMENT / GRANT                         RIGHTS  STATE      GPA         FAULTS  COOKIE"
+    );
+    fn walk(grants: &[GrantInfo], parent: Option<GrantCookie>, segment: &str, depth: usize) {
+        for g in grants
+            .iter()
+            .filter(|g| g.parent == parent && g.segment == segment)
+        {
+            let label = format!(
+                "{}#{} {} -> {}",
+                "  ".repeat(depth),
+                g.id,
+                g.grantor,
+                g.grantee
+            );
+            let gpa = match (g.state, g.gpa) {
+                (GrantState::Accepted, Some(a)) => format!("{a:#x}"),
+                _ => "-".into(),
+            };
+            println!(
+                "{label:<39} {:<7} {:<10} {gpa:<11} {:<7} {}",
+                g.rights.to_string(),
+                g.state.to_string(),
+                g.faults,
+                g.cookie
+            );
+            walk(grants, Some(g.cookie), segment, depth + 1);
+        }
+    }
+    for s in segments {
+        let gpa = s.gpa.map(|a| format!(" at {a:#x}")).unwrap_or_default();
+        println!("{} ({} KiB{gpa})", s.name, s.size / 1024);
+        walk(grants, None, &s.name, 1);
+    }
 }
 
 fn status_line(s: &PartitionStatus) -> String {
@@ -166,14 +304,32 @@ fn log_file(answer: (Response, Vec<OwnedFd>)) -> anyhow::Result<File> {
     }
 }
 
+/// Whether a definition file is of kind `vios` (docs/vios.md); unreadable
+/// files go the usual way, which reports the error.
+fn is_vios_file(file: &std::path::Path) -> bool {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| partition_manager::vios::is_vios(&v))
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let socket = args.socket.unwrap_or_else(default_socket);
     let request = match &args.command {
-        Cmd::Define { file, restart } => {
-            let (def, file_restart) = definition::from_file(file)?;
+        Cmd::Define { file, restart } if is_vios_file(file) => {
+            let (definition, file_restart) = partition_manager::vios::from_file(file)?;
             Request::Define {
-                definition: serde_json::to_value(&def)?,
+                definition,
                 restart: restart.or(file_restart).unwrap_or_default(),
+                segments: Vec::new(),
+            }
+        }
+        Cmd::Define { file, restart } => {
+            let file = definition::from_file(file)?;
+            Request::Define {
+                definition: serde_json::to_value(&file.definition)?,
+                restart: restart.or(file.restart).unwrap_or_default(),
+                segments: file.segments,
             }
         }
         Cmd::Undefine { name } => Request::Undefine { name: name.clone() },
@@ -187,6 +343,79 @@ fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Status { name, .. } => Request::Status { name: name.clone() },
         Cmd::Console { name } => Request::Console { name: name.clone() },
         Cmd::Logs { name } => Request::Logs { name: name.clone() },
+        Cmd::Segment(SegmentCmd::Create { segment, size, gpa }) => {
+            let Some((owner, id)) = segment.split_once('/') else {
+                bail!("segment `{segment}`: use OWNER/ID");
+            };
+            Request::SegmentCreate {
+                owner: owner.into(),
+                id: id.into(),
+                size: *size,
+                gpa: *gpa,
+            }
+        }
+        Cmd::Grant {
+            segment,
+            grantee,
+            rights,
+        } => Request::Grant {
+            segment: segment.clone(),
+            grantee: grantee.clone(),
+            rights: *rights,
+        },
+        Cmd::Accept {
+            cookie,
+            partition,
+            gpa,
+        } => Request::Accept {
+            cookie: cookie.parse()?,
+            partition: partition.clone(),
+            gpa: *gpa,
+        },
+        Cmd::Regrant {
+            cookie,
+            partition,
+            grantee,
+            rights,
+        } => Request::Regrant {
+            cookie: cookie.parse()?,
+            partition: partition.clone(),
+            grantee: grantee.clone(),
+            rights: *rights,
+        },
+        Cmd::Revoke { cookie, partition } => Request::Revoke {
+            cookie: cookie.parse()?,
+            partition: partition.clone(),
+        },
+        Cmd::Copy {
+            partition,
+            src,
+            src_offset,
+            dst,
+            dst_offset,
+            len,
+        } => Request::Copy {
+            partition: partition.clone(),
+            src: src.parse()?,
+            src_offset: *src_offset,
+            dst: dst.parse()?,
+            dst_offset: *dst_offset,
+            len: *len,
+        },
+        Cmd::Grants { .. } => Request::Grants,
+        Cmd::Share { file } => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let config = serde_json::from_str(&text).map_err(|e| {
+                anyhow!(
+                    "shared configuration {}: line {}, column {}: {e}",
+                    file.display(),
+                    e.line(),
+                    e.column()
+                )
+            })?;
+            Request::Share { config }
+        }
     };
     let client = Client::connect(&socket)?;
     let answer = client.call(&request)?;
@@ -220,6 +449,98 @@ fn run(args: Args) -> anyhow::Result<()> {
             std::io::copy(&mut f, &mut std::io::stdout().lock())?;
         }
         Cmd::Console { name } => console(&client, log_file(answer)?, &name)?,
+        Cmd::Segment(_) => match answer.0 {
+            Response::Segment { segment } => {
+                println!("created {} ({} bytes)", segment.name, segment.size)
+            }
+            other => bail!("unexpected answer from the partition manager: {other:?}"),
+        },
+        Cmd::Grant { .. } | Cmd::Regrant { .. } => match answer.0 {
+            Response::Grant { grant } => println!("{}", grant.cookie),
+            other => bail!("unexpected answer from the partition manager: {other:?}"),
+        },
+        Cmd::Accept { .. } => match answer.0 {
+            Response::Grant { grant } => println!(
+                "grant {}: {} mapped in {} at {:#x} ({})",
+                grant.id,
+                grant.segment,
+                grant.grantee,
+                grant.gpa.unwrap_or(0),
+                grant.rights
+            ),
+            other => bail!("unexpected answer from the partition manager: {other:?}"),
+        },
+        Cmd::Revoke { .. } => match answer.0 {
+            Response::Revoked { revoked } => {
+                let ids: Vec<String> = revoked.iter().map(|g| format!("#{}", g.id)).collect();
+                println!("revoked {} grant(s): {}", revoked.len(), ids.join(" "));
+            }
+            other => bail!("unexpected answer from the partition manager: {other:?}"),
+        },
+        Cmd::Share { .. } => match answer.0 {
+            Response::Shared {
+                segments,
+                grants,
+                doorbells,
+            } => {
+                for s in &segments {
+                    println!("segment {} ({} KiB)", s.name, s.size / 1024);
+                }
+                for g in &grants {
+                    println!(
+                        "grant #{} {} -> {} {} {}{}",
+                        g.id,
+                        g.segment,
+                        g.grantee,
+                        g.rights,
+                        g.state,
+                        g.gpa.map(|a| format!(" at {a:#x}")).unwrap_or_default()
+                    );
+                }
+                for d in &doorbells {
+                    println!(
+                        "doorbell {}: {} ring {} -> {} {}",
+                        d.id,
+                        d.from,
+                        d.ring,
+                        d.to,
+                        d.target()
+                    );
+                }
+            }
+            other => bail!("unexpected answer from the partition manager: {other:?}"),
+        },
+        Cmd::Copy { .. } => match answer.0 {
+            Response::Copied { bytes } => println!("copied {bytes} bytes"),
+            other => bail!("unexpected answer from the partition manager: {other:?}"),
+        },
+        Cmd::Grants { json } => match answer.0 {
+            Response::Grants {
+                segments,
+                grants,
+                doorbells,
+            } => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "segments": segments, "grants": grants, "doorbells": doorbells })
+                    );
+                } else {
+                    print_grants(&segments, &grants);
+                    for d in &doorbells {
+                        println!(
+                            "doorbell {}: {} ring {} -> {} {}",
+                            d.id,
+                            d.from,
+                            d.ring,
+                            d.to,
+                            d.target()
+                        );
+                    }
+                }
+            }
+            other => bail!("unexpected answer from the partition manager: {other:?}"),
+        },
         _ => println!("{}", status_line(&expect_status(answer.0)?)),
     }
     Ok(())

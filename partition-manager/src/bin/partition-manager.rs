@@ -102,7 +102,10 @@ fn main() {
         .init();
     let args = Args::parse();
     if let Err(e) = run(args) {
-        eprintln!("partition-manager: error: {}", partition_manager::one_line(&e));
+        eprintln!(
+            "partition-manager: error: {}",
+            partition_manager::one_line(&e)
+        );
         std::process::exit(1);
     }
 }

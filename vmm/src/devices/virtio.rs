@@ -8,16 +8,18 @@
 use super::bus::{Bus, BusDevice, BusError};
 use super::exit::ExitSignal;
 use crate::acpi::VirtioMmioAcpi;
-use crate::config::DiskConfig;
+use crate::config::{DiskConfig, DiskSource};
 use crate::memory::{GuestMemoryMmap, VIRTIO_MMIO_START};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
-use virtio_devices::block::{Block, BlockConfig};
+use virtio_devices::block::{Block, BlockConfig, BlockHandler};
+use virtio_devices::vhost_user_blk::{ReconnectHandle, VhostUserBlkDevice, VhostUserBlkError};
 use virtio_devices::{
-    kernel_cmdline_device, InterruptKind, InterruptSignal, MmioTransport, MMIO_REGION_SIZE,
-    QUEUE_NOTIFY_OFFSET,
+    kernel_cmdline_device, InterruptKind, InterruptSignal, MmioTransport, VirtioDevice,
+    MMIO_REGION_SIZE, QUEUE_NOTIFY_OFFSET,
 };
 use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::eventfd::EventFd;
@@ -43,6 +45,99 @@ pub enum VirtioError {
     Bus(String, BusError),
     #[error("cannot create the device event loop: {0}")]
     EventManager(String),
+    #[error(transparent)]
+    VhostUser(#[from] VhostUserBlkError),
+    #[error("disk {0}: vhost-user-fd:{1}: {2}")]
+    VhostUserFd(String, i32, String),
+    #[error("disk {0}: `vios:{1}/{2}` is resolved by the partition manager; start the partition with parctl")]
+    UnbrokeredVios(String, String, String),
+}
+
+/// A disk's device: the VMM's own virtio-blk (with its event-loop half) or
+/// a vhost-user frontend whose queues a backend (the VIOS) serves.
+enum BlockDevice {
+    Local(Block<GuestMemory>, BlockHandler<GuestMemory, std::fs::File>),
+    VhostUser(VhostUserBlkDevice),
+}
+
+/// The vhost-user disks of this VMM by disk id, for the control channel's
+/// `vhost_user_reconnect` (one partition per process).
+static RECONNECT: Mutex<Vec<(String, ReconnectHandle)>> = Mutex::new(Vec::new());
+
+/// Give the vhost-user disk `id` a new connection to its backend (the
+/// partition manager re-brokered it after the VIOS came back).
+pub fn reconnect_disk(id: &str, stream: UnixStream) -> Result<(), String> {
+    let handle = RECONNECT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(d, _)| d == id)
+        .map(|(_, h)| h.clone());
+    let Some(handle) = handle else {
+        return Err(format!("no vhost-user disk `{id}` in this partition"));
+    };
+    handle.reconnect(stream).map_err(|e| e.to_string())
+}
+
+/// File descriptors already taken by `vhost-user-fd:` disks (each may be
+/// claimed once: a second claim would close it under the first).
+static CLAIMED_FDS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// Take ownership of an inherited, connected Unix stream socket.
+fn inherited_socket(id: &str, fd: i32) -> Result<UnixStream, VirtioError> {
+    let err = |why: String| VirtioError::VhostUserFd(id.to_string(), fd, why);
+    let mut claimed = CLAIMED_FDS.lock().unwrap_or_else(|e| e.into_inner());
+    if claimed.contains(&fd) {
+        return Err(err("already used by another disk".into()));
+    }
+    // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat only writes into the `stat` it is given; a bad fd is an
+    // error, not undefined behaviour.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(err(std::io::Error::last_os_error().to_string()));
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(err("not a socket".into()));
+    }
+    claimed.push(fd);
+    // SAFETY: `fd` is an open socket inherited from the parent for this disk
+    // alone (claimed once above); ownership moves to the UnixStream.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    // Not inherited by anything this process might spawn.
+    // SAFETY: F_SETFD on a valid fd owned by `stream`.
+    unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(stream)
+}
+
+fn block_device(disk: &DiskConfig) -> Result<BlockDevice, VirtioError> {
+    let source = disk
+        .source()
+        .map_err(|e| VirtioError::VhostUserFd(disk.id.clone(), -1, e.to_string()))?;
+    match source {
+        DiskSource::Image(path) => {
+            let (block, handler) = Block::<GuestMemory>::open(&BlockConfig {
+                id: disk.id.clone(),
+                path: path.to_path_buf(),
+                read_only: disk.read_only,
+            })?;
+            Ok(BlockDevice::Local(block, handler))
+        }
+        DiskSource::VhostUser(socket) => Ok(BlockDevice::VhostUser(
+            VhostUserBlkDevice::connect_path(&disk.id, socket)?,
+        )),
+        DiskSource::VhostUserFd(fd) => {
+            let stream = inherited_socket(&disk.id, fd)?;
+            Ok(BlockDevice::VhostUser(VhostUserBlkDevice::connect(
+                &disk.id, stream,
+            )?))
+        }
+        DiskSource::Vios { vios, disk: export } => Err(VirtioError::UnbrokeredVios(
+            disk.id.clone(),
+            vios.to_string(),
+            export.to_string(),
+        )),
+    }
 }
 
 /// The device's interrupt: an eventfd KVM turns into an IO-APIC edge.
@@ -103,16 +198,25 @@ impl VirtioDevices {
             let id = disk.id.clone();
             let base = VIRTIO_MMIO_START + i as u64 * MMIO_REGION_SIZE;
             let gsi = VIRTIO_GSI_BASE + i as u32;
-            let (block, handler) = Block::<GuestMemory>::open(&BlockConfig {
-                id: disk.id.clone(),
-                path: disk.path.clone(),
-                read_only: disk.read_only,
-            })?;
+            let device = block_device(disk)?;
             let irq = EventFd::new(libc::EFD_NONBLOCK)
                 .map_err(|e| VirtioError::EventFd(id.clone(), e))?;
             vm.register_irqfd(&irq, gsi)
                 .map_err(|e| VirtioError::Kvm(id.clone(), "KVM_IRQFD", e))?;
-            let transport = MmioTransport::new(Box::new(block), mem.clone(), Arc::new(Irqfd(irq)))
+            let (device, handler) = match device {
+                BlockDevice::Local(block, handler) => (
+                    Box::new(block) as Box<dyn VirtioDevice<GuestMemory>>,
+                    Some(handler),
+                ),
+                BlockDevice::VhostUser(device) => {
+                    RECONNECT
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((id.clone(), device.reconnect_handle()));
+                    (Box::new(device) as _, None)
+                }
+            };
+            let transport = MmioTransport::new(device, mem.clone(), Arc::new(Irqfd(irq)))
                 .map_err(|e| VirtioError::Transport(id.clone(), e))?;
             for (q, evt) in transport.queue_notify_evts().iter().enumerate() {
                 vm.register_ioevent(
@@ -122,7 +226,9 @@ impl VirtioDevices {
                 )
                 .map_err(|e| VirtioError::Kvm(id.clone(), "KVM_IOEVENTFD", e))?;
             }
-            event_manager.add_subscriber(Arc::new(Mutex::new(handler)));
+            if let Some(handler) = handler {
+                event_manager.add_subscriber(Arc::new(Mutex::new(handler)));
+            }
             mmio.insert(
                 base,
                 MMIO_REGION_SIZE,

@@ -1,0 +1,309 @@
+//! VIOS partitions (kind `vios`) and the disks client partitions take from
+//! them (`"path": "vios:<vios>/<disk>"`). See docs/vios.md.
+//!
+//! - A definition with `"kind": "vios"` is parsed by the `vios` crate's own
+//!   parser ([`vios::managed::ViosDefinition`]); the manager runs it with
+//!   the `vios` binary next to `vmm` (same flags: `--config`,
+//!   `--control-fd 3`, `--manager-socket`). It reports `Hello`/`Ready`, is
+//!   stopped with `Stop`, killed and restarted like any partition.
+//! - When a client partition starts, [`broker`] resolves each `vios:` disk:
+//!   the VIOS must run and export the disk, [`check_block_grant`] must allow
+//!   the client, then the manager creates a socketpair, sends the VIOS its
+//!   end with `ViosConnect {disk, client}` and gives the client's VMM the
+//!   other end as an inherited fd, rewriting the disk's path to
+//!   `vhost-user-fd:N` in the definition the VMM reads.
+
+use crate::supervisor::{Inner, ManagerError};
+use parvm_protocol::{ManagerMessage, PartitionState, RestartPolicy};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use vios::managed::ViosDefinition;
+use vmm::config::{VHOST_USER_FD_PREFIX, VIOS_PREFIX};
+
+pub use vios::managed::{is_vios_definition as is_vios, KIND};
+
+/// First fd number the client VMM finds its brokered sockets on (3 is the
+/// control channel).
+pub const FIRST_DISK_FD: i32 = 4;
+
+/// Reads a VIOS definition file as `parctl define` does: `restart` taken
+/// out, relative image paths made absolute.
+pub fn from_file(path: &Path) -> anyhow::Result<(serde_json::Value, Option<RestartPolicy>)> {
+    let abs = std::fs::canonicalize(path)
+        .map_err(|e| anyhow::anyhow!("cannot read VIOS definition {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(&abs)
+        .map_err(|e| anyhow::anyhow!("cannot read VIOS definition {}: {e}", path.display()))?;
+    let mut value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "VIOS definition {}: line {}, column {}: {e}",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    })?;
+    let restart = match value
+        .as_object_mut()
+        .and_then(|o| o.remove(crate::definition::RESTART_FIELD))
+    {
+        None => None,
+        Some(serde_json::Value::String(s)) => Some(s.parse().map_err(|m: String| {
+            anyhow::anyhow!("VIOS definition {}: field `restart`: {m}", path.display())
+        })?),
+        Some(other) => anyhow::bail!(
+            "VIOS definition {}: field `restart`: expected \"never\" or \"on-failure\", got {other}",
+            path.display()
+        ),
+    };
+    let def = ViosDefinition::from_json(&value.to_string(), path, abs.parent())?;
+    Ok((serde_json::to_value(&def)?, restart))
+}
+
+/// The manager's check of a received VIOS definition: the `vios` parser's
+/// checks, and every image an absolute path to an existing file.
+pub fn check(value: &serde_json::Value) -> Result<ViosDefinition, ManagerError> {
+    let def = ViosDefinition::from_json(&value.to_string(), &PathBuf::from("(received)"), None)
+        .map_err(|e| ManagerError::BadRequest(e.to_string()))?;
+    for d in &def.disks {
+        if !d.path.is_absolute() {
+            return Err(ManagerError::BadRequest(format!(
+                "VIOS `{}`: disk `{}`: {} is not an absolute path",
+                def.name,
+                d.id,
+                d.path.display()
+            )));
+        }
+        if let Err(e) = std::fs::metadata(&d.path) {
+            return Err(ManagerError::BadRequest(format!(
+                "VIOS `{}`: disk `{}`: {}: {e}",
+                def.name,
+                d.id,
+                d.path.display()
+            )));
+        }
+    }
+    Ok(def)
+}
+
+/// What `parctl list/status` shows as a VIOS's exports: `id` or `id:ro`.
+pub fn exports(value: &serde_json::Value) -> Vec<String> {
+    serde_json::from_value::<ViosDefinition>(value.clone())
+        .map(|d| {
+            d.disks
+                .iter()
+                .map(|x| {
+                    if x.read_only {
+                        format!("{}:ro", x.id)
+                    } else {
+                        x.id.clone()
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `vios` binary: next to the `vmm` binary the manager runs.
+pub fn vios_binary(vmm: &Path) -> PathBuf {
+    vmm.with_file_name("vios")
+}
+
+/// HOOK for the grant table: may `client` use export `disk` of the VIOS
+/// `vios`?
+///
+/// Block devices are not in the grant table yet (it knows memory
+/// segments). Until they are, the export's `clients` list in the VIOS
+/// definition stands in for an accepted grant of that block resource to
+/// that partition. When grants of block resources exist, this is the one
+/// place to look up an accepted grant (grantee = `client`, resource =
+/// `vios/disk`, rights: read-only exports need only `ro`) in `_inner.table`.
+pub(crate) fn check_block_grant(
+    _inner: &Inner,
+    vios: &ViosDefinition,
+    disk: &str,
+    client: &str,
+) -> Result<(), ManagerError> {
+    let Some(export) = vios.disk(disk) else {
+        return Err(ManagerError::BadRequest(format!(
+            "VIOS `{}` exports no disk `{disk}`",
+            vios.name
+        )));
+    };
+    if export.clients.iter().any(|c| c == client) {
+        Ok(())
+    } else {
+        Err(ManagerError::PermissionDenied(format!(
+            "VIOS `{}` has not granted disk `{disk}` to partition `{client}`",
+            vios.name
+        )))
+    }
+}
+
+/// Resolve the `vios:` disks of `client`'s definition: check, broker a
+/// socketpair per disk, send the VIOS its ends, rewrite the paths to
+/// `vhost-user-fd:N` (N = [`FIRST_DISK_FD`], +1, ...). Returns the client's
+/// ends, to be inherited as those fds. Called with the manager's lock held,
+/// before the client's VMM is spawned.
+pub(crate) fn broker(
+    inner: &mut Inner,
+    client: &str,
+    definition: &mut serde_json::Value,
+) -> Result<Vec<OwnedFd>, ManagerError> {
+    let mut ends = Vec::new();
+    let Some(disks) = definition.get_mut("disks").and_then(|d| d.as_array_mut()) else {
+        return Ok(ends);
+    };
+    for disk in disks.iter_mut() {
+        let Some(path) = disk.get("path").and_then(|p| p.as_str()) else {
+            continue;
+        };
+        let Some(name) = path.strip_prefix(VIOS_PREFIX) else {
+            continue;
+        };
+        let fail = |m: String| ManagerError::StartFailed(client.to_string(), m);
+        let Some((vios_name, export)) = name.split_once('/') else {
+            return Err(fail(format!("disk path `{path}`: use vios:<vios>/<disk>")));
+        };
+        let (vios_name, export) = (vios_name.to_string(), export.to_string());
+        let part = inner
+            .parts
+            .get(&vios_name)
+            .ok_or_else(|| fail(format!("disk `{path}`: no partition named `{vios_name}`")))?;
+        if !is_vios(&part.rec.definition) {
+            return Err(fail(format!(
+                "disk `{path}`: partition `{vios_name}` is not a VIOS"
+            )));
+        }
+        let vios_def: ViosDefinition = serde_json::from_value(part.rec.definition.clone())
+            .map_err(|e| fail(format!("VIOS `{vios_name}`: {e}")))?;
+        check_block_grant(inner, &vios_def, &export, client).map_err(|e| match e {
+            ManagerError::PermissionDenied(m) => {
+                ManagerError::PermissionDenied(format!("partition `{client}` did not start: {m}"))
+            }
+            other => fail(other.to_string()),
+        })?;
+        let part = inner
+            .parts
+            .get(&vios_name)
+            .ok_or_else(|| fail(format!("no partition named `{vios_name}`")))?;
+        let writer = match (
+            &part.rec.state,
+            part.run.as_ref().and_then(|r| r.writer.as_ref()),
+        ) {
+            (PartitionState::Running, Some(w)) => w,
+            (state, _) => {
+                return Err(fail(format!(
+                    "disk `{path}`: VIOS `{vios_name}` is {state}, not running"
+                )))
+            }
+        };
+        let (client_end, vios_end) = UnixStream::pair().map_err(|source| ManagerError::Io {
+            what: "socketpair for a VIOS disk".into(),
+            source,
+        })?;
+        writer
+            .send(
+                &ManagerMessage::ViosConnect {
+                    disk: export.clone(),
+                    client: client.to_string(),
+                },
+                &[vios_end.as_fd()],
+            )
+            .map_err(|e| fail(format!("cannot reach VIOS `{vios_name}`: {e}")))?;
+        let fd = FIRST_DISK_FD + ends.len() as i32;
+        disk["path"] = serde_json::Value::String(format!("{VHOST_USER_FD_PREFIX}{fd}"));
+        tracing::info!(partition = %client, vios = %vios_name, disk = %export, fd, "VIOS disk brokered");
+        ends.push(OwnedFd::from(client_end));
+    }
+    Ok(ends)
+}
+
+/// A VIOS (re)became ready: its earlier connections died with its previous
+/// process. Broker a new socketpair for every disk of every running client
+/// that names it, and hand the client's VMM its end with
+/// `vhost_user_reconnect` (the VMM replays the in-flight requests).
+pub(crate) fn on_ready(inner: &mut Inner, vios_name: &str) {
+    let Some(vios_part) = inner.parts.get(vios_name) else {
+        return;
+    };
+    if !is_vios(&vios_part.rec.definition) {
+        return;
+    }
+    let Ok(vios_def) = serde_json::from_value::<ViosDefinition>(vios_part.rec.definition.clone())
+    else {
+        return;
+    };
+    let prefix = format!("{VIOS_PREFIX}{vios_name}/");
+    // (client, client disk id, export)
+    let mut wanted = Vec::new();
+    for (client, part) in &inner.parts {
+        let live = part.run.as_ref().is_some_and(|r| r.writer.is_some())
+            && matches!(
+                part.rec.state,
+                PartitionState::Running | PartitionState::Paused
+            );
+        if !live || client == vios_name {
+            continue;
+        }
+        for disk in part
+            .rec
+            .definition
+            .get("disks")
+            .and_then(|d| d.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let path = disk.get("path").and_then(|p| p.as_str()).unwrap_or("");
+            let id = disk.get("id").and_then(|p| p.as_str()).unwrap_or("");
+            if let Some(export) = path.strip_prefix(&prefix) {
+                wanted.push((client.clone(), id.to_string(), export.to_string()));
+            }
+        }
+    }
+    for (client, disk_id, export) in wanted {
+        if let Err(e) = rebroker(inner, &vios_def, &client, &disk_id, &export) {
+            tracing::warn!(partition = %client, vios = %vios_name, disk = %disk_id, error = %e, "VIOS disk not re-brokered");
+        }
+    }
+}
+
+fn rebroker(
+    inner: &Inner,
+    vios: &ViosDefinition,
+    client: &str,
+    disk_id: &str,
+    export: &str,
+) -> Result<(), ManagerError> {
+    check_block_grant(inner, vios, export, client)?;
+    let writer = |name: &str| {
+        inner
+            .parts
+            .get(name)
+            .and_then(|p| p.run.as_ref())
+            .and_then(|r| r.writer.as_ref())
+            .ok_or_else(|| ManagerError::Control(name.to_string(), "not attached".into()))
+    };
+    let (client_end, vios_end) = UnixStream::pair().map_err(|source| ManagerError::Io {
+        what: "socketpair for a VIOS disk".into(),
+        source,
+    })?;
+    writer(&vios.name)?
+        .send(
+            &ManagerMessage::ViosConnect {
+                disk: export.to_string(),
+                client: client.to_string(),
+            },
+            &[vios_end.as_fd()],
+        )
+        .map_err(|e| ManagerError::Control(vios.name.clone(), e.to_string()))?;
+    writer(client)?
+        .send(
+            &ManagerMessage::VhostUserReconnect {
+                disk: disk_id.to_string(),
+            },
+            &[client_end.as_fd()],
+        )
+        .map_err(|e| ManagerError::Control(client.to_string(), e.to_string()))?;
+    tracing::info!(partition = %client, vios = %vios.name, disk = %disk_id, "VIOS disk re-brokered after the VIOS came back");
+    Ok(())
+}

@@ -1,0 +1,298 @@
+//! VIOS partitions under the real daemon (docs/vios.md): a partition of
+//! kind `vios` run with the `vios` binary, a client partition whose disk is
+//! `vios:vios1/data` booting the tiny guest's virtio-blk test through a
+//! brokered socketpair, the grant check, and a stopped VIOS.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use parvm_tests::guests::{fnv1a64, guest_path};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+mod common;
+use common::*;
+
+const PATTERN_BYTES: usize = 64 * 512;
+
+/// The `vios` binary next to `vmm` (where the manager looks for it); built
+/// if this test run did not build it.
+fn ensure_vios(vmm: &Path) -> PathBuf {
+    let vios = vmm.with_file_name("vios");
+    if !vios.exists() {
+        let release = vmm
+            .parent()
+            .and_then(|p| p.file_name())
+            .is_some_and(|n| n == "release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "vios", "--bin", "vios"]);
+        if release {
+            cmd.arg("--release");
+        }
+        assert!(
+            cmd.status().unwrap().success(),
+            "cargo build -p vios failed"
+        );
+    }
+    assert!(vios.exists(), "{} missing", vios.display());
+    vios
+}
+
+fn pattern() -> Vec<u8> {
+    (0..PATTERN_BYTES)
+        .map(|o| ((o / 512) * 31 + (o % 512) * 7) as u8)
+        .collect()
+}
+
+fn write_json(dir: &Path, name: &str, v: serde_json::Value) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, v.to_string()).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn client_partition_uses_a_vios_disk_through_the_manager() {
+    let env = Env::new("vios-main");
+    ensure_vios(&env.vmm);
+    let img = env.dir.join("data.img");
+    std::fs::write(&img, vec![0x5au8; 1 << 20]).unwrap();
+    let vios_def = write_json(
+        &env.dir,
+        "vios1.json",
+        serde_json::json!({
+            "kind": "vios", "name": "vios1",
+            "disks": [{"id": "data", "path": "data.img", "clients": ["web"]}],
+        }),
+    );
+    assert_eq!(env.ok(&["define", &vios_def]).trim(), "defined vios1");
+    let s = env.status("vios1");
+    assert_eq!(s["kind"], "vios");
+    assert_eq!(s["exports"], serde_json::json!(["data"]));
+    assert_eq!(
+        (s["vcpus"].as_u64(), s["memory_mib"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let list = env.ok(&["list"]);
+    assert!(list.lines().any(|l| l.starts_with("vios1 ")), "{list}");
+    let client = |name: &str| {
+        serde_json::json!({
+            "name": name, "kernel": guest_path("tiny.elf"), "memory_mib": 64,
+            "cmdline": "parvm.test=blk",
+            "disks": [{"id": "data", "path": "vios:vios1/data"}],
+        })
+    };
+    let web = write_json(&env.dir, "web.json", client("web"));
+    env.ok(&["define", &web]);
+
+    // The VIOS is not running yet: a clear start error.
+    let e = env.fails(&["start", "web"]);
+    assert!(e.contains("VIOS `vios1` is defined, not running"), "{e}");
+
+    let out = env.ok(&["start", "vios1"]);
+    assert!(out.starts_with("vios1: running (pid "), "{out}");
+    assert_eq!(env.status("vios1")["attached"], true);
+
+    // The client boots, writes, flushes and reads back through the VIOS,
+    // then powers off.
+    env.ok(&["start", "web"]);
+    env.wait_state("web", "stopped", Duration::from_secs(30));
+    let log = env.log_of("web");
+    assert!(
+        log.contains("parvm-guest: blk capacity=2048 ro=0 serial=data\n"),
+        "{log}"
+    );
+    let on_host = std::fs::read(&img).unwrap();
+    assert_eq!(&on_host[..PATTERN_BYTES], &pattern()[..]);
+    let want = format!(
+        "parvm-guest: blk write=0 flush=0 read=0 match=yes fnv1a64={:016x}\n",
+        fnv1a64(&on_host[..PATTERN_BYTES])
+    );
+    assert!(log.contains(&want), "want {want} in:\n{log}");
+
+    // Again: a second connection to the same running VIOS.
+    env.ok(&["start", "web"]);
+    env.wait_state("web", "stopped", Duration::from_secs(30));
+    assert_eq!(env.log_of("web").matches("match=yes").count(), 2);
+
+    // A partition the VIOS did not grant the disk to cannot start.
+    let other = write_json(&env.dir, "other.json", client("other"));
+    env.ok(&["define", &other]);
+    let e = env.fails(&["start", "other"]);
+    assert!(
+        e.contains("VIOS `vios1` has not granted disk `data` to partition `other`"),
+        "{e}"
+    );
+    assert_ne!(env.status("other")["state"], "running");
+
+    // A disk the VIOS does not export.
+    let bad = write_json(
+        &env.dir,
+        "bad.json",
+        serde_json::json!({
+            "name": "bad", "kernel": guest_path("tiny.elf"),
+            "disks": [{"id": "d", "path": "vios:vios1/nope"}],
+        }),
+    );
+    env.ok(&["define", &bad]);
+    let e = env.fails(&["start", "bad"]);
+    assert!(e.contains("exports no disk `nope`"), "{e}");
+
+    // Stopping the VIOS: an orderly exit.
+    let out = env.ok(&["stop", "vios1"]);
+    assert_eq!(out.trim(), "vios1: stopped (stopped)");
+    let e = env.fails(&["start", "web"]);
+    assert!(e.contains("VIOS `vios1` is stopped, not running"), "{e}");
+}
+
+#[test]
+fn bad_vios_definitions_are_refused() {
+    let env = Env::new("vios-bad");
+    let cases = [
+        (
+            serde_json::json!({"kind": "vios", "name": "v", "disks": [{"id": "d", "path": "missing.img"}]}),
+            "missing.img",
+        ),
+        (
+            serde_json::json!({"kind": "vios", "name": "v", "kernel": "/k"}),
+            "unknown field `kernel`",
+        ),
+        (
+            serde_json::json!({"kind": "vios", "name": "v", "disks": [{"id": "a/b", "path": "x"}]}),
+            "invalid disk id",
+        ),
+    ];
+    for (i, (def, want)) in cases.into_iter().enumerate() {
+        let f = write_json(&env.dir, &format!("bad{i}.json"), def);
+        let e = env.fails(&["define", &f]);
+        assert!(e.contains(want), "{e}");
+    }
+}
+
+/// Issue item 5 through the manager: the VIOS is killed with SIGKILL while
+/// a client partition's guest writes (1 MiB requests); the manager restarts the
+/// VIOS (restart on-failure) and brokers a new connection to the running
+/// client, whose VMM replays its in-flight requests. The client never
+/// stops, and its guest's benchmark completes with no I/O error.
+#[test]
+fn vios_killed_under_load_is_restarted_and_the_client_carries_on() {
+    let env = Env::new("vios-kill");
+    ensure_vios(&env.vmm);
+    let img = env.dir.join("data.img");
+    std::fs::write(&img, vec![0x33u8; 16 << 20]).unwrap();
+    let vios_def = write_json(
+        &env.dir,
+        "vios1.json",
+        serde_json::json!({
+            "kind": "vios", "name": "vios1", "restart": "on-failure",
+            "disks": [{"id": "data", "path": "data.img", "clients": ["web"]}],
+        }),
+    );
+    env.ok(&["define", &vios_def]);
+    env.ok(&["start", "vios1"]);
+    let vios_pid = pid_of(&env.status("vios1"));
+    let web = write_json(
+        &env.dir,
+        "web.json",
+        serde_json::json!({
+            "name": "web", "kernel": guest_path("tiny.elf"), "memory_mib": 64,
+            "cmdline": "parvm.test=blkbench parvm.bench=50000 parvm.benchmib=2048",
+            "disks": [{"id": "data", "path": "vios:vios1/data"}],
+        }),
+    );
+    env.ok(&["define", &web]);
+    env.ok(&["start", "web"]);
+    let web_pid = pid_of(&env.status("web"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !env
+        .log_of("web")
+        .contains("parvm-guest: blkbench start seqwrite")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            env.log_of("web")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill9(vios_pid);
+    // Restarted by the manager, with a new pid.
+    let s = env.wait_for("vios1", Duration::from_secs(10), "restarted", |s| {
+        s["state"] == "running" && s["pid"].as_u64().is_some_and(|p| p as u32 != vios_pid)
+    });
+    assert_eq!(s["restarts"], 1, "{s}");
+    // The client ran on and finished its benchmark without an error.
+    let s = env.wait_state("web", "stopped", Duration::from_secs(60));
+    // The tiny guest ends with an i8042 reset after `poweroff`.
+    assert_eq!(s["last_exit"], "guest reset", "{s}");
+    assert!(env.log_of("web").contains("parvm-guest: poweroff"));
+    let log = env.log_of("web");
+    for phase in ["randread", "seqread", "seqwrite"] {
+        let line = log
+            .lines()
+            .find(|l| l.starts_with(&format!("parvm-guest: blkbench done {phase} ")))
+            .unwrap_or_else(|| panic!("no `done {phase}` in:\n{log}"));
+        assert!(
+            line.ends_with("errors=0") || line.contains(" errors=0 "),
+            "{line}"
+        );
+    }
+    assert!(
+        env.manager_log()
+            .contains("VIOS disk re-brokered after the VIOS came back"),
+        "{}",
+        env.manager_log()
+    );
+    let vmm_log = std::fs::read_to_string(env.state.join("logs/web.vmm.log")).unwrap_or_default();
+    assert!(vmm_log.contains("in-flight requests replayed"), "{vmm_log}");
+    let _ = web_pid;
+}
+
+/// A VIOS outlives a manager killed with SIGKILL and re-attaches to the
+/// restarted one (like a VMM), which can then broker its disk again.
+#[test]
+fn vios_reattaches_to_a_restarted_manager() {
+    let mut env = Env::new("vios-reattach");
+    ensure_vios(&env.vmm);
+    std::fs::write(env.dir.join("data.img"), vec![0u8; 1 << 20]).unwrap();
+    let vios_def = write_json(
+        &env.dir,
+        "vios1.json",
+        serde_json::json!({
+            "kind": "vios", "name": "vios1",
+            "disks": [{"id": "data", "path": "data.img", "clients": ["web"]}],
+        }),
+    );
+    env.ok(&["define", &vios_def]);
+    env.ok(&["start", "vios1"]);
+    let pid = pid_of(&env.status("vios1"));
+    env.kill_manager();
+    assert!(alive(pid), "the VIOS died with the manager");
+    env.start_manager();
+    let s = env.wait_for("vios1", Duration::from_secs(10), "re-attached", |s| {
+        s["attached"] == true
+    });
+    assert_eq!(s["state"], "running");
+    assert_eq!(pid_of(&s), pid);
+    // The re-attached channel brokers a client's disk.
+    let web = write_json(
+        &env.dir,
+        "web.json",
+        serde_json::json!({
+            "name": "web", "kernel": guest_path("tiny.elf"), "memory_mib": 64,
+            "cmdline": "parvm.test=blk",
+            "disks": [{"id": "data", "path": "vios:vios1/data"}],
+        }),
+    );
+    env.ok(&["define", &web]);
+    env.ok(&["start", "web"]);
+    env.wait_state("web", "stopped", Duration::from_secs(30));
+    assert!(
+        env.log_of("web").contains("match=yes"),
+        "{}",
+        env.log_of("web")
+    );
+    assert_eq!(
+        env.ok(&["stop", "vios1"]).trim(),
+        "vios1: stopped (stopped)"
+    );
+}

@@ -1,0 +1,389 @@
+//! The vhost-user-blk backend of one client connection.
+//!
+//! vhost-user-backend runs the vhost-user protocol (features, memory table,
+//! vrings, kick/call eventfds) and one worker thread per queue; this module
+//! supplies what is specific to a block device: features, configuration
+//! space, and the queue drain, which hands every descriptor chain to the
+//! shared [`BlockCore`] of `virtio-devices` (the same code the in-VMM
+//! virtio-blk runs) and puts its completion on the used ring.
+//!
+//! The client is not trusted: its memory table is checked before anything
+//! touches it (each region inside its fd, each fd sealed against shrinking:
+//! a mapping past the end of a memfd would raise SIGBUS in the VIOS), bad
+//! chains complete with an error status, and no error here ends the worker
+//! thread.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use tracing::{debug, warn};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::VhostUserVirtioFeatures;
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_bindings::virtio_blk::VIRTIO_BLK_F_MQ;
+use virtio_devices::block::{BlockCore, CONFIG_SPACE_LEN, QUEUE_SIZE};
+use virtio_queue::QueueT;
+use vm_memory::{
+    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+/// Guest memory as vhost-user-backend hands it over.
+pub type ClientMemory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
+
+/// Largest number of queues a client may use.
+pub const MAX_QUEUES: usize = 16;
+
+/// Offset of `num_queues` (u16) in `struct virtio_blk_config`.
+const NUM_QUEUES_OFFSET: usize = 34;
+
+/// Why a client's memory table was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryTableError {
+    /// A region is not backed by a file descriptor.
+    #[error("memory region at guest address {gpa:#x} has no file descriptor")]
+    NoFd {
+        /// Guest physical address of the region.
+        gpa: u64,
+    },
+    /// A region's size could not be checked.
+    #[error("cannot stat the fd of the memory region at {gpa:#x}: {source}")]
+    Stat {
+        /// Guest physical address of the region.
+        gpa: u64,
+        /// Underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A region's fd can shrink under the VIOS's mapping (an access would
+    /// then raise SIGBUS in the VIOS).
+    #[error(
+        "memory region at {gpa:#x}: its fd is not sealed against shrinking (use a memfd with F_SEAL_SHRINK, e.g. QEMU's memory-backend-memfd)"
+    )]
+    NotSealed {
+        /// Guest physical address of the region.
+        gpa: u64,
+    },
+    /// A region maps bytes past the end of its fd.
+    #[error(
+        "memory region at {gpa:#x} maps {len:#x} bytes at fd offset {offset:#x}, past the end of its {file_len:#x}-byte fd"
+    )]
+    PastEof {
+        /// Guest physical address of the region.
+        gpa: u64,
+        /// Region length.
+        len: u64,
+        /// Offset in the fd.
+        offset: u64,
+        /// Size of the fd.
+        file_len: u64,
+    },
+}
+
+/// Check that every region lies inside its fd and that the fd cannot
+/// shrink later (F_SEAL_SHRINK). Overlapping guest ranges are already
+/// refused by vm-memory when the table is built.
+pub fn check_memory_table(mem: &GuestMemoryMmap<()>) -> Result<(), MemoryTableError> {
+    for region in mem.iter() {
+        let gpa = region.start_addr().0;
+        let Some(fd) = region.file_offset() else {
+            return Err(MemoryTableError::NoFd { gpa });
+        };
+        // SAFETY: F_GET_SEALS only reads the seals of a valid fd we hold.
+        let seals = unsafe { libc::fcntl(fd.file().as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(MemoryTableError::NotSealed { gpa });
+        }
+        let file_len = fd
+            .file()
+            .metadata()
+            .map_err(|source| MemoryTableError::Stat { gpa, source })?
+            .len();
+        let len = region.len();
+        let offset = fd.start();
+        if offset.checked_add(len).is_none_or(|end| end > file_len) {
+            return Err(MemoryTableError::PastEof {
+                gpa,
+                len,
+                offset,
+                file_len,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The backend of one vhost-user-blk connection (shared by the protocol
+/// thread and the queue worker threads through an `Arc`).
+pub struct VhostUserBlk {
+    /// Disk id for logs.
+    id: String,
+    /// Client name for logs (the socket path or the partition name).
+    client: String,
+    core: RwLock<BlockCore<File>>,
+    queues: usize,
+    event_idx: AtomicBool,
+    /// The client's memory once a checked table arrived.
+    mem: Mutex<Option<ClientMemory>>,
+    guest_errors: AtomicU64,
+    /// Requests completed (for tests and logs).
+    completed: AtomicU64,
+}
+
+impl VhostUserBlk {
+    /// A backend serving `core` with `queues` queues (1..=[`MAX_QUEUES`]).
+    pub fn new(id: &str, client: &str, core: BlockCore<File>, queues: usize) -> Self {
+        VhostUserBlk {
+            id: id.to_owned(),
+            client: client.to_owned(),
+            core: RwLock::new(core),
+            queues: queues.clamp(1, MAX_QUEUES),
+            event_idx: AtomicBool::new(false),
+            mem: Mutex::new(None),
+            guest_errors: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+        }
+    }
+
+    /// Requests completed on this connection.
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
+    }
+
+    fn memory(&self) -> Option<ClientMemory> {
+        match self.mem.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_memory(&self, mem: Option<ClientMemory>) {
+        match self.mem.lock() {
+            Ok(mut guard) => *guard = mem,
+            Err(poisoned) => *poisoned.into_inner() = mem,
+        }
+    }
+
+    /// Log a failure caused by the client; rate limited.
+    fn client_error(&self, what: &str, error: &dyn std::fmt::Display) {
+        let n = self.guest_errors.fetch_add(1, Ordering::Relaxed);
+        if n < 16 || n.is_power_of_two() {
+            warn!(disk = %self.id, client = %self.client, failures = n + 1, error = %error, "vios: {what}");
+        } else {
+            debug!(disk = %self.id, client = %self.client, error = %error, "vios: {what}");
+        }
+    }
+
+    /// Drain one queue: pop every chain, run it through the block core, put
+    /// the completions on the used ring, and signal the call eventfd once if
+    /// the driver wants it.
+    fn process_vring(&self, vring: &VringRwLock) {
+        let Some(atomic) = self.memory() else {
+            self.client_error("queue kicked before a memory table", &"no memory");
+            return;
+        };
+        let mem = atomic.memory();
+        let core = match self.core.read() {
+            Ok(core) => core,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let event_idx = self.event_idx.load(Ordering::Acquire);
+        let mut used = false;
+        {
+            let mut state = vring.get_mut();
+            let queue = state.get_queue_mut();
+            loop {
+                if event_idx {
+                    if let Err(e) = queue.disable_notification(&*mem) {
+                        self.client_error("cannot disable notifications", &e);
+                        break;
+                    }
+                }
+                let mut progressed = false;
+                while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
+                    progressed = true;
+                    let completion = core.process(chain);
+                    match queue.add_used(&*mem, completion.head_index, completion.used_len) {
+                        Ok(()) => {
+                            used = true;
+                            self.completed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => self.client_error("cannot add to the used ring", &e),
+                    }
+                }
+                if !event_idx {
+                    break;
+                }
+                match queue.enable_notification(&*mem) {
+                    Ok(true) if progressed => continue,
+                    Ok(true) => {
+                        // The available index is ahead by more than the queue
+                        // size: nothing can be popped; do not spin on it.
+                        self.client_error(
+                            "available ring index is invalid",
+                            &"the driver published more chains than the queue holds",
+                        );
+                        break;
+                    }
+                    Ok(false) => break,
+                    Err(e) => {
+                        self.client_error("cannot enable notifications", &e);
+                        break;
+                    }
+                }
+            }
+        }
+        if used {
+            match vring.needs_notification() {
+                Ok(true) => {
+                    if let Err(e) = vring.signal_used_queue() {
+                        warn!(disk = %self.id, client = %self.client, error = %e, "vios: cannot signal the call eventfd");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => self.client_error("cannot read used_event", &e),
+            }
+        }
+    }
+}
+
+impl VhostUserBackend for VhostUserBlk {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        self.queues
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(QUEUE_SIZE)
+    }
+
+    fn features(&self) -> u64 {
+        let core_features = match self.core.read() {
+            Ok(core) => core.features(),
+            Err(poisoned) => poisoned.into_inner().features(),
+        };
+        let mut features = core_features | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if self.queues > 1 {
+            features |= 1 << VIRTIO_BLK_F_MQ;
+        }
+        features
+    }
+
+    fn acked_features(&self, features: u64) {
+        match self.core.write() {
+            Ok(mut core) => core.set_acked_features(features),
+            Err(poisoned) => poisoned.into_inner().set_acked_features(features),
+        }
+        debug!(disk = %self.id, client = %self.client, features = format_args!("{features:#x}"), "vios: features acked");
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn reset_device(&self) {
+        self.event_idx.store(false, Ordering::Release);
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Release);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let mut config = match self.core.read() {
+            Ok(core) => core.config_space(),
+            Err(poisoned) => poisoned.into_inner().config_space(),
+        };
+        let queues = u16::try_from(self.queues).unwrap_or(1);
+        config[NUM_QUEUES_OFFSET..NUM_QUEUES_OFFSET + 2].copy_from_slice(&queues.to_le_bytes());
+        // Bytes past the configuration space read as zero.
+        let mut out = vec![0u8; size as usize];
+        let start = (offset as usize).min(CONFIG_SPACE_LEN);
+        let end = (offset as usize)
+            .saturating_add(size as usize)
+            .min(CONFIG_SPACE_LEN);
+        out[..end - start].copy_from_slice(&config[start..end]);
+        out
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        // Only `writeback` is writable in virtio-blk, and CONFIG_WCE is not
+        // offered: the configuration is read-only.
+        self.client_error(
+            "configuration write refused",
+            &format_args!("{} bytes at offset {offset}", buf.len()),
+        );
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "virtio-blk configuration space is read-only",
+        ))
+    }
+
+    fn update_memory(&self, mem: ClientMemory) -> io::Result<()> {
+        let checked = check_memory_table(&mem.memory());
+        match checked {
+            Ok(()) => {
+                debug!(disk = %self.id, client = %self.client, regions = mem.memory().num_regions(), "vios: memory table");
+                self.set_memory(Some(mem));
+                Ok(())
+            }
+            Err(e) => {
+                self.client_error("memory table refused", &e);
+                // vhost-user-backend has already installed the table for its
+                // vrings: replace it with nothing so that no access ever
+                // reaches the bad mapping.
+                match mem.lock() {
+                    Ok(guard) => guard.replace(GuestMemoryMmap::new()),
+                    Err(poisoned) => poisoned.into_inner().replace(GuestMemoryMmap::new()),
+                }
+                self.set_memory(None);
+                Err(io::Error::new(io::ErrorKind::InvalidInput, e))
+            }
+        }
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.queues).map(|q| 1u64 << q).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                warn!(disk = %self.id, error = %e, "vios: cannot create a worker exit eventfd");
+                None
+            }
+        }
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            self.client_error("unexpected event", &format_args!("{evset:?}"));
+            return Ok(());
+        }
+        // One queue per worker thread: `device_event` indexes this thread's
+        // vrings.
+        match vrings.get(usize::from(device_event)) {
+            Some(vring) => self.process_vring(vring),
+            None => self.client_error("event for an unknown queue", &device_event),
+        }
+        // Never an error: it would end the worker thread for good.
+        Ok(())
+    }
+}

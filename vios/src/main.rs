@@ -1,0 +1,120 @@
+//! `vios`: serve disk images over vhost-user-blk.
+//!
+//!     vios --listen PATH --disk FILE[,ro][,id=ID] [--queues N]      standalone
+//!     vios --config FILE --control-fd N [--manager-socket PATH]     run by the partition manager
+//!
+//! Logs go to stderr, filtered by `PARVM_LOG` (e.g. `PARVM_LOG=debug`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use vios::managed::ViosDefinition;
+use vios::{Export, ExportSpec, ServeOptions, Server, MAX_QUEUES};
+
+/// parvm's virtual I/O server: exports raw disk images with vhost-user-blk.
+#[derive(Parser, Debug)]
+#[command(name = "vios", version)]
+struct Args {
+    /// Unix socket to listen on for vhost-user frontends (QEMU's
+    /// `-chardev socket,path=PATH`, Cloud Hypervisor, parvm's vmm).
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "disk",
+        conflicts_with = "config"
+    )]
+    listen: Option<PathBuf>,
+    /// The raw disk image to export; `,ro` exports it read-only, `,id=ID`
+    /// names it (GET_ID serial; default: the file name).
+    #[arg(long, value_name = "FILE[,ro][,id=ID]", requires = "listen")]
+    disk: Option<String>,
+    /// Queues offered to each client (1..=16).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    queues: usize,
+    /// Managed mode: the VIOS partition definition (kind `vios`) the
+    /// partition manager wrote.
+    #[arg(long, value_name = "FILE", requires = "control_fd")]
+    config: Option<PathBuf>,
+    /// Managed mode: the inherited control socket to the partition manager.
+    #[arg(long, value_name = "N")]
+    control_fd: Option<i32>,
+    /// Managed mode: the manager's socket, where the VIOS re-attaches if the
+    /// manager restarts.
+    #[arg(long, value_name = "PATH")]
+    manager_socket: Option<PathBuf>,
+    /// Accepted for symmetry with vmm (a VIOS has no console).
+    #[arg(long, value_name = "PATH")]
+    console: Option<String>,
+}
+
+fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // PARVM_LOG: a level (`debug`) or per-target directives; default `info`.
+    let filter: tracing_subscriber::filter::Targets = std::env::var("PARVM_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
+        });
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
+        .init();
+}
+
+fn run(args: Args) -> anyhow::Result<i32> {
+    if args.queues == 0 || args.queues > MAX_QUEUES {
+        anyhow::bail!("--queues {} is outside 1..={MAX_QUEUES}", args.queues);
+    }
+    if let Some(config) = args.config {
+        let def = ViosDefinition::from_file(&config)?;
+        let fd = args
+            .control_fd
+            .context("--config needs --control-fd (the VIOS runs under the partition manager)")?;
+        return Ok(vios::managed::run(def, fd, args.manager_socket.as_deref())?);
+    }
+    let (Some(listen), Some(disk)) = (args.listen, args.disk) else {
+        anyhow::bail!("use --listen PATH --disk FILE[,ro], or --config FILE --control-fd N");
+    };
+    let spec = ExportSpec::parse(&disk)?;
+    let export = Arc::new(Export::open(spec)?);
+    let server = Server::listen(
+        &listen,
+        export,
+        ServeOptions {
+            queues: args.queues,
+        },
+    )
+    .with_context(|| format!("serving {disk}"))?;
+    server.join();
+    Ok(0)
+}
+
+/// The error and its causes on one line, skipping causes the message
+/// already quotes.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg.replace('\n', " ")
+}
+
+fn main() {
+    init_logging();
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("vios: error: {}", one_line(&e));
+            std::process::exit(1);
+        }
+    }
+}
