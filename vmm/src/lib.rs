@@ -244,7 +244,7 @@ impl Vmm {
         };
         let serial = Arc::new(Mutex::new(SerialPort(Serial::new(
             EventFdTrigger(serial_irq),
-            ConsoleOut(out),
+            ConsoleOut::new(out),
         ))));
         let mut pio = Bus::new();
         let bus_err = |e: devices::bus::BusError| VmmError::Setup("port I/O bus", e.to_string());

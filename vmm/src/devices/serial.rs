@@ -21,17 +21,43 @@ impl Trigger for EventFdTrigger {
 }
 
 /// Console output that flushes every write, so a line appears as soon as the
-/// guest has written it.
-pub struct ConsoleOut(pub Box<dyn Write + Send>);
+/// guest has written it. If the console goes away (a closed pipe, a full
+/// disk), that is logged once and the guest's further output is dropped: the
+/// guest keeps running, and the log is not flooded with one line per byte.
+pub struct ConsoleOut {
+    out: Box<dyn Write + Send>,
+    broken: bool,
+}
+
+impl ConsoleOut {
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        ConsoleOut { out, broken: false }
+    }
+}
 
 impl Write for ConsoleOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.0.write(buf)?;
-        self.0.flush()?;
-        Ok(n)
+        if self.broken {
+            return Ok(buf.len());
+        }
+        let written = self
+            .out
+            .write(buf)
+            .and_then(|n| self.out.flush().map(|_| n));
+        match written {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                self.broken = true;
+                tracing::warn!(error = %e, "console output failed; dropping further guest output");
+                Ok(buf.len())
+            }
+        }
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
+        if self.broken {
+            return Ok(());
+        }
+        self.out.flush()
     }
 }
 
@@ -73,13 +99,33 @@ mod tests {
         }
     }
 
+    struct Broken(usize);
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            self.0 += 1;
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_broken_console_is_tried_once_then_dropped() {
+        let mut out = ConsoleOut::new(Box::new(Broken(0)));
+        for _ in 0..3 {
+            assert_eq!(out.write(b"x").unwrap(), 1);
+        }
+        assert!(out.broken);
+    }
+
     #[test]
     fn bytes_written_to_thr_reach_the_console() {
         let out = Shared::default();
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let mut port = SerialPort(Serial::new(
             EventFdTrigger(evt),
-            ConsoleOut(Box::new(out.clone())),
+            ConsoleOut::new(Box::new(out.clone())),
         ));
         for b in b"hi\n" {
             port.write(0, &[*b]);
