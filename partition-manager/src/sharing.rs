@@ -325,11 +325,20 @@ pub(crate) fn map_owned_segments(inner: &mut Inner, partition: &str) {
     }
 }
 
-/// A re-attached VMM hands back memory it maps: adopted as the segment's
-/// memory if the manager has none (after a restart), and only from the
-/// owner or a read-write grantee (a read-only holder must not be able to
-/// substitute memory it controls).
-pub(crate) fn adopt(mgr: &Manager, partition: &str, key: &str, fds: Vec<std::os::fd::OwnedFd>) {
+/// A re-attached VMM reports what it still maps (and wired), with the
+/// descriptor. The manager takes back memory and eventfds it lost in a
+/// restart: a segment's memory only from its owner or a read-write grantee
+/// (a read-only holder must not be able to substitute memory it
+/// controls). It also reconciles the grant table: a grant recorded as
+/// `granted` (its accept was not recorded before the restart) becomes
+/// `accepted` at `gpa`; a grant that ended meanwhile is unmapped at once.
+pub(crate) fn adopt(
+    mgr: &Manager,
+    partition: &str,
+    key: &str,
+    gpa: Option<u64>,
+    fds: Vec<std::os::fd::OwnedFd>,
+) {
     let Some(fd) = fds.into_iter().next() else {
         return;
     };
@@ -356,16 +365,59 @@ pub(crate) fn adopt(mgr: &Manager, partition: &str, key: &str, fds: Vec<std::os:
             .filter(|s| s.info.owner == partition)
             .map(|s| s.info.name.clone())
     } else {
-        key.strip_prefix("grant:")
-            .and_then(|id| id.parse::<u64>().ok())
-            .and_then(|id| inner.table.grants.get(&id))
-            .filter(|g| {
-                g.grantee == partition && g.state == GrantState::Accepted && g.rights == Rights::Rw
-            })
-            .map(|g| g.segment.clone())
+        let id = key
+            .strip_prefix("grant:")
+            .and_then(|id| id.parse::<u64>().ok());
+        let Some(g) = id.and_then(|id| inner.table.grant_mut(id)) else {
+            // Minted and accepted just before a crash and never recorded:
+            // nobody could revoke it, so it goes.
+            tracing::warn!(
+                partition,
+                key,
+                "a VMM maps a grant the manager does not know; unmapping it"
+            );
+            send_unmap(&inner, partition, key);
+            return;
+        };
+        let rw_segment = (g.rights == Rights::Rw).then(|| g.segment.clone());
+        if g.grantee != partition {
+            tracing::warn!(
+                partition,
+                key,
+                "a VMM reports a mapping of another partition's grant"
+            );
+            return;
+        }
+        match g.state {
+            GrantState::Granted => {
+                g.state = GrantState::Accepted;
+                g.gpa = gpa;
+                g.since = now_secs();
+                let g = g.clone();
+                if let Err(e) = inner.store.put_grant_relaxed(&g) {
+                    tracing::error!(grant = g.id, error = %e, "cannot record the grant");
+                }
+                tracing::info!(
+                    partition,
+                    grant = g.id,
+                    "accepted grant taken back from a running VMM"
+                );
+            }
+            GrantState::Revoked | GrantState::Released => {
+                tracing::warn!(
+                    partition,
+                    key,
+                    "a VMM still maps an ended grant; unmapping it"
+                );
+                send_unmap(&inner, partition, key);
+                return;
+            }
+            GrantState::Accepted => {}
+        }
+        rw_segment
     };
     let Some(name) = segment else {
-        tracing::debug!(partition, key, "handed-back mapping ignored");
+        tracing::debug!(partition, key, "handed-back memory not adopted");
         return;
     };
     let file = File::from(fd);
@@ -375,6 +427,20 @@ pub(crate) fn adopt(mgr: &Manager, partition: &str, key: &str, fds: Vec<std::os:
     if file.metadata().is_ok_and(|m| m.len() >= seg.info.size) {
         seg.adopt(file);
         tracing::info!(partition, segment = %name, "segment memory taken back from a running VMM");
+    }
+}
+
+/// Asks `partition`'s VMM to unmap `key` (not waited for).
+fn send_unmap(inner: &Inner, partition: &str, key: &str) {
+    if let Some(w) = inner
+        .parts
+        .get(partition)
+        .and_then(|p| p.run.as_ref())
+        .and_then(|r| r.writer.as_ref())
+    {
+        if let Err(e) = w.send(&ManagerMessage::Unmap { key: key.into() }, &[]) {
+            tracing::warn!(partition, key, error = %e, "cannot ask the VMM to unmap");
+        }
     }
 }
 

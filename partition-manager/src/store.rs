@@ -16,6 +16,8 @@ use parvm_protocol::{DoorbellInfo, GrantInfo, PartitionState, RestartPolicy, Seg
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
 
 /// Version of the table layout below.
 const SCHEMA_VERSION: i64 = 1;
@@ -61,7 +63,15 @@ pub struct Record {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Order of grant writes: a row is only replaced by a later one, so
+    /// the background writer never overwrites a newer state.
+    grant_seq: AtomicU64,
+    /// The background writer of relaxed grant rows.
+    background: Option<Sender<GrantRow>>,
 }
+
+/// A grant row for the background writer: id, order, JSON.
+type GrantRow = (u64, u64, String);
 
 impl Store {
     /// Opens (creating if needed) the database in `dir`.
@@ -92,7 +102,8 @@ impl Store {
              CREATE TABLE IF NOT EXISTS segments (
                  name TEXT PRIMARY KEY, info TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS grants (
-                 id INTEGER PRIMARY KEY, info TEXT NOT NULL);
+                 id INTEGER PRIMARY KEY, info TEXT NOT NULL,
+                 seq INTEGER NOT NULL DEFAULT 0);
              CREATE TABLE IF NOT EXISTS doorbells (
                  id TEXT PRIMARY KEY, info TEXT NOT NULL);",
         )
@@ -114,7 +125,16 @@ impl Store {
             Some(v) if v > SCHEMA_VERSION => return Err(StoreError::Schema { path, found: v }),
             Some(_) => {}
         }
-        Ok(Store { conn, path })
+        let last: i64 = conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM grants", [], |r| r.get(0))
+            .map_err(err)?;
+        let background = spawn_grant_writer(&path);
+        Ok(Store {
+            conn,
+            path,
+            grant_seq: AtomicU64::new(last as u64),
+            background,
+        })
     }
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
@@ -225,6 +245,60 @@ impl Store {
     }
 }
 
+/// Inserts or replaces grant row `id` unless a later write (`seq`) is there.
+fn upsert_grant(conn: &Connection, id: u64, seq: u64, text: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO grants (id, info, seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT(id) DO UPDATE SET info = excluded.info, seq = excluded.seq
+         WHERE excluded.seq > grants.seq",
+        params![id as i64, text, seq as i64],
+    )?;
+    Ok(())
+}
+
+/// The background writer of relaxed grant rows: its own connection to the
+/// same database, one transaction per batch of queued rows. `None` if it
+/// cannot start (rows are then written on the caller's thread).
+fn spawn_grant_writer(path: &Path) -> Option<Sender<GrantRow>> {
+    let conn = Connection::open(path)
+        .and_then(|c| {
+            c.execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = NORMAL;
+                 PRAGMA busy_timeout = 5000;",
+            )?;
+            Ok(c)
+        })
+        .map_err(|e| tracing::warn!(error = %e, "no background grant writer"))
+        .ok()?;
+    let (tx, rx) = channel::<GrantRow>();
+    std::thread::Builder::new()
+        .name("grant-writer".into())
+        .stack_size(256 << 10)
+        .spawn(move || write_grants(conn, rx))
+        .map_err(|e| tracing::warn!(error = %e, "no background grant writer"))
+        .ok()?;
+    Some(tx)
+}
+
+fn write_grants(mut conn: Connection, rx: Receiver<GrantRow>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let result = conn.transaction().and_then(|tx| {
+            for (id, seq, text) in &batch {
+                upsert_grant(&tx, *id, *seq, text)?;
+            }
+            tx.commit()
+        });
+        if let Err(e) = result {
+            tracing::error!(error = %e, rows = batch.len(), "cannot record grants");
+        }
+    }
+}
+
 /// Segments and grants: one JSON row each (the shapes of
 /// `parctl grants --json`), written through like partition records.
 impl Store {
@@ -241,24 +315,39 @@ impl Store {
 
     /// Writes a grant durably (fsync'd before this returns).
     pub fn put_grant(&self, g: &GrantInfo) -> Result<(), StoreError> {
-        self.put_json("grants", "id", &g.id.to_string(), g)
+        let (id, seq, text) = self.grant_row(g)?;
+        upsert_grant(&self.conn, id, seq, &text).map_err(|e| self.err(e))
     }
 
-    /// Writes a grant that may be lost to a power failure (not to a crash
-    /// of the manager: WAL with `synchronous=NORMAL`): minting and
-    /// accepting. Losing one is fail-safe (a cookie that no longer works,
-    /// a mapping that died with the machine anyway); ending a grant
-    /// (revoke, release) always uses the durable writes, which also make
-    /// every earlier write durable (the WAL is sequential).
+    fn grant_row(&self, g: &GrantInfo) -> Result<GrantRow, StoreError> {
+        let text = serde_json::to_string(g).map_err(|e| StoreError::Corrupt {
+            path: self.path.clone(),
+            name: format!("grant {}", g.id),
+            message: e.to_string(),
+        })?;
+        let seq = self.grant_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok((g.id, seq, text))
+    }
+
+    /// Writes a grant off the request path (a background thread, WAL with
+    /// `synchronous=NORMAL`): minting, accepting, fault counts. Such a row
+    /// may be lost to a crash of the manager or the machine, which is
+    /// fail-safe: a lost mint is a cookie that no longer works; a lost
+    /// accept is corrected when the grantee's VMM re-attaches and reports
+    /// what it maps (docs/manager.md). Ending a grant (revoke, release)
+    /// always uses the durable writes; rows carry their order, so a late
+    /// background write never replaces a newer state.
     pub fn put_grant_relaxed(&self, g: &GrantInfo) -> Result<(), StoreError> {
-        self.conn
-            .execute_batch("PRAGMA synchronous = NORMAL")
-            .map_err(|e| self.err(e))?;
-        let r = self.put_grant(g);
-        self.conn
-            .execute_batch("PRAGMA synchronous = FULL")
-            .map_err(|e| self.err(e))?;
-        r
+        let row = self.grant_row(g)?;
+        match &self.background {
+            Some(tx) => match tx.send(row) {
+                Ok(()) => Ok(()),
+                Err(std::sync::mpsc::SendError((id, seq, text))) => {
+                    upsert_grant(&self.conn, id, seq, &text).map_err(|e| self.err(e))
+                }
+            },
+            None => upsert_grant(&self.conn, row.0, row.1, &row.2).map_err(|e| self.err(e)),
+        }
     }
 
     /// Writes several grants in one durable transaction.
@@ -395,6 +484,46 @@ mod tests {
         assert_eq!(all[0].pid_start, Some(1234));
         assert_eq!(all[0].token.as_deref(), Some("t"));
         assert_eq!(all[1], record("b"));
+    }
+
+    #[test]
+    fn a_late_background_write_never_replaces_a_newer_grant_state() {
+        use parvm_protocol::{GrantCookie, GrantState, Rights};
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let mut g = GrantInfo {
+            id: 1,
+            cookie: GrantCookie([7; 16]),
+            segment: "a/s".into(),
+            grantor: "a".into(),
+            grantee: "b".into(),
+            rights: Rights::Rw,
+            parent: None,
+            state: GrantState::Accepted,
+            gpa: Some(0xe000_0000),
+            faults: 0,
+            last_fault: None,
+            since: 1,
+            auto_gpa: None,
+        };
+        {
+            let s = Store::open(dir.as_path()).unwrap();
+            for i in 0..200 {
+                g.faults = i;
+                s.put_grant_relaxed(&g).unwrap();
+            }
+            g.state = GrantState::Revoked;
+            s.put_grant(&g).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let s = Store::open(dir.as_path()).unwrap();
+        let all = s.all_grants().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].state, GrantState::Revoked);
+        assert_eq!(all[0].faults, 199);
+        // Later writes continue the order after a reopen.
+        g.state = GrantState::Released;
+        s.put_grant(&g).unwrap();
+        assert_eq!(s.all_grants().unwrap()[0].state, GrantState::Released);
     }
 
     #[test]

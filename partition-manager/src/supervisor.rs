@@ -990,8 +990,8 @@ impl Manager {
         let mut reported = None;
         loop {
             match chan.recv::<VmmMessage>() {
-                Ok((VmmMessage::Holding { key }, fds)) => {
-                    crate::sharing::adopt(self, name, &key, fds);
+                Ok((VmmMessage::Holding { key, gpa }, fds)) => {
+                    crate::sharing::adopt(self, name, &key, gpa, fds);
                 }
                 Ok((VmmMessage::Hcall { seq, call }, _)) => {
                     let mgr = self.clone();

@@ -440,7 +440,9 @@ fn a_vmm_crash_releases_its_grants_and_the_segment_survives_with_its_owner() {
     env.wait_for("c", Duration::from_secs(10), "re-attached", |s| {
         s["attached"] == true
     });
-    assert_eq!(grant(&env, 2)["state"], "accepted");
+    wait_grant(&env, 2, "accepted after the restart", |g| {
+        g["state"] == "accepted"
+    });
 
     // B dies: its grant and C's (granted on by B) are released, C is told
     // to unmap; A and its segment live on.

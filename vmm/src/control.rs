@@ -488,8 +488,8 @@ fn reconnect(s: &Shared) -> Option<Channel> {
                 *lock(&s.writer) = Some(writer);
                 // The restarted manager lost the segments' memory: hand
                 // back what this partition maps.
-                for (key, fd) in s.grants.held() {
-                    let msg = VmmMessage::Holding { key };
+                for (key, gpa, fd) in s.grants.held() {
+                    let msg = VmmMessage::Holding { key, gpa };
                     if let Some(w) = lock(&s.writer).as_ref() {
                         if let Err(e) = w.send(&msg, &[fd.as_fd()]) {
                             tracing::debug!(partition = %s.name, error = %e, "cannot hand back a mapping");

@@ -640,11 +640,11 @@ impl GrantMaps {
     /// Every live mapping's key and a duplicate of its memory descriptor,
     /// and every wired doorbell's eventfd as `doorbell:ID` (for a manager
     /// that restarted and lost its own).
-    pub fn held(&self) -> Vec<(String, OwnedFd)> {
-        let mut out: Vec<(String, OwnedFd)> = lock(&self.inner)
+    pub fn held(&self) -> Vec<(String, Option<u64>, OwnedFd)> {
+        let mut out: Vec<(String, Option<u64>, OwnedFd)> = lock(&self.inner)
             .live
             .values()
-            .filter_map(|m| Some((m.key.clone(), m.fd.try_clone().ok()?)))
+            .filter_map(|m| Some((m.key.clone(), Some(m.gpa), m.fd.try_clone().ok()?)))
             .collect();
         for (id, evt) in lock(&self.doorbells).iter() {
             // SAFETY: dup(2) of a descriptor the EventFd keeps open; the
@@ -653,7 +653,7 @@ impl GrantMaps {
             if fd >= 0 {
                 // SAFETY: a fresh descriptor owned by nobody else.
                 let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-                out.push((format!("doorbell:{id}"), fd));
+                out.push((format!("doorbell:{id}"), None, fd));
             }
         }
         out

@@ -470,6 +470,9 @@ pub enum VmmMessage {
     /// beside (a restarted manager adopts it as the segment's memory).
     Holding {
         key: String,
+        /// Where it is mapped (none for a doorbell).
+        #[serde(default)]
+        gpa: Option<u64>,
     },
     /// A guest hcall; answered with [`ManagerMessage::HcallDone`].
     Hcall {
