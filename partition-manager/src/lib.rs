@@ -33,16 +33,4 @@ pub mod store;
 pub mod supervisor;
 pub mod vios;
 
-/// The error and its causes on one line, skipping causes the message
-/// already quotes: how `parctl` and `partition-manager` report failures.
-pub fn one_line(e: &anyhow::Error) -> String {
-    let mut msg = e.to_string();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !msg.contains(&c) {
-            msg.push_str(": ");
-            msg.push_str(&c);
-        }
-    }
-    msg.replace('\n', " ")
-}
+pub use parvm_protocol::cli::one_line;

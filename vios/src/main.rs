@@ -50,19 +50,7 @@ struct Args {
 }
 
 fn init_logging() {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    // PARVM_LOG: a level (`debug`) or per-target directives; default `info`.
-    let filter: tracing_subscriber::filter::Targets = std::env::var("PARVM_LOG")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
-        });
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(filter)
-        .init();
+    parvm_protocol::cli::init_logging(tracing::Level::INFO);
 }
 
 fn run(args: Args) -> anyhow::Result<i32> {
@@ -86,25 +74,12 @@ fn run(args: Args) -> anyhow::Result<i32> {
         export,
         ServeOptions {
             queues: args.queues,
+            read_only: false,
         },
     )
     .with_context(|| format!("serving {disk}"))?;
     server.join();
     Ok(0)
-}
-
-/// The error and its causes on one line, skipping causes the message
-/// already quotes.
-fn one_line(e: &anyhow::Error) -> String {
-    let mut msg = e.to_string();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !msg.contains(&c) {
-            msg.push_str(": ");
-            msg.push_str(&c);
-        }
-    }
-    msg.replace('\n', " ")
 }
 
 fn main() {
@@ -113,7 +88,7 @@ fn main() {
     match run(args) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("vios: error: {}", one_line(&e));
+            eprintln!("vios: error: {}", parvm_protocol::cli::one_line(&e));
             std::process::exit(1);
         }
     }

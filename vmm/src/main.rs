@@ -121,25 +121,12 @@ fn run(args: Args) -> anyhow::Result<i32> {
 }
 
 fn main() {
-    // PARVM_LOG: a level (`debug`) or per-target directives
-    // (`vmm=debug,virtio_devices=info`); default `warn`.
-    let filter: tracing_subscriber::filter::Targets = std::env::var("PARVM_LOG")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::WARN)
-        });
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(filter)
-        .init();
+    parvm_protocol::cli::init_logging(tracing::Level::WARN);
     let args = Args::parse();
     match run(args) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("vmm: error: {e:#}");
+            eprintln!("vmm: error: {}", parvm_protocol::cli::one_line(&e));
             std::process::exit(1);
         }
     }

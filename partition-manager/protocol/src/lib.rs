@@ -22,6 +22,7 @@
 //! `vmm` crate can use it while the manager depends on `vmm` for partition
 //! definitions.
 
+pub mod cli;
 pub mod frame;
 pub mod grant;
 

@@ -88,18 +88,7 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let filter: tracing_subscriber::filter::Targets = std::env::var("PARVM_LOG")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
-        });
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(filter)
-        .init();
+    parvm_protocol::cli::init_logging(tracing::Level::INFO);
     let args = Args::parse();
     if let Err(e) = run(args) {
         eprintln!(
