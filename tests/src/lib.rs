@@ -2,6 +2,7 @@
 //! from source by this crate's build script, see [`guests`]) and running the
 //! real binaries with a deadline.
 
+pub mod blkbench;
 pub mod guests;
 
 use std::io::Read;
