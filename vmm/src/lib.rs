@@ -432,10 +432,52 @@ fn stdin_is_console_input() -> bool {
     matches!(st.st_mode & libc::S_IFMT, libc::S_IFIFO | libc::S_IFSOCK)
 }
 
+/// While it lives, a terminal on stdin passes each key to the guest as it is
+/// typed, without local echo (the guest echoes), as Firecracker's and QEMU's
+/// consoles do; Ctrl-C still signals the VMM (ISIG stays on) for an orderly
+/// stop. The previous settings come back on drop. Nothing happens when stdin
+/// is not a terminal.
+struct CharacterMode(Option<libc::termios>);
+
+impl CharacterMode {
+    fn enter() -> Self {
+        // SAFETY: isatty only inspects the descriptor.
+        if unsafe { libc::isatty(0) } != 1 {
+            return CharacterMode(None);
+        }
+        // SAFETY: an all-zero termios is a valid value for tcgetattr to fill.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: tcgetattr writes only into the termios it is given.
+        if unsafe { libc::tcgetattr(0, &mut saved) } != 0 {
+            return CharacterMode(None);
+        }
+        let mut raw = saved;
+        raw.c_lflag &= !(libc::ICANON | libc::ECHO | libc::ECHONL | libc::IEXTEN);
+        raw.c_iflag &= !(libc::ICRNL | libc::IXON);
+        raw.c_cc[libc::VMIN] = 1;
+        raw.c_cc[libc::VTIME] = 0;
+        // SAFETY: tcsetattr reads the termios it is given.
+        if unsafe { libc::tcsetattr(0, libc::TCSANOW, &raw) } != 0 {
+            return CharacterMode(None);
+        }
+        CharacterMode(Some(saved))
+    }
+}
+
+impl Drop for CharacterMode {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.0 {
+            // SAFETY: restoring the settings read by tcgetattr above.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, saved) };
+        }
+    }
+}
+
 /// Waits for the exit request, forwarding host console input to the serial
 /// port when stdin is a terminal, a pipe or a socket.
 fn wait_for_exit(exit: &ExitSignal, serial: &Arc<Mutex<SerialPort>>) {
     let interactive = stdin_is_console_input();
+    let _terminal = CharacterMode::enter();
     let mut fds = vec![libc::pollfd {
         fd: exit.eventfd().as_raw_fd(),
         events: libc::POLLIN,
