@@ -191,6 +191,9 @@ impl<M: GuestAddressSpace, D: DiskBackend> BlockHandler<M, D> {
         let mem = active.mem.memory();
         let mut run = QueueRun::default();
         let mut used = false;
+        // Whether the last pass popped nothing although the available index
+        // had moved (see below).
+        let mut retried = false;
         loop {
             if let Err(e) = active.queue.disable_notification(&*mem) {
                 guest_error(id, guest_errors, "cannot disable notifications", &e);
@@ -199,6 +202,7 @@ impl<M: GuestAddressSpace, D: DiskBackend> BlockHandler<M, D> {
             let mut progressed = false;
             while let Some(chain) = active.queue.pop_descriptor_chain(&*mem) {
                 progressed = true;
+                retried = false;
                 run.chains += 1;
                 let completion = core.process(chain);
                 match active
@@ -222,9 +226,18 @@ impl<M: GuestAddressSpace, D: DiskBackend> BlockHandler<M, D> {
             }
             match active.queue.enable_notification(&*mem) {
                 Ok(true) if progressed => continue,
+                // The driver published a chain after the pop above found
+                // none (and, notifications being off, did not notify):
+                // take it now, or it would wait for a notification that
+                // never comes.
+                Ok(true) if !retried => {
+                    retried = true;
+                    continue;
+                }
                 Ok(true) => {
-                    // The available index is ahead by more than the queue
-                    // size: nothing can be popped; do not spin on it.
+                    // Still nothing to pop although the available index
+                    // moved: it is ahead by more than the queue size. Do not
+                    // spin on it.
                     guest_error(
                         id,
                         guest_errors,
