@@ -1,11 +1,12 @@
-//! The grant table: memory segments (memfds, one owning partition) and the
-//! grants of them, with every check of DESIGN.md ("Grant cookies") applied
+//! The grant table: memory segments (memfds, one owning partition), the
+//! block resources VIOS partitions export (`VIOS/DISK`, owned by the VIOS;
+//! docs/vios.md, "Grants") and the grants of them, with every check of DESIGN.md ("Grant cookies") applied
 //! against the caller's identity. Pure bookkeeping: the [`supervisor`]
 //! persists each change and talks to the VMMs (map, unmap, acks).
 //!
 //! | op | allowed for | checks |
 //! |---|---|---|
-//! | grant | the segment's owner | segment exists |
+//! | grant | the resource's owner | segment or VIOS disk exists; a read-only export only `ro` |
 //! | accept | the cookie's grantee | cookie minted here, not used, not revoked |
 //! | regrant | the grantee of an accepted cookie | rights never wider than its own |
 //! | revoke | the grantor or the owner | cookie live; cascades to descendants |
@@ -46,7 +47,7 @@ pub enum GrantError {
         have: Rights,
         asked: Rights,
     },
-    #[error("no segment `{0}`")]
+    #[error("no segment or VIOS disk `{0}`")]
     NoSegment(String),
     #[error("segment `{0}` exists already")]
     SegmentExists(String),
@@ -185,6 +186,16 @@ impl Doorbell {
     }
 }
 
+/// A block resource: one export of a VIOS partition, named `VIOS/DISK`.
+/// Derived from the VIOS's definition (not stored on its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockResource {
+    pub owner: String,
+    pub disk: String,
+    /// The export is read-only: it can only be granted `ro`.
+    pub read_only: bool,
+}
+
 /// Most segments one partition may own (guests create them by hcall).
 pub const MAX_SEGMENTS_PER_OWNER: usize = 64;
 /// Most live grants one partition may have made.
@@ -195,6 +206,8 @@ pub struct GrantTable {
     pub segments: BTreeMap<String, Segment>,
     pub grants: BTreeMap<u64, GrantInfo>,
     pub doorbells: BTreeMap<String, Doorbell>,
+    /// VIOS exports by `VIOS/DISK`.
+    pub blocks: BTreeMap<String, BlockResource>,
     by_cookie: HashMap<GrantCookie, u64>,
     next_id: u64,
 }
@@ -227,6 +240,32 @@ impl GrantTable {
         t
     }
 
+    /// Registers the export `disk` of the VIOS partition `owner` as a block
+    /// resource `owner/disk` it can grant.
+    pub fn add_block(&mut self, owner: &str, disk: &str, read_only: bool) {
+        self.blocks.insert(
+            segment_name(owner, disk),
+            BlockResource {
+                owner: owner.into(),
+                disk: disk.into(),
+                read_only,
+            },
+        );
+    }
+
+    /// Whether `name` is a block resource (a VIOS export), not a segment.
+    pub fn is_block(&self, name: &str) -> bool {
+        self.blocks.contains_key(name)
+    }
+
+    /// The owner of a segment or block resource.
+    pub fn owner_of(&self, resource: &str) -> Option<&str> {
+        self.segments
+            .get(resource)
+            .map(|s| s.info.owner.as_str())
+            .or_else(|| self.blocks.get(resource).map(|b| b.owner.as_str()))
+    }
+
     /// Checks and adds a segment owned by `owner`.
     pub fn create_segment(
         &mut self,
@@ -254,7 +293,7 @@ impl GrantTable {
                 )));
             }
         }
-        if self.segments.contains_key(&name) {
+        if self.segments.contains_key(&name) || self.blocks.contains_key(&name) {
             return Err(GrantError::SegmentExists(name));
         }
         if self.owned_by(owner).len() >= MAX_SEGMENTS_PER_OWNER {
@@ -356,7 +395,8 @@ impl GrantTable {
         Ok(g)
     }
 
-    /// `caller` (must own `segment`) grants it to `grantee`.
+    /// `caller` (must own `segment`, a segment or a VIOS disk) grants it to
+    /// `grantee`.
     pub fn grant(
         &mut self,
         caller: &str,
@@ -365,18 +405,32 @@ impl GrantTable {
         rights: Rights,
         now: u64,
     ) -> Result<GrantInfo, GrantError> {
-        let seg = self
-            .segments
-            .get(segment)
+        let owner = self
+            .owner_of(segment)
             .ok_or_else(|| GrantError::NoSegment(segment.into()))?;
-        if seg.info.owner != caller {
+        if owner != caller {
+            let what = if self.is_block(segment) {
+                "VIOS disk"
+            } else {
+                "segment"
+            };
             return Err(GrantError::NotAllowed {
                 caller: caller.into(),
-                what: format!(
-                    "grant segment `{segment}` (owned by `{}`; holders use regrant)",
-                    seg.info.owner
-                ),
+                what: format!("grant {what} `{segment}` (owned by `{owner}`; holders use regrant)"),
             });
+        }
+        if grantee == caller {
+            if let Some(b) = self.blocks.get(segment) {
+                return Err(GrantError::Bad(format!(
+                    "VIOS `{}` cannot grant its own disk `{}` to itself",
+                    b.owner, b.disk
+                )));
+            }
+        }
+        if rights == Rights::Rw && self.blocks.get(segment).is_some_and(|b| b.read_only) {
+            return Err(GrantError::Bad(format!(
+                "VIOS disk `{segment}` is exported read-only: grant it with --rights ro"
+            )));
         }
         self.mint(segment, caller, grantee, rights, None, now)
     }
@@ -469,11 +523,7 @@ impl GrantTable {
     /// live descendant, parents first.
     pub fn revoke_set(&self, caller: &str, cookie: &GrantCookie) -> Result<Vec<u64>, GrantError> {
         let g = self.lookup(cookie)?;
-        let owner = self
-            .segments
-            .get(&g.segment)
-            .map(|s| s.info.owner.as_str())
-            .unwrap_or_default();
+        let owner = self.owner_of(&g.segment).unwrap_or_default();
         if g.grantor != caller && owner != caller {
             return Err(GrantError::NotAllowed {
                 caller: caller.into(),
@@ -534,6 +584,12 @@ impl GrantTable {
             });
         }
         for (g, off) in [(s, src_offset), (d, dst_offset)] {
+            if self.is_block(&g.segment) {
+                return Err(GrantError::Bad(format!(
+                    "`{}` is a VIOS disk: the data mover copies between segments",
+                    g.segment
+                )));
+            }
             let size = self
                 .segments
                 .get(&g.segment)
@@ -550,11 +606,16 @@ impl GrantTable {
         Ok((s.segment.clone(), d.segment.clone()))
     }
 
-    /// Live grants whose grantee is `partition`, with their descendants.
+    /// Live grants of segments whose grantee is `partition`, with their
+    /// descendants. (Grants of VIOS disks are not held by a VMM: they
+    /// outlive the grantee's runs.)
     pub fn held_by(&self, partition: &str) -> Vec<u64> {
         let mut out = Vec::new();
         for g in self.grants.values() {
-            if g.grantee == partition && g.state == GrantState::Accepted {
+            if g.grantee == partition
+                && g.state == GrantState::Accepted
+                && !self.is_block(&g.segment)
+            {
                 for id in self.with_descendants(g.id) {
                     if !out.contains(&id) {
                         out.push(id);
@@ -735,6 +796,71 @@ mod tests {
                 .kind(),
             ErrorKind::WrongPartition
         );
+    }
+
+    #[test]
+    fn vios_disks_are_granted_like_segments() {
+        let mut t = table();
+        t.add_block("vios1", "data", false);
+        t.add_block("vios1", "golden", true);
+        assert!(t.is_block("vios1/data") && !t.is_block("a/buf"));
+        assert_eq!(t.owner_of("vios1/golden"), Some("vios1"));
+        // Only the VIOS grants its disks, never to itself; a read-only
+        // export only `ro`.
+        let g = t
+            .grant("vios1", "vios1/data", "web", Rights::Rw, 1)
+            .unwrap();
+        assert_eq!(
+            t.grant("web", "vios1/data", "db", Rights::Ro, 1)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::WrongPartition
+        );
+        assert_eq!(
+            t.grant("vios1", "vios1/data", "vios1", Rights::Ro, 1)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::BadRequest
+        );
+        let e = t
+            .grant("vios1", "vios1/golden", "web", Rights::Rw, 1)
+            .unwrap_err();
+        assert!(e.to_string().contains("exported read-only"), "{e}");
+        assert!(t
+            .grant("vios1", "vios1/golden", "web", Rights::Ro, 1)
+            .is_ok());
+        assert_eq!(
+            t.grant("vios1", "vios1/nope", "web", Rights::Ro, 1)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::NotFound
+        );
+        // No segment may take a disk's name.
+        assert_eq!(
+            t.create_segment("vios1", "data", 4096, None, false)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::AlreadyExists
+        );
+        // Regrant rules as for segments; an accepted disk grant is not
+        // released with its holder's VMM.
+        accept(&mut t, "web", &g.cookie);
+        assert!(t.held_by("web").is_empty());
+        let c = t.regrant("web", &g.cookie, "db", Rights::Ro, 1).unwrap();
+        assert_eq!(
+            t.regrant("db", &c.cookie, "x", Rights::Ro, 1)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::CookieUsed
+        );
+        accept(&mut t, "db", &c.cookie);
+        assert_eq!(
+            t.regrant("db", &c.cookie, "x", Rights::Rw, 1)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::RightsEscalation
+        );
+        assert_eq!(t.revoke_set("vios1", &g.cookie).unwrap(), vec![g.id, c.id]);
     }
 
     #[test]

@@ -87,9 +87,18 @@ pub(crate) fn forget_owner(inner: &mut Inner, owner: &str) -> Result<(), Manager
         .iter()
         .map(|s| s.name.clone())
         .collect();
-    for name in names {
-        inner.table.segments.remove(&name);
-        inner.store.remove_segment(&name)?;
+    let blocks: Vec<String> = inner
+        .table
+        .blocks
+        .iter()
+        .filter(|(_, b)| b.owner == owner)
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in names.into_iter().chain(blocks) {
+        if inner.table.blocks.remove(&name).is_none() {
+            inner.table.segments.remove(&name);
+            inner.store.remove_segment(&name)?;
+        }
         let ids: Vec<u64> = inner
             .table
             .grants
@@ -141,6 +150,10 @@ fn end_grants(inner: &mut Inner, ids: &[(u64, bool)], state: GrantState) -> Vec<
     }
     let mut waiters = Vec::new();
     for (g, _) in ended.iter().filter(|(_, tell)| *tell) {
+        if inner.table.is_block(&g.segment) {
+            crate::vios::disconnect(inner, &g.segment, &g.grantee);
+            continue;
+        }
         let key = grant_key(g.id);
         let Some(run) = inner.parts.get(&g.grantee).and_then(|p| p.run.as_ref()) else {
             continue;
@@ -588,6 +601,18 @@ impl Manager {
     ) -> Result<GrantInfo, ManagerError> {
         let mut inner = self.lock();
         let g = inner.table.check_accept(caller, cookie)?;
+        if inner.table.is_block(&g.segment) {
+            // A VIOS disk is not mapped: the accept is recorded, and the
+            // grantee's next start connects to the VIOS.
+            if gpa.is_some() {
+                return Err(GrantError::Bad(format!(
+                    "`{}` is a VIOS disk, not memory: accept it without a guest address",
+                    g.segment
+                ))
+                .into());
+            }
+            return self.accepted(inner, g.id, None);
+        }
         let seg = inner.table.segment_mut(&g.segment)?;
         let size = seg.info.size;
         let memfd = seg.memfd()?;
@@ -598,7 +623,7 @@ impl Manager {
             read_only: g.rights == Rights::Ro,
         };
         let (inner, at) = self.map_wait(inner, caller, request, &memfd);
-        self.accepted(inner, g.id, at?)
+        self.accepted(inner, g.id, Some(at?))
     }
 
     /// Sends `request` (a `Map`) with `memfd` to `partition`'s VMM and
@@ -688,7 +713,7 @@ impl Manager {
         &self,
         mut inner: MutexGuard<'_, Inner>,
         id: u64,
-        gpa: u64,
+        gpa: Option<u64>,
     ) -> Result<GrantInfo, ManagerError> {
         let Some(g) = inner.table.grant_mut(id) else {
             return Err(ManagerError::Control(
@@ -706,11 +731,18 @@ impl Manager {
             .into());
         }
         g.state = GrantState::Accepted;
-        g.gpa = Some(gpa);
+        g.gpa = gpa;
         g.since = now_secs();
         let g = g.clone();
         inner.store.put_grant_relaxed(&g)?;
-        tracing::info!(grant = id, grantee = %g.grantee, gpa = format_args!("{gpa:#x}"), "grant accepted");
+        match gpa {
+            Some(gpa) => {
+                tracing::info!(grant = id, grantee = %g.grantee, gpa = format_args!("{gpa:#x}"), "grant accepted")
+            }
+            None => {
+                tracing::info!(grant = id, grantee = %g.grantee, resource = %g.segment, "grant of a VIOS disk accepted")
+            }
+        }
         Ok(g)
     }
 

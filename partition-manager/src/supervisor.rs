@@ -299,13 +299,14 @@ impl Manager {
             })?;
         }
         let store = Store::open(&cfg.state_dir)?;
-        let table = GrantTable::load(
+        let mut table = GrantTable::load(
             store.all_segments()?,
             store.all_grants()?,
             store.all_doorbells()?,
         );
         let mut parts = BTreeMap::new();
         for rec in store.all()? {
+            crate::vios::register_blocks(&mut table, &rec.definition);
             parts.insert(
                 rec.name.clone(),
                 Partition {
@@ -470,6 +471,7 @@ impl Manager {
             epoch: 0,
             ready_generation: 0,
         };
+        crate::vios::register_blocks(&mut inner.table, &p.rec.definition);
         let status = status_of(&self.cfg, &p);
         inner.parts.insert(name, p);
         Ok(status)

@@ -7,14 +7,18 @@
 //!   `--control-fd 3`, `--manager-socket`). It reports `Hello`/`Ready`, is
 //!   stopped with `Stop`, killed and restarted like any partition.
 //! - When a client partition starts, [`broker`] resolves each `vios:` disk:
-//!   the VIOS must run and export the disk, [`check_block_grant`] must allow
-//!   the client, then the manager creates a socketpair, sends the VIOS its
-//!   end with `ViosConnect {disk, client}` and gives the client's VMM the
+//!   the VIOS must run and export the disk, [`check_block_grant`] must find
+//!   an accepted grant of the block resource `vios/disk` to the client,
+//!   then the manager creates a socketpair, sends the VIOS its end with
+//!   `ViosConnect {disk, client, read_only}` and gives the client's VMM the
 //!   other end as an inherited fd, rewriting the disk's path to
 //!   `vhost-user-fd:N` in the definition the VMM reads.
+//! - Each export is a block resource `vios/disk` of the grant table, owned
+//!   by the VIOS ([`register_blocks`]); revoking a grant of it makes the
+//!   VIOS close that client's connections ([`disconnect`]).
 
 use crate::supervisor::{Inner, ManagerError};
-use parvm_protocol::{ManagerMessage, PartitionState, RestartPolicy};
+use parvm_protocol::{GrantState, ManagerMessage, PartitionState, RestartPolicy, Rights};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -108,34 +112,104 @@ pub fn vios_binary(vmm: &Path) -> PathBuf {
     vmm.with_file_name("vios")
 }
 
-/// HOOK for the grant table: may `client` use export `disk` of the VIOS
-/// `vios`?
-///
-/// Block devices are not in the grant table yet (it knows memory
-/// segments). Until they are, the export's `clients` list in the VIOS
-/// definition stands in for an accepted grant of that block resource to
-/// that partition. When grants of block resources exist, this is the one
-/// place to look up an accepted grant (grantee = `client`, resource =
-/// `vios/disk`, rights: read-only exports need only `ro`) in `_inner.table`.
+/// May `client` use export `disk` of the VIOS `vios`? Only with an
+/// accepted, live grant of the block resource `vios/disk` to `client` in
+/// the grant table (docs/vios.md, "Grants"). Returns whether the client is
+/// to be served read-only: the export is, or every such grant is `ro`.
 pub(crate) fn check_block_grant(
-    _inner: &Inner,
+    inner: &Inner,
     vios: &ViosDefinition,
     disk: &str,
     client: &str,
-) -> Result<(), ManagerError> {
+) -> Result<bool, ManagerError> {
     let Some(export) = vios.disk(disk) else {
         return Err(ManagerError::BadRequest(format!(
             "VIOS `{}` exports no disk `{disk}`",
             vios.name
         )));
     };
-    if export.clients.iter().any(|c| c == client) {
-        Ok(())
-    } else {
-        Err(ManagerError::PermissionDenied(format!(
-            "VIOS `{}` has not granted disk `{disk}` to partition `{client}`",
+    let resource = crate::grants::segment_name(&vios.name, disk);
+    let mut accepted = None;
+    let mut pending = false;
+    for g in inner
+        .table
+        .grants
+        .values()
+        .filter(|g| g.segment == resource && g.grantee == client)
+    {
+        match g.state {
+            GrantState::Accepted => {
+                accepted = Some(accepted.unwrap_or(Rights::Ro).max(g.rights));
+            }
+            GrantState::Granted => pending = true,
+            GrantState::Revoked | GrantState::Released => {}
+        }
+    }
+    match accepted {
+        Some(rights) => Ok(export.read_only || rights == Rights::Ro),
+        None if pending => Err(ManagerError::PermissionDenied(format!(
+            "the grant of VIOS disk `{resource}` to partition `{client}` is not accepted yet (parctl accept COOKIE --as {client})"
+        ))),
+        None => Err(ManagerError::PermissionDenied(format!(
+            "VIOS `{}` has not granted disk `{disk}` to partition `{client}` (parctl grant {resource} --to {client}, then parctl accept COOKIE --as {client})",
             vios.name
-        )))
+        ))),
+    }
+}
+
+/// Registers the exports of the VIOS definition `value` as block
+/// resources in the grant table (at define, and for every stored VIOS when
+/// the manager starts).
+pub(crate) fn register_blocks(table: &mut crate::grants::GrantTable, value: &serde_json::Value) {
+    if !is_vios(value) {
+        return;
+    }
+    match serde_json::from_value::<ViosDefinition>(value.clone()) {
+        Ok(def) => {
+            for d in &def.disks {
+                table.add_block(&def.name, &d.id, d.read_only);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "stored VIOS definition unreadable; its disks cannot be granted")
+        }
+    }
+}
+
+/// A grant of block resource `resource` (`VIOS/DISK`) to `client` ended:
+/// unless `client` still holds another accepted grant of it, the VIOS (if
+/// running) closes every connection serving that disk to that client. Not
+/// waited for.
+pub(crate) fn disconnect(inner: &Inner, resource: &str, client: &str) {
+    let still =
+        inner.table.grants.values().any(|g| {
+            g.segment == resource && g.grantee == client && g.state == GrantState::Accepted
+        });
+    let Some(block) = inner.table.blocks.get(resource) else {
+        return;
+    };
+    if still {
+        return;
+    }
+    let Some(writer) = inner
+        .parts
+        .get(&block.owner)
+        .and_then(|p| p.run.as_ref())
+        .and_then(|r| r.writer.as_ref())
+    else {
+        return;
+    };
+    let msg = ManagerMessage::ViosDisconnect {
+        disk: block.disk.clone(),
+        client: client.to_string(),
+    };
+    match writer.send(&msg, &[]) {
+        Ok(()) => {
+            tracing::info!(vios = %block.owner, disk = %block.disk, partition = %client, "grant revoked: VIOS told to disconnect the client")
+        }
+        Err(e) => {
+            tracing::warn!(vios = %block.owner, disk = %block.disk, partition = %client, error = %e, "cannot tell the VIOS to disconnect a revoked client")
+        }
     }
 }
 
@@ -176,12 +250,13 @@ pub(crate) fn broker(
         }
         let vios_def: ViosDefinition = serde_json::from_value(part.rec.definition.clone())
             .map_err(|e| fail(format!("VIOS `{vios_name}`: {e}")))?;
-        check_block_grant(inner, &vios_def, &export, client).map_err(|e| match e {
-            ManagerError::PermissionDenied(m) => {
-                ManagerError::PermissionDenied(format!("partition `{client}` did not start: {m}"))
-            }
-            other => fail(other.to_string()),
-        })?;
+        let read_only =
+            check_block_grant(inner, &vios_def, &export, client).map_err(|e| match e {
+                ManagerError::PermissionDenied(m) => ManagerError::PermissionDenied(format!(
+                    "partition `{client}` did not start: {m}"
+                )),
+                other => fail(other.to_string()),
+            })?;
         let part = inner
             .parts
             .get(&vios_name)
@@ -206,13 +281,14 @@ pub(crate) fn broker(
                 &ManagerMessage::ViosConnect {
                     disk: export.clone(),
                     client: client.to_string(),
+                    read_only,
                 },
                 &[vios_end.as_fd()],
             )
             .map_err(|e| fail(format!("cannot reach VIOS `{vios_name}`: {e}")))?;
         let fd = FIRST_DISK_FD + ends.len() as i32;
         disk["path"] = serde_json::Value::String(format!("{VHOST_USER_FD_PREFIX}{fd}"));
-        tracing::info!(partition = %client, vios = %vios_name, disk = %export, fd, "VIOS disk brokered");
+        tracing::info!(partition = %client, vios = %vios_name, disk = %export, fd, read_only, "VIOS disk brokered");
         ends.push(OwnedFd::from(client_end));
     }
     Ok(ends)
@@ -274,7 +350,7 @@ fn rebroker(
     disk_id: &str,
     export: &str,
 ) -> Result<(), ManagerError> {
-    check_block_grant(inner, vios, export, client)?;
+    let read_only = check_block_grant(inner, vios, export, client)?;
     let writer = |name: &str| {
         inner
             .parts
@@ -292,6 +368,7 @@ fn rebroker(
             &ManagerMessage::ViosConnect {
                 disk: export.to_string(),
                 client: client.to_string(),
+                read_only,
             },
             &[vios_end.as_fd()],
         )

@@ -50,6 +50,33 @@ fn write_json(dir: &Path, name: &str, v: serde_json::Value) -> String {
     p.display().to_string()
 }
 
+/// `parctl grant RESOURCE --to TO --rights RIGHTS`: the cookie.
+fn grant(env: &Env, resource: &str, to: &str, rights: &str) -> String {
+    let cookie = env
+        .ok(&["grant", resource, "--to", to, "--rights", rights])
+        .trim()
+        .to_string();
+    assert!(cookie.starts_with("pvg1-"), "{cookie}");
+    cookie
+}
+
+/// Grant and accept: what an operator does before a client's first start.
+fn grant_accept(env: &Env, resource: &str, to: &str, rights: &str) -> String {
+    let cookie = grant(env, resource, to, rights);
+    let out = env.ok(&["accept", &cookie, "--as", to]);
+    assert!(
+        out.contains(&format!("{resource} accepted by {to} ({rights})")),
+        "{out}"
+    );
+    cookie
+}
+
+/// A one-line error (parctl's `error:` line) containing `want`.
+fn one_line(e: &str, want: &str) {
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(e.contains(want), "want `{want}` in: {e}");
+}
+
 #[test]
 fn client_partition_uses_a_vios_disk_through_the_manager() {
     let env = Env::new("vios-main");
@@ -61,7 +88,7 @@ fn client_partition_uses_a_vios_disk_through_the_manager() {
         "vios1.json",
         serde_json::json!({
             "kind": "vios", "name": "vios1",
-            "disks": [{"id": "data", "path": "data.img", "clients": ["web"]}],
+            "disks": [{"id": "data", "path": "data.img"}],
         }),
     );
     assert_eq!(env.ok(&["define", &vios_def]).trim(), "defined vios1");
@@ -83,6 +110,39 @@ fn client_partition_uses_a_vios_disk_through_the_manager() {
     };
     let web = write_json(&env.dir, "web.json", client("web"));
     env.ok(&["define", &web]);
+
+    // No grant of vios1/data to web: a clear one-line start error.
+    let e = env.fails(&["start", "web"]);
+    one_line(
+        &e,
+        "partition `web` did not start: VIOS `vios1` has not granted disk `data` to partition `web`",
+    );
+    assert_ne!(env.status("web")["state"], "running");
+    // Granted but not accepted: still refused.
+    let cookie = grant(&env, "vios1/data", "web", "rw");
+    let e = env.fails(&["start", "web"]);
+    one_line(
+        &e,
+        "the grant of VIOS disk `vios1/data` to partition `web` is not accepted yet",
+    );
+    // A forged cookie and a cookie for another partition are refused.
+    let forged = format!("pvg1-{}", "0123456789abcdef".repeat(2));
+    let e = env.fails(&["accept", &forged, "--as", "web"]);
+    one_line(&e, "this manager never issued it");
+    let other = write_json(&env.dir, "other.json", client("other"));
+    env.ok(&["define", &other]);
+    let e = env.fails(&["accept", &cookie, "--as", "other"]);
+    one_line(&e, "is for partition `web`, not `other`");
+    // Only the VIOS grants its disks; an unknown export is not a resource.
+    let e = env.fails(&["grant", "vios1/nope", "--to", "web"]);
+    one_line(&e, "no segment or VIOS disk `vios1/nope`");
+    let out = env.ok(&["accept", &cookie, "--as", "web"]);
+    assert!(out.contains("vios1/data accepted by web (rw)"), "{out}");
+    let e = env.fails(&["accept", &cookie, "--as", "web"]);
+    one_line(&e, "a cookie is accepted once");
+    let table = env.ok(&["grants"]);
+    assert!(table.contains("vios1/data (VIOS disk)"), "{table}");
+    assert!(table.contains("vios1 -> web"), "{table}");
 
     // The VIOS is not running yet: a clear start error.
     let e = env.fails(&["start", "web"]);
@@ -114,15 +174,41 @@ fn client_partition_uses_a_vios_disk_through_the_manager() {
     env.wait_state("web", "stopped", Duration::from_secs(30));
     assert_eq!(env.log_of("web").matches("match=yes").count(), 2);
 
-    // A partition the VIOS did not grant the disk to cannot start.
-    let other = write_json(&env.dir, "other.json", client("other"));
-    env.ok(&["define", &other]);
+    // A partition the VIOS did not grant the disk to cannot start (web's
+    // cookie did not work for it).
     let e = env.fails(&["start", "other"]);
-    assert!(
-        e.contains("VIOS `vios1` has not granted disk `data` to partition `other`"),
-        "{e}"
+    one_line(
+        &e,
+        "VIOS `vios1` has not granted disk `data` to partition `other`",
     );
     assert_ne!(env.status("other")["state"], "running");
+
+    // A read-only grant: the client is served read-only (its guest's
+    // write fails) though the export is writable.
+    let before = std::fs::read(&img).unwrap();
+    std::fs::write(&img, vec![0x11u8; 1 << 20]).unwrap();
+    grant_accept(&env, "vios1/data", "other", "ro");
+    env.ok(&["start", "other"]);
+    env.wait_state("other", "stopped", Duration::from_secs(30));
+    let log = env.log_of("other");
+    assert!(
+        log.contains("parvm-guest: blk capacity=2048 ro=1 serial=data\n"),
+        "{log}"
+    );
+    assert!(log.contains("parvm-guest: blk write=1 "), "{log}");
+    assert_eq!(std::fs::read(&img).unwrap(), vec![0x11u8; 1 << 20]);
+    std::fs::write(&img, &before).unwrap();
+
+    // Revoked: the client's next start is refused.
+    let out = env.ok(&["revoke", &cookie]);
+    assert!(out.starts_with("revoked 1 grant(s)"), "{out}");
+    let e = env.fails(&["start", "web"]);
+    one_line(
+        &e,
+        "partition `web` did not start: VIOS `vios1` has not granted disk `data` to partition `web`",
+    );
+    let e = env.fails(&["accept", &cookie, "--as", "web"]);
+    one_line(&e, "the cookie no longer works");
 
     // A disk the VIOS does not export.
     let bad = write_json(
@@ -138,6 +224,7 @@ fn client_partition_uses_a_vios_disk_through_the_manager() {
     assert!(e.contains("exports no disk `nope`"), "{e}");
 
     // Stopping the VIOS: an orderly exit.
+    grant_accept(&env, "vios1/data", "web", "rw");
     let out = env.ok(&["stop", "vios1"]);
     assert_eq!(out.trim(), "vios1: stopped (stopped)");
     let e = env.fails(&["start", "web"]);
@@ -184,7 +271,7 @@ fn vios_killed_under_load_is_restarted_and_the_client_carries_on() {
         "vios1.json",
         serde_json::json!({
             "kind": "vios", "name": "vios1", "restart": "on-failure",
-            "disks": [{"id": "data", "path": "data.img", "clients": ["web"]}],
+            "disks": [{"id": "data", "path": "data.img"}],
         }),
     );
     env.ok(&["define", &vios_def]);
@@ -200,6 +287,7 @@ fn vios_killed_under_load_is_restarted_and_the_client_carries_on() {
         }),
     );
     env.ok(&["define", &web]);
+    grant_accept(&env, "vios1/data", "web", "rw");
     env.ok(&["start", "web"]);
     let web_pid = pid_of(&env.status("web"));
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -259,7 +347,7 @@ fn vios_reattaches_to_a_restarted_manager() {
         "vios1.json",
         serde_json::json!({
             "kind": "vios", "name": "vios1",
-            "disks": [{"id": "data", "path": "data.img", "clients": ["web"]}],
+            "disks": [{"id": "data", "path": "data.img"}],
         }),
     );
     env.ok(&["define", &vios_def]);
@@ -284,6 +372,7 @@ fn vios_reattaches_to_a_restarted_manager() {
         }),
     );
     env.ok(&["define", &web]);
+    grant_accept(&env, "vios1/data", "web", "rw");
     env.ok(&["start", "web"]);
     env.wait_state("web", "stopped", Duration::from_secs(30));
     assert!(
@@ -294,5 +383,70 @@ fn vios_reattaches_to_a_restarted_manager() {
     assert_eq!(
         env.ok(&["stop", "vios1"]).trim(),
         "vios1: stopped (stopped)"
+    );
+}
+
+/// Revoking the grant of a running client's disk: the manager tells the
+/// VIOS, which closes that client's vhost-user connection at once; the
+/// client's next start is refused.
+#[test]
+fn revoking_a_running_clients_grant_disconnects_it() {
+    let env = Env::new("vios-revoke");
+    ensure_vios(&env.vmm);
+    std::fs::write(env.dir.join("data.img"), vec![0x33u8; 16 << 20]).unwrap();
+    let vios_def = write_json(
+        &env.dir,
+        "vios1.json",
+        serde_json::json!({
+            "kind": "vios", "name": "vios1",
+            "disks": [{"id": "data", "path": "data.img"}],
+        }),
+    );
+    env.ok(&["define", &vios_def]);
+    env.ok(&["start", "vios1"]);
+    let web = write_json(
+        &env.dir,
+        "web.json",
+        serde_json::json!({
+            "name": "web", "kernel": guest_path("tiny.elf"), "memory_mib": 64,
+            "cmdline": "parvm.test=blkbench parvm.bench=50000 parvm.benchmib=2048",
+            "disks": [{"id": "data", "path": "vios:vios1/data"}],
+        }),
+    );
+    env.ok(&["define", &web]);
+    let cookie = grant_accept(&env, "vios1/data", "web", "rw");
+    env.ok(&["start", "web"]);
+    env.wait_log("web", "parvm-guest: blkbench start");
+    let out = env.ok(&["revoke", &cookie]);
+    assert!(out.starts_with("revoked 1 grant(s)"), "{out}");
+    let vios_log = env.state.join("logs/vios1.vmm.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(&vios_log).unwrap_or_default();
+        if log.contains("grant revoked; connections closed")
+            && log.contains("connections=1")
+            && log.contains("vios: client disconnected")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        env.manager_log()
+            .contains("grant revoked: VIOS told to disconnect the client"),
+        "{}",
+        env.manager_log()
+    );
+    // The VIOS goes on serving (and runs).
+    assert_eq!(env.status("vios1")["state"], "running");
+    env.ok(&["kill", "web"]);
+    env.wait_for("web", Duration::from_secs(10), "not running", |s| {
+        s["state"] != "running"
+    });
+    let e = env.fails(&["start", "web"]);
+    one_line(
+        &e,
+        "VIOS `vios1` has not granted disk `data` to partition `web`",
     );
 }

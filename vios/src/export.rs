@@ -154,6 +154,12 @@ impl Export {
 
     /// A fresh block core for one client connection.
     pub fn core(&self) -> Result<BlockCore<File>, ExportError> {
+        self.core_for(false)
+    }
+
+    /// A fresh block core for one client connection, read-only if the
+    /// export is or `read_only` asks (a client granted the disk `ro`).
+    pub fn core_for(&self, read_only: bool) -> Result<BlockCore<File>, ExportError> {
         let file = self.file.try_clone().map_err(|source| ExportError::Open {
             path: self.spec.path.clone(),
             source,
@@ -161,7 +167,7 @@ impl Export {
         BlockCore::new(
             file,
             &BlockOptions {
-                read_only: self.spec.read_only,
+                read_only: self.spec.read_only || read_only,
                 serial: self.spec.id.clone(),
             },
         )

@@ -74,6 +74,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
         export,
         ServeOptions {
             queues: args.queues,
+            read_only: false,
         },
     )
     .with_context(|| format!("serving {disk}"))?;

@@ -6,10 +6,13 @@
 //! VIOS opens every export of its definition, then on the control channel
 //!
 //! 1. sends `Hello` and `Ready` (the manager shows it `running`);
-//! 2. for each `ViosConnect {disk, client}` (with the VIOS end of a fresh
-//!    socketpair beside it; the client's VMM got the other end) serves that
-//!    export on that socket in threads of its own (`Failed` when the disk is
-//!    not one of its exports or no socket came with the request);
+//! 2. for each `ViosConnect {disk, client, read_only}` (with the VIOS end of
+//!    a fresh socketpair beside it; the client's VMM got the other end)
+//!    serves that export on that socket in threads of its own, read-only
+//!    if asked (`Failed` when the disk is not one of its exports or no
+//!    socket came with the request); for each `ViosDisconnect {disk,
+//!    client}` (the grant was revoked) shuts down every connection serving
+//!    that export to that client;
 //! 3. on `Stop` sends `Exit` and exits 0: clients being served see their
 //!    vhost-user connection close. When the channel closes (the manager
 //!    died) the VIOS keeps serving its connected clients and, like a VMM,
@@ -17,10 +20,11 @@
 //!    token until a restarted manager takes it back.
 
 use std::collections::BTreeMap;
+use std::net::Shutdown;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use parvm_protocol::{Channel, ExitStatus, ManagerMessage, Request, Response, VmmMessage, VERSION};
@@ -76,11 +80,6 @@ pub struct ViosDisk {
     /// Export read-only.
     #[serde(default)]
     pub read_only: bool,
-    /// Partitions allowed to use this export. The stand-in for block-device
-    /// grant cookies until the grant table knows block resources: the
-    /// manager's `check_block_grant` hook reads it (docs/vios.md).
-    #[serde(default)]
-    pub clients: Vec<String>,
 }
 
 /// A partition definition of kind `vios`.
@@ -284,7 +283,9 @@ pub fn run(
     let exports = open_exports(&def)?;
     let options = ServeOptions {
         queues: def.queues.unwrap_or(1),
+        read_only: false,
     };
+    let connections = Connections::default();
     let mut channel = Channel::new(stream);
     channel.send(
         &VmmMessage::Hello {
@@ -319,11 +320,28 @@ pub fn run(
                 );
                 return Ok(0);
             }
-            ManagerMessage::ViosConnect { disk, client } => {
-                if let Err(message) = connect(&def.name, &exports, &options, &disk, &client, fds) {
+            ManagerMessage::ViosConnect {
+                disk,
+                client,
+                read_only,
+            } => {
+                if let Err(message) = connect(
+                    &def.name,
+                    &exports,
+                    &connections,
+                    &options,
+                    &disk,
+                    &client,
+                    read_only,
+                    fds,
+                ) {
                     warn!(vios = %def.name, %disk, %client, %message, "vios: connection refused");
                     let _ = channel.send(&VmmMessage::Failed { message }, &[]);
                 }
+            }
+            ManagerMessage::ViosDisconnect { disk, client } => {
+                let n = connections.disconnect(&client, &disk);
+                info!(vios = %def.name, %disk, %client, connections = n, "vios: grant revoked; connections closed");
             }
             ManagerMessage::Pause | ManagerMessage::Resume => {
                 let _ = channel.send(
@@ -345,13 +363,71 @@ pub fn run(
     }
 }
 
+/// One brokered connection being served: a clone of its socket, to shut
+/// it down when the client's grant is revoked.
+struct Connection {
+    id: u64,
+    client: String,
+    disk: String,
+    socket: UnixStream,
+}
+
+/// The brokered connections being served.
+#[derive(Default, Clone)]
+struct Connections {
+    inner: Arc<Mutex<(u64, Vec<Connection>)>>,
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Vec<Connection>)> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, client: &str, disk: &str, socket: UnixStream) -> u64 {
+        let mut g = self.lock();
+        g.0 += 1;
+        let id = g.0;
+        g.1.push(Connection {
+            id,
+            client: client.into(),
+            disk: disk.into(),
+            socket,
+        });
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().1.retain(|c| c.id != id);
+    }
+
+    /// Shuts down every connection serving `disk` to `client`; how many.
+    fn disconnect(&self, client: &str, disk: &str) -> usize {
+        let mut g = self.lock();
+        let mut n = 0;
+        g.1.retain(|c| {
+            if c.client == client && c.disk == disk {
+                // The relay and the client's VMM both see the socket end.
+                let _ = c.socket.shutdown(Shutdown::Both);
+                n += 1;
+                false
+            } else {
+                true
+            }
+        });
+        n
+    }
+}
+
 /// Serve `disk` to `client` on the socket in `fds`.
+#[allow(clippy::too_many_arguments)]
 fn connect(
     vios: &str,
     exports: &BTreeMap<String, Arc<Export>>,
+    connections: &Connections,
     options: &ServeOptions,
     disk: &str,
     client: &str,
+    read_only: bool,
     fds: Vec<OwnedFd>,
 ) -> Result<(), String> {
     let Some(export) = exports.get(disk).cloned() else {
@@ -364,18 +440,30 @@ fn connect(
         ));
     };
     let stream = UnixStream::from(fd);
-    let client = format!("{client}/{disk}");
-    let options = options.clone();
-    std::thread::Builder::new()
+    let clone = stream
+        .try_clone()
+        .map_err(|e| format!("cannot keep the connection of `{client}`: {e}"))?;
+    let id = connections.add(client, disk, clone);
+    let label = format!("{client}/{disk}");
+    let mut options = options.clone();
+    options.read_only = read_only;
+    let list = connections.clone();
+    let spawned = std::thread::Builder::new()
         .name(format!("vios-{disk}"))
         .spawn(move || {
-            info!(client = %client, "vios: serving a brokered client");
-            if let Err(e) = serve_stream(stream, &export, &client, &options) {
-                warn!(client = %client, error = %e, "vios: brokered client failed");
+            info!(client = %label, read_only, "vios: serving a brokered client");
+            if let Err(e) = serve_stream(stream, &export, &label, &options) {
+                warn!(client = %label, error = %e, "vios: brokered client failed");
             }
-        })
-        .map(|_| ())
-        .map_err(|e| format!("cannot start a connection thread: {e}"))
+            list.remove(id);
+        });
+    match spawned {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            connections.remove(id);
+            Err(format!("cannot start a connection thread: {e}"))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -387,13 +475,13 @@ mod tests {
     fn definitions_are_checked() {
         let o = Path::new("v.json");
         let d = ViosDefinition::from_json(
-            r#"{"kind":"vios","name":"vios1","disks":[{"id":"data","path":"d.raw","clients":["web"]}]}"#,
+            r#"{"kind":"vios","name":"vios1","disks":[{"id":"data","path":"d.raw"}]}"#,
             o,
             Some(Path::new("/srv")),
         )
         .unwrap();
         assert_eq!(d.disks[0].path, PathBuf::from("/srv/d.raw"));
-        assert_eq!(d.disk("data").unwrap().clients, vec!["web".to_string()]);
+        assert!(!d.disk("data").unwrap().read_only);
         for (text, want) in [
             (r#"{"kind":"vmm","name":"a"}"#, "expected `vios`"),
             (r#"{"kind":"vios","name":"a b"}"#, "invalid partition name"),

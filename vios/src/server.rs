@@ -51,11 +51,17 @@ pub enum ServerError {
 pub struct ServeOptions {
     /// Queues offered to each client (VIRTIO_BLK_F_MQ when more than 1).
     pub queues: usize,
+    /// Serve read-only even if the export is writable (a brokered client
+    /// whose grant of the disk is `ro`).
+    pub read_only: bool,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        ServeOptions { queues: 1 }
+        ServeOptions {
+            queues: 1,
+            read_only: false,
+        }
     }
 }
 
@@ -67,7 +73,7 @@ fn new_daemon(
     let backend = Arc::new(VhostUserBlk::new(
         &export.spec().id,
         client,
-        export.core()?,
+        export.core_for(options.read_only)?,
         options.queues,
     ));
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use parvm_protocol::{Channel, ExitStatus, ManagerMessage, VmmMessage};
+use vhost::VhostBackend;
 
 fn spawn_vios(def: &std::path::Path, theirs: &UnixStream) -> std::process::Child {
     let fd = theirs.as_raw_fd();
@@ -50,7 +51,7 @@ fn managed_vios_serves_brokered_clients() {
     let def = dir.path("vios1.json");
     std::fs::write(
         &def,
-        r#"{"kind":"vios","name":"vios1","disks":[{"id":"data","path":"data.raw","clients":["web"]}]}"#,
+        r#"{"kind":"vios","name":"vios1","disks":[{"id":"data","path":"data.raw"}]}"#,
     )
     .unwrap();
     let (ours, theirs) = UnixStream::pair().unwrap();
@@ -72,6 +73,7 @@ fn managed_vios_serves_brokered_clients() {
             &ManagerMessage::ViosConnect {
                 disk: "data".into(),
                 client: "web".into(),
+                read_only: false,
             },
             &[vios_end.as_fd()],
         )
@@ -86,12 +88,54 @@ fn managed_vios_serves_brokered_clients() {
         assert_eq!(&c.get_id(0).1[..4], b"data");
     }
 
+    // A client granted the disk read-only: served read-only, though the
+    // export is writable.
+    let (client_end, vios_end) = UnixStream::pair().unwrap();
+    mgr.send(
+        &ManagerMessage::ViosConnect {
+            disk: "data".into(),
+            client: "reader".into(),
+            read_only: true,
+        },
+        &[vios_end.as_fd()],
+    )
+    .unwrap();
+    drop(vios_end);
+    let mut reader = Client::setup_stream(client_end, 1);
+    assert_eq!(reader.read(0, 0, 4096).1, pattern(1, 4096));
+    assert_eq!(reader.write(0, 0, &[0xaa; 512]), S_IOERR);
+    assert_eq!(reader.read(0, 0, 4096).1, pattern(1, 4096));
+
+    // The grant of `web` is revoked: both its connections are closed, the
+    // reader's is not.
+    mgr.send(
+        &ManagerMessage::ViosDisconnect {
+            disk: "data".into(),
+            client: "web".into(),
+        },
+        &[],
+    )
+    .unwrap();
+    for c in &clients {
+        let start = Instant::now();
+        while c.frontend.get_features().is_ok() {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "a revoked client is still served"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    assert!(reader.frontend.get_features().is_ok());
+    assert_eq!(reader.read(0, 0, 4096).1, pattern(1, 4096));
+
     // An export it does not have, and a request without a socket.
     let (_c, vios_end) = UnixStream::pair().unwrap();
     mgr.send(
         &ManagerMessage::ViosConnect {
             disk: "nope".into(),
             client: "web".into(),
+            read_only: false,
         },
         &[vios_end.as_fd()],
     )
@@ -104,6 +148,7 @@ fn managed_vios_serves_brokered_clients() {
         &ManagerMessage::ViosConnect {
             disk: "data".into(),
             client: "web".into(),
+            read_only: false,
         },
         &[],
     )

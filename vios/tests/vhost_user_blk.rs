@@ -40,7 +40,15 @@ impl Setup {
         let socket = dir.path("vios.sock");
         let spec = format!("{}{}", image.display(), if read_only { ",ro" } else { "" });
         let export = Arc::new(Export::open(ExportSpec::parse(&spec).unwrap()).unwrap());
-        let server = Server::listen(&socket, export, ServeOptions { queues }).unwrap();
+        let server = Server::listen(
+            &socket,
+            export,
+            ServeOptions {
+                queues,
+                read_only: false,
+            },
+        )
+        .unwrap();
         Setup {
             dir,
             image,

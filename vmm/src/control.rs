@@ -462,10 +462,10 @@ fn handle(s: &Shared, msg: ManagerMessage, fds: Vec<OwnedFd>) {
                 s.send(&VmmMessage::Failed { message });
             }
         }
-        ManagerMessage::ViosConnect { disk, .. } => {
+        ManagerMessage::ViosConnect { disk, .. } | ManagerMessage::ViosDisconnect { disk, .. } => {
             // Meant for a VIOS partition (docs/vios.md), never for a VMM.
             s.send(&VmmMessage::Failed {
-                message: format!("vios_connect for disk `{disk}` sent to a VMM"),
+                message: format!("vios_connect/vios_disconnect for disk `{disk}` sent to a VMM"),
             });
         }
     }

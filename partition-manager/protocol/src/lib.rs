@@ -518,6 +518,16 @@ pub enum ManagerMessage {
     ViosConnect {
         disk: String,
         client: String,
+        /// Serve this client read-only (its grant of the disk is `ro`),
+        /// whatever the export's own mode.
+        #[serde(default)]
+        read_only: bool,
+    },
+    /// To a VIOS partition: the grant of export `disk` to `client` was
+    /// revoked; close every connection serving it to that client.
+    ViosDisconnect {
+        disk: String,
+        client: String,
     },
     /// To a VMM: the VIOS serving disk `disk` (the disk id in the VMM's
     /// definition) came back; the socket beside this frame is the new

@@ -77,9 +77,10 @@ enum Cmd {
     /// Memory segments (shared memory a partition owns and can grant).
     #[command(subcommand)]
     Segment(SegmentCmd),
-    /// Grant segment OWNER/ID to a partition; prints the cookie.
+    /// Grant segment OWNER/ID (or VIOS disk VIOS/DISK) to a partition;
+    /// prints the cookie.
     Grant {
-        /// The segment, as OWNER/ID.
+        /// The segment (OWNER/ID) or VIOS disk (VIOS/DISK).
         segment: String,
         /// The grantee partition.
         #[arg(long = "to", value_name = "NAME")]
@@ -87,7 +88,8 @@ enum Cmd {
         #[arg(long, value_name = "ro|rw", default_value = "ro")]
         rights: Rights,
     },
-    /// Accept a cookie on behalf of its grantee: its VMM maps the segment.
+    /// Accept a cookie on behalf of its grantee: its VMM maps the segment
+    /// (a VIOS disk is only recorded as accepted; its next start connects).
     Accept {
         cookie: String,
         /// The accepting partition (must be the cookie's grantee).
@@ -208,6 +210,18 @@ fn print_grants(segments: &[SegmentInfo], grants: &[GrantInfo]) {
         let gpa = s.gpa.map(|a| format!(" at {a:#x}")).unwrap_or_default();
         println!("{} ({} KiB{gpa})", s.name, s.size / 1024);
         walk(grants, None, &s.name, 1);
+    }
+    // Other resources (VIOS disks: docs/vios.md) that have grants.
+    let mut others: Vec<&str> = grants
+        .iter()
+        .map(|g| g.segment.as_str())
+        .filter(|r| !segments.iter().any(|s| s.name == *r))
+        .collect();
+    others.sort_unstable();
+    others.dedup();
+    for r in others {
+        println!("{r} (VIOS disk)");
+        walk(grants, None, r, 1);
     }
 }
 
@@ -460,14 +474,16 @@ fn run(args: Args) -> anyhow::Result<()> {
             other => bail!("unexpected answer from the partition manager: {other:?}"),
         },
         Cmd::Accept { .. } => match answer.0 {
-            Response::Grant { grant } => println!(
-                "grant {}: {} mapped in {} at {:#x} ({})",
-                grant.id,
-                grant.segment,
-                grant.grantee,
-                grant.gpa.unwrap_or(0),
-                grant.rights
-            ),
+            Response::Grant { grant } => match grant.gpa {
+                Some(gpa) => println!(
+                    "grant {}: {} mapped in {} at {gpa:#x} ({})",
+                    grant.id, grant.segment, grant.grantee, grant.rights
+                ),
+                None => println!(
+                    "grant {}: {} accepted by {} ({})",
+                    grant.id, grant.segment, grant.grantee, grant.rights
+                ),
+            },
             other => bail!("unexpected answer from the partition manager: {other:?}"),
         },
         Cmd::Revoke { .. } => match answer.0 {
