@@ -19,11 +19,14 @@
 //! - [`store`]: the persistent registry in SQLite under the state directory.
 //! - [`vios`]: VIOS partitions (kind `vios`, run with the `vios` binary)
 //!   and the brokering of their disks to client partitions.
+//! - [`bench`]: a scratch manager for the benchmark binaries
+//!   (`bench-manager`, `bench-grants`).
 //!
 //! See docs/manager.md (operators) and docs/protocol.md (the wire format).
 
 pub use parvm_protocol as protocol;
 
+pub mod bench;
 pub mod client;
 pub mod daemon;
 pub mod definition;

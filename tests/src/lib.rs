@@ -1,9 +1,11 @@
 //! Support for parvm's cross-process tests: the tiny guest kernels (built
-//! from source by this crate's build script, see [`guests`]) and running the
-//! real binaries with a deadline.
+//! from source by this crate's build script, see [`guests`]), the Debian
+//! Linux test images ([`linux`]) and running the real binaries with a
+//! deadline.
 
 pub mod blkbench;
 pub mod guests;
+pub mod linux;
 
 use std::io::Read;
 use std::path::PathBuf;

@@ -10,43 +10,15 @@
 //! takes about 2 s under TCG here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use parvm_tests::linux;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const DISK_BYTES: u64 = 64 << 20;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The image directory (bzImage, initramfs-pci.cpio.gz, pattern.bin), built
-/// once per test binary.
-fn image_dir() -> PathBuf {
-    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(dir) = built.as_ref() {
-        return dir.clone();
-    }
-    let dir = repo_root().join("target/linux/vios-image");
-    let script = repo_root().join("tests/linux/build-vios-initramfs.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(&dir)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {script:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{script:?} failed (run scripts/install-deps.sh; it needs apt access to Debian):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    *built = Some(dir.clone());
-    dir
-}
 
 struct Scratch(PathBuf);
 
@@ -167,7 +139,7 @@ fn sha256_of(path: &Path) -> String {
 
 #[test]
 fn linux_in_qemu_writes_and_reads_through_vios() {
-    let image = image_dir();
+    let image = linux::vios_image();
     let scratch = Scratch::new("rw");
     let disk = scratch.0.join("disk.raw");
     let f = std::fs::File::create(&disk).unwrap();
@@ -207,7 +179,7 @@ fn linux_in_qemu_writes_and_reads_through_vios() {
 
 #[test]
 fn linux_in_qemu_cannot_write_a_read_only_export() {
-    let image = image_dir();
+    let image = linux::vios_image();
     let scratch = Scratch::new("ro");
     let disk = scratch.0.join("disk.raw");
     let f = std::fs::File::create(&disk).unwrap();

@@ -21,12 +21,11 @@
 //! cargo test -p vmm --test linux_boot -- --ignored --nocapture
 //! ```
 
-use parvm_tests::{repo_root, scratch_dir};
+use parvm_tests::{linux, scratch_dir};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 use vmm::acpi::{ACPI_START, IOAPIC_ADDR, IOAPIC_PINS};
@@ -58,29 +57,6 @@ fn pvm_cmdline() -> String {
 /// The full boot's command line: a stock kernel with no switches at all
 /// (what an operator would write), plus command mode for /init.
 const FULL_BOOT_CMDLINE: &str = "console=ttyS0 parvm.console=cmd";
-
-/// The Linux test image (bzImage, initramfs, pattern), built once per run.
-fn linux_image() -> PathBuf {
-    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(dir) = built.as_ref() {
-        return dir.clone();
-    }
-    let dir = repo_root().join("target/linux/image");
-    let script = repo_root().join("tests/linux/build-image.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(&dir)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {script:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{script:?} failed (run scripts/install-deps.sh; it needs apt access to Debian):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    *built = Some(dir.clone());
-    dir
-}
 
 /// Why `/dev/kvm` here is PVM (software virtualization) rather than VMX/SVM,
 /// or `None` on a hardware-assisted host. See docs/pvm.md ("Detecting PVM").
@@ -410,7 +386,7 @@ fn expected_e820_lines() -> Vec<String> {
 #[test]
 #[ignore = "slow on PVM (~4 minutes): cargo test -p vmm --test linux_boot -- --ignored"]
 fn early_boot_reports_what_the_vmm_built() {
-    let image = linux_image();
+    let image = linux::image();
     let dir = scratch_dir("linux-early");
     let disk = dir.join("disk.img");
     std::fs::File::create(&disk)
@@ -495,7 +471,7 @@ fn full_boot(
     name: &str,
     timeout: Duration,
 ) -> Duration {
-    let image = linux_image();
+    let image = linux::image();
     let dir = scratch_dir(name);
     let disk = dir.join("disk.img");
     std::fs::File::create(&disk)

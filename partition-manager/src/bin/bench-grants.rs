@@ -20,13 +20,14 @@
 //! log has the revoke's phases). Exits non-zero if a target is missed (p99 < 200 us, 100-grantee revoke
 //! < 10 ms, shared copy >= 80 % of memcpy).
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use clap::Parser;
+use partition_manager::bench::{self, ScratchManager};
 use partition_manager::client::Client;
 use partition_manager::protocol::{GrantCookie, Request, Response, RestartPolicy, Rights};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
@@ -46,32 +47,8 @@ struct Args {
     eventfd_child: Option<Vec<i32>>,
 }
 
-struct Manager {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
-}
-
-impl Drop for Manager {
-    fn drop(&mut self) {
-        if let Ok(c) = Client::connect(&self.socket) {
-            if let Ok((Response::List { partitions }, _)) = c.call(&Request::List) {
-                for p in partitions.iter().filter(|p| p.state.is_active()) {
-                    let _ = c.call(&Request::Kill {
-                        name: p.name.clone(),
-                    });
-                }
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::env::var_os("PARVM_BENCH_KEEP").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("bench-grants: kept {}", self.dir.display());
-        }
-    }
-}
+/// A scratch manager and what the grant benchmarks ask of it.
+struct Manager(ScratchManager);
 
 impl Manager {
     fn start(bin: &Path) -> anyhow::Result<Manager> {
@@ -79,41 +56,13 @@ impl Manager {
         let run = RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir =
             std::env::temp_dir().join(format!("parvm-bench-grants-{}-{run}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let socket = dir.join("pm.sock");
-        let log = std::fs::File::create(dir.join("manager.log"))?;
-        let child = Command::new(bin.join("partition-manager"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--vmm")
-            .arg(bin.join("vmm"))
-            .arg("--ready-timeout")
-            .arg("60")
-            .env(
-                "PARVM_LOG",
-                std::env::var("PARVM_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start partition-manager")?;
-        let m = Manager { child, dir, socket };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Client::connect(&m.socket).is_err() {
-            if Instant::now() > deadline {
-                bail!("the manager did not come up");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok(m)
+        let log = std::env::var("PARVM_LOG").unwrap_or_else(|_| "warn".into());
+        let m = ScratchManager::start(bin, dir, &["--ready-timeout", "60"], &log)?;
+        Ok(Manager(m.keep_if_asked("bench-grants")))
     }
 
     fn call(&self, r: &Request) -> anyhow::Result<Response> {
-        Ok(Client::connect(&self.socket)?.call(r)?.0)
+        self.0.call(r)
     }
 
     fn define(&self, kernel: &Path, name: &str, cmdline: &str, seg_kib: u64) -> anyhow::Result<()> {
@@ -141,7 +90,8 @@ impl Manager {
     }
 
     fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.join(format!("state/logs/{name}.log"))).unwrap_or_default()
+        std::fs::read_to_string(self.0.dir.join(format!("state/logs/{name}.log")))
+            .unwrap_or_default()
     }
 
     /// Waits for a console line starting with `prefix`; returns its rest.
@@ -326,10 +276,7 @@ fn main() {
 }
 
 fn run(args: &Args) -> anyhow::Result<bool> {
-    let bin = std::env::current_exe()?
-        .parent()
-        .context("executable has no directory")?
-        .to_path_buf();
+    let bin = bench::bin_dir()?;
     let kernel = match &args.kernel {
         Some(k) => k.clone(),
         None => bin.join("../guests/tiny.elf"),
@@ -351,7 +298,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     m.start_partition("b")?;
     m.call(&Request::Pause { name: "a".into() })?;
     m.call(&Request::Pause { name: "b".into() })?;
-    let client = Client::connect(&m.socket)?;
+    let client = Client::connect(&m.0.socket)?;
     let mut pairs = Vec::with_capacity(args.rounds);
     let mut revokes = Vec::with_capacity(args.rounds);
     let t_all = Instant::now();

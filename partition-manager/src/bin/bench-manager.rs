@@ -9,10 +9,10 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use partition_manager::bench::{self, ScratchManager};
 use partition_manager::client::Client;
-use partition_manager::protocol::{Request, Response, RestartPolicy};
+use partition_manager::protocol::{Request, RestartPolicy};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,14 +46,6 @@ struct Row {
     cpu_pct: f64,
 }
 
-fn target_dir() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    Ok(exe
-        .parent()
-        .context("executable has no directory")?
-        .to_path_buf())
-}
-
 fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = s
@@ -77,59 +69,9 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
         + f.get(12).context("bad stat")?.parse::<u64>()?)
 }
 
-struct Manager {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
-}
-
-impl Drop for Manager {
-    fn drop(&mut self) {
-        if let Ok(c) = Client::connect(&self.socket) {
-            if let Ok((Response::List { partitions }, _)) = c.call(&Request::List) {
-                for p in partitions.iter().filter(|p| p.state.is_active()) {
-                    if let Ok(c) = Client::connect(&self.socket) {
-                        let _ = c.call(&Request::Kill {
-                            name: p.name.clone(),
-                        });
-                    }
-                }
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start_manager(bin: &Path, n: usize) -> anyhow::Result<Manager> {
+fn start_manager(bin: &Path, n: usize) -> anyhow::Result<ScratchManager> {
     let dir = std::env::temp_dir().join(format!("parvm-bench-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let socket = dir.join("pm.sock");
-    let log = std::fs::File::create(dir.join("manager.log"))?;
-    let child = Command::new(bin.join("partition-manager"))
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--vmm")
-        .arg(bin.join("vmm"))
-        .env("PARVM_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("cannot start partition-manager")?;
-    let m = Manager { child, dir, socket };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Client::connect(&m.socket).is_err() {
-        if Instant::now() > deadline {
-            bail!("the manager did not come up");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ok(m)
+    ScratchManager::start(bin, dir, &[], "warn")
 }
 
 fn measure(args: &Args, bin: &Path, kernel: &Path, n: usize) -> anyhow::Result<Row> {
@@ -213,7 +155,7 @@ fn measure(args: &Args, bin: &Path, kernel: &Path, n: usize) -> anyhow::Result<R
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bin = target_dir()?;
+    let bin = bench::bin_dir()?;
     let kernel = match &args.kernel {
         Some(k) => k.clone(),
         None => bin
