@@ -84,9 +84,33 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// A fresh scratch directory for one test.
+///
+/// Directories that earlier test processes left behind (their process is
+/// gone) are removed on the first call, so repeated runs do not fill /tmp.
 pub fn scratch_dir(test: &str) -> PathBuf {
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(remove_dead_scratch_dirs);
     let d = std::env::temp_dir().join(format!("parvm-test-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("mkdir {d:?}: {e}"));
     d
+}
+
+/// Removes `parvm-test-<pid>-*` directories whose process no longer exists.
+fn remove_dead_scratch_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("parvm-test-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }

@@ -478,5 +478,8 @@ mod tests {
             try_load(missing, None, 16),
             Err(BootError::OpenKernel(..))
         ));
+        for p in [junk, empty, trunc] {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
