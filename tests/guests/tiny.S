@@ -637,30 +637,16 @@ copy_cmdline:
 /* has_token: rdi = NUL-terminated string, rsi = NUL-terminated token.
  * eax = 1 if the token appears as a whole whitespace-separated word. */
 has_token:
-1:      movb    (%rdi), %al                     /* skip whitespace */
-        testb   %al, %al
+1:      call    find_word_prefix                /* blk.S: first word with it */
+        testq   %rax, %rax
         jz      8f
-        cmpb    $' ', %al
-        ja      2f
-        incq    %rdi
-        jmp     1b
-2:      movq    %rdi, %r8                       /* compare one word */
-        movq    %rsi, %r9
-3:      movb    (%r9), %dl
-        testb   %dl, %dl
-        jz      4f
-        cmpb    %dl, (%r8)
-        jne     5f
-        incq    %r8
-        incq    %r9
-        jmp     3b
-4:      cmpb    $' ', (%r8)                     /* token ended: word too? */
+        movq    %rax, %rdi
+        cmpb    $' ', (%rdi)                    /* token ended: word too? */
         jbe     9f                              /* NUL or whitespace: yes */
-5:      movb    (%rdi), %al                     /* skip rest of this word */
-        cmpb    $' ', %al
-        jbe     1b
-        incq    %rdi
-        jmp     5b
+2:      incq    %rdi                            /* longer word: skip its rest */
+        cmpb    $' ', (%rdi)
+        ja      2b
+        jmp     1b
 8:      xorl    %eax, %eax
         ret
 9:      movl    $1, %eax
