@@ -11,13 +11,17 @@
 //! touches it (each region inside its fd, each fd sealed against shrinking:
 //! a mapping past the end of a memfd would raise SIGBUS in the VIOS), bad
 //! chains complete with an error status, and no error here ends the worker
-//! thread.
+//! thread. vhost-user-backend publishes a new table to its vrings *before*
+//! it asks this backend to accept it, so the queue workers never use the
+//! crate's memory handle: they use the snapshot [`VhostUserBlk`] keeps,
+//! which only a checked table reaches (ring reads, used-ring writes and the
+//! notification check all go through it).
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tracing::{debug, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -129,8 +133,9 @@ pub struct VhostUserBlk {
     core: RwLock<BlockCore<File>>,
     queues: usize,
     event_idx: AtomicBool,
-    /// The client's memory once a checked table arrived.
-    mem: Mutex<Option<ClientMemory>>,
+    /// The client's memory: a snapshot of the last table that passed
+    /// [`check_memory_table`], never the crate's live (unchecked) handle.
+    mem: Mutex<Option<Arc<GuestMemoryMmap<()>>>>,
     guest_errors: AtomicU64,
     /// Requests completed (for tests and logs).
     completed: AtomicU64,
@@ -156,14 +161,14 @@ impl VhostUserBlk {
         self.completed.load(Ordering::Relaxed)
     }
 
-    fn memory(&self) -> Option<ClientMemory> {
+    fn memory(&self) -> Option<Arc<GuestMemoryMmap<()>>> {
         match self.mem.lock() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
-    fn set_memory(&self, mem: Option<ClientMemory>) {
+    fn set_memory(&self, mem: Option<Arc<GuestMemoryMmap<()>>>) {
         match self.mem.lock() {
             Ok(mut guard) => *guard = mem,
             Err(poisoned) => *poisoned.into_inner() = mem,
@@ -184,18 +189,17 @@ impl VhostUserBlk {
     /// the completions on the used ring, and signal the call eventfd once if
     /// the driver wants it.
     fn process_vring(&self, vring: &VringRwLock) {
-        let Some(atomic) = self.memory() else {
+        let Some(mem) = self.memory() else {
             self.client_error("queue kicked before a memory table", &"no memory");
             return;
         };
-        let mem = atomic.memory();
         let core = match self.core.read() {
             Ok(core) => core,
             Err(poisoned) => poisoned.into_inner(),
         };
         let event_idx = self.event_idx.load(Ordering::Acquire);
         let mut used = false;
-        {
+        let notify = {
             let mut state = vring.get_mut();
             let queue = state.get_queue_mut();
             loop {
@@ -238,16 +242,20 @@ impl VhostUserBlk {
                     }
                 }
             }
-        }
-        if used {
-            match vring.needs_notification() {
-                Ok(true) => {
-                    if let Err(e) = vring.signal_used_queue() {
-                        warn!(disk = %self.id, client = %self.client, error = %e, "vios: cannot signal the call eventfd");
-                    }
+            // Not `vring.needs_notification()`: that reads used_event
+            // through the crate's memory handle, which may already hold an
+            // unchecked table.
+            used && match queue.needs_notification(&*mem) {
+                Ok(notify) => notify,
+                Err(e) => {
+                    self.client_error("cannot read used_event", &e);
+                    false
                 }
-                Ok(false) => {}
-                Err(e) => self.client_error("cannot read used_event", &e),
+            }
+        };
+        if notify {
+            if let Err(e) = vring.signal_used_queue() {
+                warn!(disk = %self.id, client = %self.client, error = %e, "vios: cannot signal the call eventfd");
             }
         }
     }
@@ -330,11 +338,12 @@ impl VhostUserBackend for VhostUserBlk {
     }
 
     fn update_memory(&self, mem: ClientMemory) -> io::Result<()> {
-        let checked = check_memory_table(&mem.memory());
-        match checked {
+        // The table checked is the very one the workers get.
+        let table = mem.memory().into_inner();
+        match check_memory_table(&table) {
             Ok(()) => {
-                debug!(disk = %self.id, client = %self.client, regions = mem.memory().num_regions(), "vios: memory table");
-                self.set_memory(Some(mem));
+                debug!(disk = %self.id, client = %self.client, regions = table.num_regions(), "vios: memory table");
+                self.set_memory(Some(table));
                 Ok(())
             }
             Err(e) => {

@@ -32,6 +32,15 @@ pub enum ServerError {
         #[source]
         source: vhost::vhost_user::Error,
     },
+    /// The socket path is in use: another server listens on it, or it is
+    /// not a socket (never unlinked).
+    #[error("cannot listen on {path}: in use ({why})")]
+    PathInUse {
+        /// Socket path.
+        path: String,
+        /// What holds it.
+        why: &'static str,
+    },
     /// Accepting a connection failed.
     #[error("accepting a client failed: {0}")]
     Accept(String),
@@ -111,12 +120,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// Bind `path` (replacing a stale socket file) and start accepting.
+    /// Bind `path` and start accepting. A stale socket file (nobody
+    /// listening) is replaced; a socket a live server listens on, or a path
+    /// that is not a socket, is refused.
     pub fn listen(
         path: &Path,
         export: Arc<Export>,
         options: ServeOptions,
     ) -> Result<Self, ServerError> {
+        check_socket_path(path)?;
         let mut listener = Listener::new(path, true).map_err(|source| ServerError::Listen {
             path: path.display().to_string(),
             source,
@@ -152,6 +164,27 @@ impl Server {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Whether `path` may be (re)bound: absent, or a socket nobody accepts on.
+fn check_socket_path(path: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ServerError::PathInUse {
+            path: path.display().to_string(),
+            why: "it exists and is not a socket",
+        });
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(ServerError::PathInUse {
+            path: path.display().to_string(),
+            why: "a live server listens on it",
+        }),
+        Err(_) => Ok(()),
     }
 }
 
