@@ -6,7 +6,10 @@
 //! logged and only the manager's own uid and root are served. A connection
 //! that sends garbage, another protocol version or half a frame gets an
 //! error answer (when one can still be sent) and is closed; other
-//! connections are not affected.
+//! connections are not affected. At most [`Limits::max_clients`] client
+//! connections are served at once (a VMM's attached control channel does
+//! not count), each next request must arrive whole within
+//! [`Limits::client_timeout`], and connection logs are rate limited.
 
 use crate::supervisor::{spawn_thread, Manager, ManagerError};
 use parvm_protocol::{Channel, ErrorKind, ProtocolError, Request, Response};
@@ -15,11 +18,71 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// A client that sends nothing for this long is disconnected.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default of [`Limits::client_timeout`].
+pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default of [`Limits::max_clients`].
+pub const DEFAULT_MAX_CLIENTS: usize = 128;
+/// Connection events logged per second at most; the rest are counted.
+const LOG_BURST: u32 = 20;
+
+/// Bounds on what clients of the listening socket may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Client connections served at once; more are answered `busy` and
+    /// closed. VMMs' attached control channels do not count.
+    pub max_clients: usize,
+    /// A client's next request must arrive whole within this time after
+    /// the previous answer (trickling a frame does not extend it).
+    pub client_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_clients: DEFAULT_MAX_CLIENTS,
+            client_timeout: DEFAULT_CLIENT_TIMEOUT,
+        }
+    }
+}
+
+/// Lets through at most [`LOG_BURST`] events a second and counts the rest,
+/// so a flood of connections cannot flood the log.
+#[derive(Debug, Default)]
+pub struct LogLimiter {
+    state: Mutex<(Option<Instant>, u32, u64)>,
+}
+
+impl LogLimiter {
+    /// `Some(n)` when this event may be logged, `n` events having been
+    /// suppressed since the last one logged; `None` to stay quiet.
+    pub fn allow(&self) -> Option<u64> {
+        let mut st = match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let (window, count, suppressed) = &mut *st;
+        let now = Instant::now();
+        if window.is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1)) {
+            *window = Some(now);
+            *count = 0;
+        }
+        if *count < LOG_BURST {
+            *count += 1;
+            Some(std::mem::take(suppressed))
+        } else {
+            *suppressed += 1;
+            None
+        }
+    }
+}
+
+static CONNECT_LOG: LogLimiter = LogLimiter {
+    state: Mutex::new((None, 0, 0)),
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -32,6 +95,8 @@ pub enum DaemonError {
     InUse(PathBuf),
     #[error("another partition manager uses the state directory {0}")]
     StateDirLocked(PathBuf),
+    #[error("state directory {path} is not safe to use: {why}")]
+    StateDirUnsafe { path: PathBuf, why: String },
     #[error("cannot listen on {path}: {source}")]
     Listen {
         path: PathBuf,
@@ -89,17 +154,67 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Takes the state directory's lock so that two managers never share it.
-/// The returned file must stay open for the manager's lifetime.
-pub fn lock_state_dir(dir: &Path) -> Result<File, DaemonError> {
+/// Makes the state directory private: created 0700 when missing; an
+/// existing one owned by another user is refused, and group or other
+/// access to it or anything in it (console logs hold whatever the guests
+/// print, the registry holds re-attach tokens) is taken away, with a
+/// warning.
+pub fn private_state_dir(dir: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::MetadataExt;
+    let dir_err = |source| DaemonError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
     if !dir.exists() {
-        std::fs::create_dir_all(dir).map_err(|source| DaemonError::Dir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        // Console logs may hold anything the guests print.
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        std::fs::create_dir_all(dir).map_err(dir_err)?;
     }
+    let meta = std::fs::symlink_metadata(dir).map_err(dir_err)?;
+    if !meta.is_dir() {
+        return Err(DaemonError::StateDirUnsafe {
+            path: dir.to_path_buf(),
+            why: "it is not a directory".into(),
+        });
+    }
+    let me = euid();
+    if meta.uid() != me {
+        return Err(DaemonError::StateDirUnsafe {
+            path: dir.to_path_buf(),
+            why: format!("it belongs to uid {}, not to uid {me}", meta.uid()),
+        });
+    }
+    let mut fixed = 0;
+    privatize(dir, &meta, &mut fixed).map_err(dir_err)?;
+    if fixed > 0 {
+        tracing::warn!(state_dir = %dir.display(), fixed, "group/other access to the state directory removed");
+    }
+    Ok(())
+}
+
+/// Clears group and other permission bits of `path` and, for a directory,
+/// of everything under it (symbolic links are not followed).
+fn privatize(path: &Path, meta: &std::fs::Metadata, fixed: &mut usize) -> std::io::Result<()> {
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7700))?;
+        *fixed += 1;
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?;
+            privatize(&entry.path(), &entry.metadata()?, fixed)?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes the state directory's lock so that two managers never share it
+/// (after making it private, see [`private_state_dir`]). The returned file
+/// must stay open for the manager's lifetime.
+pub fn lock_state_dir(dir: &Path) -> Result<File, DaemonError> {
+    private_state_dir(dir)?;
     let path = dir.join("manager.lock");
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -154,20 +269,84 @@ pub fn listen(path: &Path) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
-/// Accepts connections forever, one thread each.
-pub fn serve(mgr: Arc<Manager>, listener: UnixListener) {
+/// One client connection counted against [`Limits::max_clients`] while it
+/// lives (released early when it becomes a VMM's control channel).
+struct ClientSlot(Option<Arc<AtomicUsize>>);
+
+impl ClientSlot {
+    fn take(active: &Arc<AtomicUsize>, max: usize) -> Option<ClientSlot> {
+        let mut n = active.load(Ordering::Relaxed);
+        loop {
+            if n >= max {
+                return None;
+            }
+            match active.compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Some(ClientSlot(Some(active.clone()))),
+                Err(now) => n = now,
+            }
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(active) = self.0.take() {
+            active.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Accepts connections forever, one thread each, within `limits`.
+pub fn serve(mgr: Arc<Manager>, listener: UnixListener, limits: Limits) {
+    let active = Arc::new(AtomicUsize::new(0));
+    static ACCEPT_LOG: LogLimiter = LogLimiter {
+        state: Mutex::new((None, 0, 0)),
+    };
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
+                let Some(slot) = ClientSlot::take(&active, limits.max_clients) else {
+                    refuse_busy(stream, limits.max_clients);
+                    continue;
+                };
                 let mgr = mgr.clone();
-                spawn_thread("client", move || serve_connection(&mgr, stream));
+                spawn_thread("client", move || {
+                    serve_connection(&mgr, stream, slot, limits.client_timeout)
+                });
             }
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                // EMFILE and friends repeat at every try: log a few.
+                if let Some(suppressed) = ACCEPT_LOG.allow() {
+                    tracing::warn!(error = %e, suppressed, "accept failed");
+                }
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
     }
+}
+
+/// Answers a connection over the limit without a thread of its own.
+fn refuse_busy(stream: UnixStream, max: usize) {
+    if let Some(suppressed) = CONNECT_LOG.allow() {
+        tracing::warn!(
+            max_clients = max,
+            suppressed,
+            "connection refused: too many clients"
+        );
+    }
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let chan = Channel::new(stream);
+    let _ = chan.send(
+        &Response::error(
+            ErrorKind::Busy,
+            format!("the partition manager serves {max} clients at once already; try again"),
+        ),
+        &[],
+    );
 }
 
 /// Sends a last answer and closes without losing it: closing a Unix socket
@@ -179,10 +358,15 @@ fn close_with(chan: &Channel, answer: &Response) {
     }
     let s = chan.stream();
     let _ = s.shutdown(std::net::Shutdown::Write);
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    // Half a second in all: a peer that keeps trickling cannot stretch it.
+    let deadline = Instant::now() + Duration::from_millis(500);
     let mut sink = [0u8; 4096];
     let mut left = 1usize << 20;
     while left > 0 {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if wait.is_zero() || s.set_read_timeout(Some(wait)).is_err() {
+            break;
+        }
         match std::io::Read::read(&mut &*s, &mut sink) {
             Ok(0) | Err(_) => break,
             Ok(n) => left = left.saturating_sub(n),
@@ -194,7 +378,12 @@ fn error_response(e: &ManagerError) -> Response {
     Response::error(e.kind(), e.to_string())
 }
 
-fn serve_connection(mgr: &Arc<Manager>, stream: UnixStream) {
+fn serve_connection(
+    mgr: &Arc<Manager>,
+    stream: UnixStream,
+    mut slot: ClientSlot,
+    client_timeout: Duration,
+) {
     let cred = match peer_cred(&stream) {
         Ok(c) => c,
         Err(e) => {
@@ -205,11 +394,14 @@ fn serve_connection(mgr: &Arc<Manager>, stream: UnixStream) {
     let chan = Channel::new(stream);
     let me = euid();
     if cred.uid != me && cred.uid != 0 {
-        tracing::warn!(
-            uid = cred.uid,
-            pid = cred.pid,
-            "connection refused: uid not allowed"
-        );
+        if let Some(suppressed) = CONNECT_LOG.allow() {
+            tracing::warn!(
+                uid = cred.uid,
+                pid = cred.pid,
+                suppressed,
+                "connection refused: uid not allowed"
+            );
+        }
         let answer = Response::error(
             ErrorKind::PermissionDenied,
             format!(
@@ -220,13 +412,33 @@ fn serve_connection(mgr: &Arc<Manager>, stream: UnixStream) {
         close_with(&chan, &answer);
         return;
     }
-    tracing::info!(uid = cred.uid, pid = cred.pid, "client connected");
-    let _ = chan.stream().set_read_timeout(Some(IDLE_TIMEOUT));
-    let _ = chan.stream().set_write_timeout(Some(IDLE_TIMEOUT));
+    if let Some(suppressed) = CONNECT_LOG.allow() {
+        tracing::info!(
+            uid = cred.uid,
+            pid = cred.pid,
+            suppressed,
+            "client connected"
+        );
+    }
+    let _ = chan.stream().set_write_timeout(Some(client_timeout));
     loop {
-        let request = match chan.recv::<Request>() {
+        let request = match chan.recv_within::<Request>(client_timeout) {
             Ok((r, _fds)) => r,
             Err(ProtocolError::Closed) => return,
+            Err(ProtocolError::Timeout) => {
+                tracing::debug!(pid = cred.pid, "client idle too long; closing");
+                close_with(
+                    &chan,
+                    &Response::error(
+                        ErrorKind::BadRequest,
+                        format!(
+                            "no whole request within {} s; closing",
+                            client_timeout.as_secs_f64()
+                        ),
+                    ),
+                );
+                return;
+            }
             Err(ProtocolError::Json(e)) => {
                 tracing::warn!(pid = cred.pid, error = %e, "malformed request");
                 let answer =
@@ -258,7 +470,10 @@ fn serve_connection(mgr: &Arc<Manager>, stream: UnixStream) {
                         if chan.send(&Response::Attached, &[]).is_err() {
                             return;
                         }
+                        // A control channel now, not a client.
+                        slot.release();
                         let _ = chan.stream().set_read_timeout(None);
+                        let _ = chan.stream().set_write_timeout(None);
                         mgr.read_channel(&name, generation, chan, None);
                     }
                     Err(e) => {

@@ -21,6 +21,7 @@ use serde::Serialize;
 use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// Protocol version spoken by this build. Bump it on any incompatible change
@@ -205,14 +206,36 @@ impl Channel {
         Ok((serde_json::from_slice(&body)?, fds))
     }
 
+    /// Receives one frame that must arrive whole within `limit`: a peer
+    /// that trickles a frame byte by byte cannot hold the connection open
+    /// longer than that ([`ProtocolError::Timeout`]). The socket's read
+    /// timeout is as before afterwards.
+    pub fn recv_within<T: DeserializeOwned>(
+        &self,
+        limit: Duration,
+    ) -> Result<(T, Vec<OwnedFd>), ProtocolError> {
+        let before = self.stream.read_timeout().map_err(map_io)?;
+        let received = self.recv_raw_by(Some(Instant::now() + limit));
+        self.stream.set_read_timeout(before).map_err(map_io)?;
+        let (body, fds) = received?;
+        Ok((serde_json::from_slice(&body)?, fds))
+    }
+
     /// Receives one frame's body (unparsed) and its descriptors.
     pub fn recv_raw(&self) -> Result<(Vec<u8>, Vec<OwnedFd>), ProtocolError> {
+        self.recv_raw_by(None)
+    }
+
+    fn recv_raw_by(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<(Vec<u8>, Vec<OwnedFd>), ProtocolError> {
         let mut fds = Vec::new();
         let mut head = [0u8; HEADER_LEN];
-        self.read_full(&mut head, &mut fds, true)?;
+        self.read_full(&mut head, &mut fds, true, deadline)?;
         let h = decode_header(&head)?;
         let mut body = vec![0u8; h.len];
-        self.read_full(&mut body, &mut fds, false)?;
+        self.read_full(&mut body, &mut fds, false, deadline)?;
         if fds.len() != h.fds {
             return Err(ProtocolError::FdMismatch {
                 announced: h.fds,
@@ -228,9 +251,17 @@ impl Channel {
         buf: &mut [u8],
         fds: &mut Vec<OwnedFd>,
         frame_start: bool,
+        deadline: Option<Instant>,
     ) -> Result<(), ProtocolError> {
         let mut got = 0;
         while got < buf.len() {
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(ProtocolError::Timeout);
+                }
+                self.stream.set_read_timeout(Some(left)).map_err(map_io)?;
+            }
             let rest = &mut buf[got..];
             let mut iov = [libc::iovec {
                 iov_base: rest.as_mut_ptr().cast(),
@@ -352,6 +383,37 @@ mod tests {
                 got: 5
             })
         ));
+    }
+
+    #[test]
+    fn a_trickled_frame_is_cut_at_the_deadline() {
+        let (chan, mut peer) = pair();
+        let frame = encode(&Request::List, 0).unwrap();
+        let writer = std::thread::spawn(move || {
+            for b in frame {
+                if peer.write_all(&[b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let start = Instant::now();
+        let r = chan.recv_within::<Request>(Duration::from_millis(600));
+        assert!(matches!(r, Err(ProtocolError::Timeout)), "{r:?}");
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        // The socket's own read timeout is back as it was.
+        assert_eq!(
+            chan.stream().read_timeout().unwrap(),
+            Some(Duration::from_secs(5))
+        );
+        drop(chan);
+        writer.join().unwrap();
+        // A frame sent at once arrives well within the limit.
+        let (chan, mut peer) = pair();
+        peer.write_all(&encode(&Request::List, 0).unwrap()).unwrap();
+        let (r, _) = chan.recv_within::<Request>(Duration::from_secs(5)).unwrap();
+        assert_eq!(r, Request::List);
     }
 
     #[test]

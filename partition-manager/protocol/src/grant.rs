@@ -464,7 +464,7 @@ pub fn hcall_status(kind: ErrorKind) -> u32 {
             status::INVALID_STATE
         }
         ErrorKind::PermissionDenied | ErrorKind::WrongPartition => status::WRONG_PARTITION,
-        ErrorKind::Internal => status::INTERNAL,
+        ErrorKind::Internal | ErrorKind::Busy => status::INTERNAL,
         ErrorKind::UnknownCookie => status::UNKNOWN_COOKIE,
         ErrorKind::CookieUsed => status::COOKIE_USED,
         ErrorKind::RightsEscalation => status::RIGHTS_ESCALATION,

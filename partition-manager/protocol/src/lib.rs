@@ -199,6 +199,8 @@ pub enum ErrorKind {
     GpaConflict,
     /// A segment larger than allowed (or not whole pages).
     TooLarge,
+    /// The manager serves as many clients as it allows; try again later.
+    Busy,
 }
 
 /// `parctl` (or a reconnecting VMM) -> manager, on the listening socket.

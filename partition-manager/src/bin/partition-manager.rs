@@ -34,6 +34,14 @@ struct Args {
     /// Seconds a stop may take before the VMM is killed.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     stop_timeout: u64,
+    /// Client connections served at once (VMM control channels do not
+    /// count); more are answered `busy`.
+    #[arg(long, value_name = "N", default_value_t = daemon::DEFAULT_MAX_CLIENTS,
+          value_parser = clap::value_parser!(usize))]
+    max_clients: usize,
+    /// Seconds a client may take to send its next whole request.
+    #[arg(long, value_name = "SECS", default_value_t = daemon::DEFAULT_CLIENT_TIMEOUT.as_secs())]
+    client_timeout: u64,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -65,6 +73,13 @@ fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if args.max_clients == 0 || args.client_timeout == 0 {
+        anyhow::bail!("--max-clients and --client-timeout must be at least 1");
+    }
+    // Everything the manager creates (registry, WAL, logs, definitions) is
+    // private to its user; the VMMs it spawns inherit the mask.
+    // SAFETY: umask only changes this process's file creation mask.
+    unsafe { libc::umask(0o077) };
     let socket = absolute(args.socket.unwrap_or_else(daemon::default_socket))?;
     let state_dir = absolute(args.state_dir.unwrap_or_else(default_state_dir))?;
     let vmm = args.vmm.unwrap_or_else(default_vmm);
@@ -83,7 +98,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     })?;
     let listener = daemon::listen(&socket)?;
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "partition manager listening");
-    daemon::serve(mgr, listener);
+    daemon::serve(
+        mgr,
+        listener,
+        daemon::Limits {
+            max_clients: args.max_clients,
+            client_timeout: Duration::from_secs(args.client_timeout),
+        },
+    );
     Ok(())
 }
 

@@ -1,0 +1,218 @@
+//! Attacks on the real `partition-manager` that once worked: a state
+//! directory others could read, unbounded idle and trickling clients, and
+//! a connection flood that flooded the log.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use parvm_tests::run;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn mode(p: &std::path::Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Whether uid 65534 can read `path` (as `cat` run under that uid).
+fn nobody_reads(path: &std::path::Path) -> bool {
+    let mut cmd = Command::new("cat");
+    cmd.arg(path).uid(65534).gid(65534);
+    run(cmd, Duration::from_secs(10)).code() == Some(0)
+}
+
+#[test]
+fn an_existing_open_state_directory_is_made_private() {
+    let mut env = Env::new("state-open");
+    env.kill_manager();
+    // As an operator might have left it: world-readable, a readable log.
+    let logs = env.state.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(logs.join("old.log"), "secret console output").unwrap();
+    for (p, m) in [(&env.state, 0o755), (&logs, 0o755)] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    }
+    std::fs::set_permissions(logs.join("old.log"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&env.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if is_root() {
+        assert!(nobody_reads(&logs.join("old.log")), "setup: readable");
+    }
+    env.start_manager();
+    let def = env.hang_definition("p", "never");
+    env.ok(&["define", &def]);
+    env.ok(&["start", "p"]);
+    env.wait_state("p", "running", Duration::from_secs(20));
+    assert_eq!(mode(&env.state), 0o700);
+    assert_eq!(mode(&logs), 0o700);
+    assert_eq!(mode(&logs.join("old.log")), 0o600);
+    for entry in std::fs::read_dir(&env.state).unwrap() {
+        let p = entry.unwrap().path();
+        assert_eq!(mode(&p) & 0o077, 0, "{} is {:o}", p.display(), mode(&p));
+    }
+    for entry in std::fs::read_dir(&logs).unwrap() {
+        let p = entry.unwrap().path();
+        assert_eq!(mode(&p) & 0o077, 0, "{} is {:o}", p.display(), mode(&p));
+    }
+    assert!(env.manager_log().contains("group/other access"));
+    if is_root() {
+        assert!(!nobody_reads(&logs.join("old.log")));
+        assert!(!nobody_reads(&env.state.join("partitions.db")));
+        assert!(!nobody_reads(&logs.join("p.log")));
+    }
+    env.ok(&["stop", "p"]);
+}
+
+#[test]
+fn a_state_directory_of_another_user_is_refused() {
+    if !is_root() {
+        eprintln!("not root: cannot give the directory to another uid; skipping");
+        return;
+    }
+    let mut env = Env::new("state-other");
+    env.kill_manager();
+    std::os::unix::fs::chown(&env.state, Some(65534), Some(65534)).unwrap();
+    assert_eq!(std::fs::metadata(&env.state).unwrap().uid(), 65534);
+    let mut cmd = Command::new(MANAGER);
+    cmd.arg("--socket")
+        .arg(env.dir.join("other.sock"))
+        .arg("--state-dir")
+        .arg(&env.state);
+    let f = run(cmd, Duration::from_secs(10));
+    assert_eq!(f.code(), Some(1), "{}{}", f.stdout, f.stderr);
+    assert!(f.stderr.contains("belongs to uid 65534"), "{}", f.stderr);
+    assert!(
+        f.stderr.contains(&env.state.display().to_string()),
+        "{}",
+        f.stderr
+    );
+    assert_eq!(f.stderr.trim_end().lines().count(), 1, "{}", f.stderr);
+}
+
+#[test]
+fn idle_clients_are_bounded_and_the_operator_still_gets_through() {
+    let env = Env::with(
+        "bounded",
+        vmm_binary(),
+        &["--max-clients", "4", "--client-timeout", "600"],
+    );
+    // Four idle clients the manager holds (a connection that still counted
+    // from start-up may have one refused at first: that one is retried).
+    let start = Instant::now();
+    let mut idle = Vec::new();
+    while idle.len() < 4 {
+        assert!(start.elapsed() < Duration::from_secs(10), "no 4 slots");
+        let s = UnixStream::connect(&env.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        match (&s).read(&mut [0u8; 1]) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => idle.push(s),
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    // Once the manager has accepted the four (it may lag on a busy
+    // machine), a fifth client is refused with a clear answer.
+    let start = Instant::now();
+    let f = loop {
+        let f = env.parctl(&["list"]);
+        if f.code() != Some(0) || start.elapsed() > Duration::from_secs(10) {
+            break f;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(f.code(), Some(1), "{}{}", f.stdout, f.stderr);
+    assert!(f.stderr.contains("4 clients at once"), "{}", f.stderr);
+    drop(idle);
+    let start = Instant::now();
+    loop {
+        let f = env.parctl(&["list"]);
+        if f.code() == Some(0) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", f.stderr);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(env.manager_log().contains("too many clients"));
+}
+
+#[test]
+fn a_trickling_or_silent_client_is_cut_at_the_client_timeout() {
+    let env = Env::with("trickle", vmm_binary(), &["--client-timeout", "2"]);
+    // One byte of a valid `list` request every 300 ms: the whole frame
+    // would take over 10 s.
+    let body = br#"{"op":"list"}"#;
+    let mut frame = b"PRVM".to_vec();
+    frame.extend_from_slice(&1u16.to_le_bytes());
+    frame.extend_from_slice(&0u16.to_le_bytes());
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(body);
+    let mut s = UnixStream::connect(&env.socket).unwrap();
+    let start = Instant::now();
+    let mut closed_after = None;
+    for b in &frame {
+        if s.write_all(&[*b]).is_err() {
+            closed_after = Some(start.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let closed_after = closed_after.unwrap_or_else(|| start.elapsed());
+    assert!(
+        closed_after < Duration::from_secs(6),
+        "still connected after {closed_after:?}"
+    );
+    // A silent client is closed too (it reads an answer, then end of file).
+    let mut quiet = UnixStream::connect(&env.socket).unwrap();
+    quiet
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let start = Instant::now();
+    let mut all = Vec::new();
+    let _ = quiet.read_to_end(&mut all);
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        String::from_utf8_lossy(&all).contains("no whole request within 2 s"),
+        "{}",
+        String::from_utf8_lossy(&all)
+    );
+    env.ok(&["list"]);
+}
+
+#[test]
+fn a_connection_flood_does_not_flood_the_log() {
+    let env = Env::new("flood");
+    let before = env.manager_log().lines().count();
+    for _ in 0..3000 {
+        drop(UnixStream::connect(&env.socket).unwrap());
+    }
+    // The next connection logged after the one-second window reports how
+    // many were left out.
+    std::thread::sleep(Duration::from_millis(1100));
+    env.ok(&["list"]);
+    let log = env.manager_log();
+    let lines = log.lines().count() - before;
+    // 20 connection lines a second at most (plus a few others).
+    assert!(lines < 400, "{lines} log lines for 3000 connections");
+    let counted = log
+        .lines()
+        .filter_map(|l| l.split("suppressed=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .sum::<u64>();
+    assert!(
+        counted > 1000,
+        "only {counted} connections counted as suppressed"
+    );
+}
