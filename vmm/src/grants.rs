@@ -22,6 +22,7 @@
 //! vCPU until the answer arrives.
 
 use crate::devices::bus::{lock, BusDevice};
+use crate::interrupts::Interrupts;
 use crate::memory::FIRST_ADDR_PAST_32BITS;
 use kvm_ioctls::VmFd;
 use parvm_protocol::grant::status;
@@ -83,15 +84,11 @@ pub enum MapError {
     Kvm(kvm_ioctls::Error),
     #[error("doorbell `{id}`: register {ring} does not exist (0-{max})")]
     Ring { id: String, ring: u32, max: u32 },
-    #[error("doorbell `{id}`: GSI {gsi} is not free here (use {first}-{last})")]
-    Gsi {
+    #[error("doorbell `{id}`: {source}")]
+    Interrupt {
         id: String,
-        gsi: u32,
-        first: u32,
-        last: u32,
+        source: crate::interrupts::InterruptError,
     },
-    #[error("doorbell `{id}`: vector {vector} is reserved for exceptions (use 32-255)")]
-    Vector { id: String, vector: u8 },
     #[error("doorbell `{id}`: needs exactly one of ring, gsi and vector")]
     DoorbellEnd { id: String },
     #[error("doorbell `{id}`: {what} failed: {source}")]
@@ -203,25 +200,22 @@ pub struct GrantMaps {
     vm: Arc<VmFd>,
     high_start: u64,
     max_slots: u32,
-    /// GSIs doorbells may use (above the devices').
-    free_gsis: std::ops::Range<u32>,
+    /// Where doorbells get their interrupt lines.
+    interrupts: Arc<Interrupts>,
     inner: Mutex<MapsInner>,
     /// Wired doorbell eventfds, kept open for the VM's life.
     doorbells: Mutex<Vec<(String, vmm_sys_util::eventfd::EventFd)>>,
-    /// The VM's GSI routing, extended by MSI doorbells.
-    routing: Mutex<Vec<kvm_bindings::kvm_irq_routing_entry>>,
     pub link: ManagerLink,
 }
 
 impl GrantMaps {
     /// `ram_bytes` of RAM fix where the high window starts; `max_slots` is
-    /// KVM's memory slot limit.
+    /// KVM's memory slot limit; doorbells ask `interrupts` for their lines.
     pub fn new(
         vm: Arc<VmFd>,
         ram_bytes: u64,
         max_slots: usize,
-        free_gsis: std::ops::Range<u32>,
-        routing: Vec<kvm_bindings::kvm_irq_routing_entry>,
+        interrupts: Arc<Interrupts>,
     ) -> Self {
         let ram_top = crate::memory::ram_ranges(ram_bytes)
             .iter()
@@ -235,9 +229,8 @@ impl GrantMaps {
             vm,
             high_start,
             max_slots: u32::try_from(max_slots).unwrap_or(u32::MAX),
-            free_gsis,
+            interrupts,
             doorbells: Mutex::new(Vec::new()),
-            routing: Mutex::new(routing),
             inner: Mutex::new(MapsInner {
                 next_slot: FIRST_GRANT_SLOT,
                 ..Default::default()
@@ -556,6 +549,11 @@ impl GrantMaps {
             what,
             source,
         };
+        let irq = |source| MapError::Interrupt {
+            id: id.into(),
+            source,
+        };
+        let owner = format!("doorbell {id}");
         match (ring, gsi, vector) {
             (Some(ring), None, None) => {
                 if ring >= max {
@@ -570,71 +568,19 @@ impl GrantMaps {
                     .register_ioevent(&evt, &addr, kvm_ioctls::NoDatamatch)
                     .map_err(|e| wire("KVM_IOEVENTFD", e))?;
             }
-            (None, None, Some(vector)) => {
-                let gsi = self.add_msi_route(id, vector)?;
-                self.vm
-                    .register_irqfd(&evt, gsi)
-                    .map_err(|e| wire("KVM_IRQFD", e))?;
-            }
             (None, Some(gsi), None) => {
-                if !self.free_gsis.contains(&gsi) {
-                    return Err(MapError::Gsi {
-                        id: id.into(),
-                        gsi,
-                        first: self.free_gsis.start,
-                        last: self.free_gsis.end.saturating_sub(1),
-                    });
-                }
-                self.vm
-                    .register_irqfd(&evt, gsi)
-                    .map_err(|e| wire("KVM_IRQFD", e))?;
+                let gsi = self.interrupts.share_pin(gsi, &owner).map_err(irq)?;
+                self.interrupts.connect(&evt, gsi).map_err(irq)?;
+            }
+            (None, None, Some(vector)) => {
+                let gsi = self.interrupts.add_msi(vector, &owner).map_err(irq)?;
+                self.interrupts.connect(&evt, gsi).map_err(irq)?;
             }
             _ => return Err(MapError::DoorbellEnd { id: id.into() }),
         }
         tracing::info!(doorbell = id, ?ring, ?gsi, ?vector, "doorbell wired");
         lock(&self.doorbells).push((id.to_string(), evt));
         Ok(())
-    }
-
-    /// Routes a new GSI (above the IO-APIC's) as an MSI of `vector` to APIC
-    /// 0, fixed delivery; returns the GSI.
-    fn add_msi_route(&self, id: &str, vector: u8) -> Result<u32, MapError> {
-        if vector < 32 {
-            return Err(MapError::Vector {
-                id: id.into(),
-                vector,
-            });
-        }
-        let mut routing = lock(&self.routing);
-        let gsi = routing
-            .iter()
-            .map(|e| e.gsi + 1)
-            .max()
-            .unwrap_or(0)
-            .max(self.free_gsis.end);
-        let mut e = kvm_bindings::kvm_irq_routing_entry {
-            gsi,
-            type_: kvm_bindings::KVM_IRQ_ROUTING_MSI,
-            ..Default::default()
-        };
-        e.u.msi.address_lo = 0xfee0_0000;
-        e.u.msi.address_hi = 0;
-        e.u.msi.data = u32::from(vector);
-        routing.push(e);
-        let table =
-            kvm_bindings::KvmIrqRouting::from_entries(&routing).map_err(|_| MapError::Vector {
-                id: id.into(),
-                vector,
-            })?;
-        if let Err(source) = self.vm.set_gsi_routing(&table) {
-            routing.pop();
-            return Err(MapError::Wire {
-                id: id.into(),
-                what: "KVM_SET_GSI_ROUTING",
-                source,
-            });
-        }
-        Ok(gsi)
     }
 
     /// Every live mapping's key and a duplicate of its memory descriptor,
@@ -938,7 +884,9 @@ mod tests {
     fn the_hcall_page_reads_its_magic_and_ignores_stray_writes() {
         let kvm = kvm_ioctls::Kvm::new().unwrap();
         let vm = Arc::new(kvm.create_vm().unwrap());
-        let maps = Arc::new(GrantMaps::new(vm, 16 << 20, 32, 21..24, Vec::new()));
+        vm.create_irq_chip().unwrap();
+        let irq = Arc::new(Interrupts::new(vm.clone()).unwrap());
+        let maps = Arc::new(GrantMaps::new(vm, 16 << 20, 32, irq));
         let mut dev = HcallDevice::new(maps);
         let mut b = [0u8; 4];
         dev.read(regs::MAGIC, &mut b);
@@ -972,7 +920,9 @@ mod tests {
     fn mappings_stay_inside_the_windows_and_apart() {
         let kvm = kvm_ioctls::Kvm::new().unwrap();
         let vm = Arc::new(kvm.create_vm().unwrap());
-        let maps = GrantMaps::new(vm, 64 << 20, kvm.get_nr_memslots(), 21..24, Vec::new());
+        vm.create_irq_chip().unwrap();
+        let irq = Arc::new(Interrupts::new(vm.clone()).unwrap());
+        let maps = GrantMaps::new(vm, 64 << 20, kvm.get_nr_memslots(), irq);
         assert_eq!(maps.high_start(), 4 << 30);
         let a = maps
             .map(

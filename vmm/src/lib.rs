@@ -7,6 +7,8 @@
 //! - [`boot`]: kernel/initrd/cmdline loading, boot_params or PVH start info,
 //!   the boot vCPU's GDT, page tables and registers.
 //! - [`cpuid`]: per-vCPU CPUID filtering.
+//! - [`interrupts`]: GSI routing and the allocator devices get their
+//!   interrupt lines from (IO-APIC pins, MSI routes for doorbells).
 //! - [`devices`]: the bus, serial console, i8042, ACPI power port, exit signal.
 //! - [`vcpu`]: vCPU configuration and the KVM_RUN loop (one thread each).
 //! - [`control`]: the control channel to the partition manager and the
@@ -25,6 +27,7 @@ pub mod control;
 pub mod cpuid;
 pub mod devices;
 pub mod grants;
+pub mod interrupts;
 pub mod memory;
 pub mod vcpu;
 
@@ -34,6 +37,7 @@ use crate::devices::exit::{ExitReason, ExitSignal};
 use crate::devices::legacy::{AcpiPowerPort, ResetTrigger, I8042};
 use crate::devices::serial::{ConsoleOut, EventFdTrigger, SerialPort, COM1_BASE, COM1_IRQ};
 use crate::devices::virtio::VirtioDevices;
+use crate::interrupts::Interrupts;
 use crate::memory::GuestRam;
 use crate::vcpu::Vcpu;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
@@ -74,6 +78,8 @@ pub enum VmmError {
     Vcpu(#[from] vcpu::VcpuError),
     #[error(transparent)]
     Virtio(#[from] devices::virtio::VirtioError),
+    #[error(transparent)]
+    Interrupt(#[from] interrupts::InterruptError),
     #[error("cannot open console file {0}: {1}")]
     Console(PathBuf, std::io::Error),
     #[error("cannot set up {0}: {1}")]
@@ -159,20 +165,18 @@ impl Vmm {
         };
         vm.create_pit2(pit)
             .map_err(|e| VmmError::Kvm("KVM_CREATE_PIT2", e))?;
-        let routing = set_gsi_routing(&vm)?;
+        let interrupts = Arc::new(Interrupts::new(vm.clone())?);
 
         // 4. virtio-mmio devices (disks) on the MMIO bus.
         let mut mmio = Bus::new();
         let guest_memory = vm_memory::GuestMemoryAtomic::new(ram.memory.clone());
-        let virtio = VirtioDevices::new(&vm, &guest_memory, &config.disks, &mut mmio)?;
+        let virtio = VirtioDevices::new(&vm, &guest_memory, &config.disks, &mut mmio, &interrupts)?;
         // Grant windows and the hcall page (shared segments, see grants.rs).
-        let first_free_gsi = devices::virtio::VIRTIO_GSI_BASE + config.disks.len() as u32;
         let grants = Arc::new(grants::GrantMaps::new(
             vm.clone(),
             ram.size,
             kvm.get_nr_memslots(),
-            first_free_gsi..acpi::IOAPIC_PINS,
-            routing,
+            interrupts.clone(),
         ));
         let grant_err = |e: devices::bus::BusError| VmmError::Setup("grant windows", e.to_string());
         for (base, len) in [
@@ -229,8 +233,8 @@ impl Vmm {
         );
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK)
             .map_err(|e| VmmError::Setup("serial eventfd", e.to_string()))?;
-        vm.register_irqfd(&serial_irq, COM1_IRQ)
-            .map_err(|e| VmmError::Kvm("KVM_IRQFD (serial)", e))?;
+        let gsi = interrupts.claim(COM1_IRQ, "serial")?;
+        interrupts.connect(&serial_irq, gsi)?;
         let out: Box<dyn Write + Send> = match &config.console {
             Console::Stdout => Box::new(std::io::stdout()),
             Console::None => Box::new(std::io::sink()),
@@ -362,47 +366,6 @@ impl Vmm {
         }
         Ok(self.exit.reason().unwrap_or(ExitReason::PowerOff))
     }
-}
-
-/// GSI routing as a PC has it and as the MADT says (ISA IRQ 0 -> GSI 2):
-/// GSIs 0-15 reach the 8259s, GSI 0 (the PIT) reaches IO-APIC pin 2, every
-/// other GSI its own IO-APIC pin. KVM's default sends GSI 0 to pin 0.
-/// Returns the entries, which grant doorbells extend with MSI routes.
-fn set_gsi_routing(vm: &VmFd) -> Result<Vec<kvm_bindings::kvm_irq_routing_entry>, VmmError> {
-    use kvm_bindings::{
-        kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-        KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
-    };
-    let route = |gsi: u32, chip: u32, pin: u32| {
-        let mut e = kvm_irq_routing_entry {
-            gsi,
-            type_: KVM_IRQ_ROUTING_IRQCHIP,
-            ..Default::default()
-        };
-        e.u.irqchip.irqchip = chip;
-        e.u.irqchip.pin = pin;
-        e
-    };
-    let mut entries = Vec::new();
-    for gsi in 0..16u32 {
-        match gsi {
-            2 => {}
-            0..8 => entries.push(route(gsi, KVM_IRQCHIP_PIC_MASTER, gsi)),
-            _ => entries.push(route(gsi, KVM_IRQCHIP_PIC_SLAVE, gsi - 8)),
-        }
-    }
-    for gsi in 0..acpi::IOAPIC_PINS {
-        match gsi {
-            0 => entries.push(route(0, KVM_IRQCHIP_IOAPIC, acpi::PIT_GSI)),
-            2 => {}
-            _ => entries.push(route(gsi, KVM_IRQCHIP_IOAPIC, gsi)),
-        }
-    }
-    let routing = KvmIrqRouting::from_entries(&entries)
-        .map_err(|e| VmmError::Setup("GSI routing", format!("{e:?}")))?;
-    vm.set_gsi_routing(&routing)
-        .map_err(|e| VmmError::Kvm("KVM_SET_GSI_ROUTING", e))?;
-    Ok(entries)
 }
 
 fn kick_signal() -> i32 {

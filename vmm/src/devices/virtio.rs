@@ -9,6 +9,7 @@ use super::bus::{Bus, BusDevice, BusError};
 use super::exit::ExitSignal;
 use crate::acpi::VirtioMmioAcpi;
 use crate::config::{DiskConfig, DiskSource};
+use crate::interrupts::{InterruptError, Interrupts};
 use crate::memory::{GuestMemoryMmap, VIRTIO_MMIO_START};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -27,9 +28,9 @@ use vmm_sys_util::eventfd::EventFd;
 pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
-/// First IO-APIC pin used by virtio-mmio devices (0-4 are PIT, keyboard,
-/// cascade and COM1's neighbours).
-pub const VIRTIO_GSI_BASE: u32 = 5;
+/// The first disk's IO-APIC pin: disks ask the [`Interrupts`] allocator
+/// for their lines in order, and it starts here.
+pub const VIRTIO_GSI_BASE: u32 = crate::interrupts::FIRST_FREE_PIN;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioError {
@@ -39,6 +40,8 @@ pub enum VirtioError {
     Transport(String, virtio_devices::MmioError),
     #[error("disk {0}: KVM: {1} failed: {2}")]
     Kvm(String, &'static str, kvm_ioctls::Error),
+    #[error("disk {0}: interrupt: {1}")]
+    Interrupt(String, InterruptError),
     #[error("disk {0}: cannot create eventfd: {1}")]
     EventFd(String, std::io::Error),
     #[error("disk {0}: {1}")]
@@ -183,12 +186,14 @@ pub struct VirtioDevices {
 }
 
 impl VirtioDevices {
-    /// Creates one virtio-blk per disk and puts it on `mmio`.
+    /// Creates one virtio-blk per disk, each with an IO-APIC pin from
+    /// `interrupts`, and puts it on `mmio`.
     pub fn new(
         vm: &VmFd,
         mem: &GuestMemory,
         disks: &[DiskConfig],
         mmio: &mut Bus,
+        interrupts: &Interrupts,
     ) -> Result<Self, VirtioError> {
         let mut event_manager = EventManager::<Subscriber>::new()
             .map_err(|e| VirtioError::EventManager(format!("{e:?}")))?;
@@ -197,12 +202,14 @@ impl VirtioDevices {
         for (i, disk) in disks.iter().enumerate() {
             let id = disk.id.clone();
             let base = VIRTIO_MMIO_START + i as u64 * MMIO_REGION_SIZE;
-            let gsi = VIRTIO_GSI_BASE + i as u32;
             let device = block_device(disk)?;
+            let irq_err = |e| VirtioError::Interrupt(id.clone(), e);
+            let gsi = interrupts
+                .allocate_pin(&format!("disk {id}"))
+                .map_err(irq_err)?;
             let irq = EventFd::new(libc::EFD_NONBLOCK)
                 .map_err(|e| VirtioError::EventFd(id.clone(), e))?;
-            vm.register_irqfd(&irq, gsi)
-                .map_err(|e| VirtioError::Kvm(id.clone(), "KVM_IRQFD", e))?;
+            interrupts.connect(&irq, gsi).map_err(irq_err)?;
             let (device, handler) = match device {
                 BlockDevice::Local(block, handler) => (
                     Box::new(block) as Box<dyn VirtioDevice<GuestMemory>>,
