@@ -14,7 +14,8 @@
 //! - [`control`]: the control channel to the partition manager and the
 //!   pause barrier the vCPUs pass.
 //! - [`grants`]: segments shared by other partitions (extra memory slots in
-//!   the grant windows) and the hcall device.
+//!   the grant windows), doorbells, the hcall device and the link to the
+//!   manager they report and call through; one file per job (see its map).
 //!
 //! Data flows one way at start (config -> memory -> tables -> kernel ->
 //! devices -> vCPUs) and then stays on the vCPU threads; the main thread only
@@ -171,7 +172,7 @@ impl Vmm {
         let mut mmio = Bus::new();
         let guest_memory = vm_memory::GuestMemoryAtomic::new(ram.memory.clone());
         let virtio = VirtioDevices::new(&vm, &guest_memory, &config.disks, &mut mmio, &interrupts)?;
-        // Grant windows and the hcall page (shared segments, see grants.rs).
+        // Grant windows and the hcall page (shared segments, see grants/).
         let grants = Arc::new(grants::GrantMaps::new(
             vm.clone(),
             ram.size,
