@@ -28,6 +28,14 @@
  *                            "third", copy 16 bytes within the segment
  *                            through the manager (COPY) and see them land,
  *                            reply, watch until gone.
+ *   parvm.grant=hcall-smp    two vCPUs: the BSP issues one hcall (GRANT of
+ *                            segment 0 to "peer", rw) while the first AP,
+ *                            at CPL3 (ap_user_entry), reads the hcall
+ *                            page's MAGIC and prints a tick about every
+ *                            50 ms; once the call returns the BSP stops the
+ *                            AP, prints the status, RESULT0 and the ticks
+ *                            the AP made meanwhile, and powers off. Shows
+ *                            that a slow call holds only its own vCPU.
  *   parvm.grant=bench        the bulk-copy benchmark: copy 1 MiB from GW to
  *                            GW+1 MiB (rep movsq) 256 times and print the
  *                            TSC cycles it took; then the same within RAM.
@@ -44,7 +52,7 @@
  * rbx, rbp, r12-r15 preserved. No SSE.
  */
 
-        .set GW,            0xe0000000  /* grant window (vmm/src/grants.rs) */
+        .set GW,            0xe0000000  /* grant window (vmm/src/grants/mod.rs) */
         .set HC,            0xf0000000  /* hcall page */
         .set HC_OP,         0x08
         .set HC_STATUS,     0x0c
@@ -74,6 +82,8 @@
         .set PING_ROUNDS,   1000
         .set PING_ROUNDS_BENCH, 10000
         .set WARMUP_CYCLES, 0x2000000   /* ~10 ms */
+        .set TICK_CYCLES,   0x8000000   /* ~50 ms */
+        .set MAGIC_PVHC,    0x43485650  /* the hcall page's MAGIC */
 
 /* grant_dispatch: runs the role named on the command line (never returns);
  * returns if there is none. */
@@ -103,6 +113,11 @@ grant_dispatch:
         call    has_token
         testl   %eax, %eax
         jnz     grant_hcall_peer
+        leaq    cmdline_buf(%rip), %rdi
+        leaq    tok_grant_hcsmp(%rip), %rsi
+        call    has_token
+        testl   %eax, %eax
+        jnz     grant_hcall_smp
         leaq    cmdline_buf(%rip), %rdi
         leaq    tok_grant_bench(%rip), %rsi
         call    has_token
@@ -285,6 +300,79 @@ grant_hcall_peer:
         jmp     gr_watch
 1:      pause
         jmp     1b
+
+/* grant_smp_prepare: called before the AP bring-up; for hcall-smp, has the
+ * first AP run gr_smp_ap at CPL3 instead of halting. */
+grant_smp_prepare:
+        leaq    cmdline_buf(%rip), %rdi
+        leaq    tok_grant_hcsmp(%rip), %rsi
+        call    has_token
+        testl   %eax, %eax
+        jz      1f
+        leaq    gr_smp_ap(%rip), %rax
+        movq    %rax, ap_user_entry(%rip)
+1:      ret
+
+/* hcall-smp, the BSP's side: see the header. */
+grant_hcall_smp:
+        cmpl    $0, ap_online(%rip)
+        jne     1f
+        leaq    msg_gr_smp_alone(%rip), %rsi
+        call    puts
+        jmp     poweroff
+1:      movl    $HC, %ebx
+        movl    $0x72656570, HC_NAME(%rbx)      /* "peer" */
+        movb    $0, HC_NAME+4(%rbx)
+        movq    $0, HC_ARG0(%rbx)               /* my segment 0 */
+        movq    $RIGHTS_RW, HC_ARG1(%rbx)
+        leaq    msg_gr_smp_calling(%rip), %rsi
+        call    puts
+        movl    $1, smp_go(%rip)                /* the AP starts ticking */
+        movl    $OP_GRANT, HC_OP(%rbx)          /* returns once answered */
+        movl    smp_ticks(%rip), %r12d          /* ticks during the call */
+        movl    $1, smp_stop(%rip)
+2:      cmpl    $0, smp_stopped(%rip)           /* the AP is quiet: the */
+        jne     3f                              /* lines do not interleave */
+        pause
+        jmp     2b
+3:      leaq    msg_gr_smp_status(%rip), %rsi
+        movl    HC_STATUS(%rbx), %eax
+        call    puts_dec_then
+        leaq    msg_gr_smp_result0(%rip), %rsi
+        movq    HC_RESULT0(%rbx), %rax
+        call    puts_dec_then
+        leaq    msg_gr_smp_ticks(%rip), %rsi
+        movl    %r12d, %eax
+        call    print_line_dec
+        jmp     poweroff
+
+/* hcall-smp, the first AP's side (CPL3, entered from ap_entry64): wait for
+ * the go, then until told to stop: read MAGIC (an MMIO exit to the hcall
+ * device), count, print "tick N magic=ok|bad", wait ~50 ms. */
+gr_smp_ap:
+1:      cmpl    $0, smp_go(%rip)
+        jne     2f
+        pause
+        jmp     1b
+2:      movl    $HC, %ebx
+3:      cmpl    $0, smp_stop(%rip)
+        jne     9f
+        movl    (%rbx), %r12d                   /* MAGIC */
+        incl    smp_ticks(%rip)
+        leaq    msg_gr_smp_tick(%rip), %rsi
+        movl    smp_ticks(%rip), %eax
+        call    puts_dec_then
+        leaq    msg_gr_smp_magic_ok(%rip), %rsi
+        cmpl    $MAGIC_PVHC, %r12d
+        je      4f
+        leaq    msg_gr_smp_magic_bad(%rip), %rsi
+4:      call    puts
+        movl    $TICK_CYCLES, %edi
+        call    tsc_delay
+        jmp     3b
+9:      movl    $1, smp_stopped(%rip)
+10:     pause
+        jmp     10b
 
 /* bench: 256 copies of 1 MiB from GW to GW+1MiB (a shared segment of at
  * least 2 MiB), then 256 copies of 1 MiB within RAM (8 MiB -> 9 MiB); each
@@ -590,6 +678,10 @@ gr_read_cookie:
         .balign 8
 cookie_buf:             .quad 0, 0
 ping_rounds:            .long 0
+smp_go:                 .long 0         /* hcall-smp: BSP -> AP */
+smp_stop:               .long 0
+smp_stopped:            .long 0         /* AP -> BSP */
+smp_ticks:              .long 0
 halt_requested:         .byte 0         /* gr_wait_irq's ud2 means: halt */
 
 tok_grant_owner:        .asciz "parvm.grant=owner"
@@ -597,6 +689,7 @@ tok_grant_peer:         .asciz "parvm.grant=peer"
 tok_grant_reader:       .asciz "parvm.grant=reader"
 tok_grant_hcowner:      .asciz "parvm.grant=hcall-owner"
 tok_grant_hcpeer:       .asciz "parvm.grant=hcall-peer"
+tok_grant_hcsmp:        .asciz "parvm.grant=hcall-smp"
 tok_grant_bench:        .asciz "parvm.grant=bench"
 tok_grant_ping:         .asciz "parvm.grant=ping"
 tok_grant_pingbench:    .asciz "parvm.grant=pingbench"
@@ -631,3 +724,11 @@ msg_gr_ping_start:      .asciz "parvm-guest: doorbell ping start\n"
 msg_gr_ping_done:       .asciz "parvm-guest: doorbell ping rounds="
 msg_gr_cycles:          .asciz " cycles="
 msg_gr_pong:            .asciz "parvm-guest: doorbell pong ready\n"
+msg_gr_smp_alone:       .asciz "parvm-guest: grant hcall smp needs a second vCPU\n"
+msg_gr_smp_calling:     .asciz "parvm-guest: grant hcall smp calling\n"
+msg_gr_smp_tick:        .asciz "parvm-guest: grant hcall smp tick "
+msg_gr_smp_magic_ok:    .asciz " magic=ok\n"
+msg_gr_smp_magic_bad:   .asciz " magic=bad\n"
+msg_gr_smp_status:      .asciz "parvm-guest: grant hcall smp status="
+msg_gr_smp_result0:     .asciz " result0="
+msg_gr_smp_ticks:       .asciz " ticks="

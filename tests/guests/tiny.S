@@ -373,11 +373,32 @@ ap_entry64:
         movl    $1, %eax                        /* ticket -> private stack */
         lock xaddl %eax, ap_ticket(%rip)
         incl    %eax
+        movl    %eax, %r8d                      /* r8d = ticket (1 = first AP) */
         shll    $9, %eax                        /* * AP_STACK_SIZE */
         leaq    ap_stacks(%rip), %rsp
         addq    %rax, %rsp
         lidt    idt_ptr(%rip)
         lock incl ap_online(%rip)               /* "I am up" */
+        movq    ap_user_entry(%rip), %rax       /* work for the first AP? */
+        testq   %rax, %rax
+        jz      1f
+        cmpl    $1, %r8d
+        jne     1f
+        /* Drop to CPL3 at ap_user_entry. The I/O bitmap (what lets CPL3 use
+         * COM1 under PVM) is in the BSP's TSS: load that one here too,
+         * clearing the busy bit the BSP's ltr set. The two CPUs then share
+         * RSP0, which is fine as long as this AP takes no interrupt or
+         * exception (nothing targets it: its local APIC stays disabled). */
+        andb    $0xfd, gdt + TSS_SEL + 5(%rip)
+        movw    $TSS_SEL, %dx
+        ltr     %dx
+        pushq   $(UDATA | 3)                    /* SS */
+        leaq    ap_ustack_top(%rip), %rdx
+        pushq   %rdx                            /* RSP */
+        pushq   $0x3202                         /* RFLAGS: IOPL=3, IF, bit 1 */
+        pushq   $(UCODE64 | 3)                  /* CS */
+        pushq   %rax                            /* RIP */
+        iretq
 1:      cli
         hlt
         jmp     1b
@@ -461,7 +482,8 @@ user_main:
         /* cpus=<N> from the ACPI MADT */
         call    acpi_count_cpus
 
-        /* SMP bring-up */
+        /* SMP bring-up (grant.S may give the first AP work at CPL3) */
+        call    grant_smp_prepare
         call    smp_start_aps
 
         /* cpl=<CS & 3> */
@@ -967,6 +989,7 @@ ncpus:          .long 0         /* enabled local APICs in the MADT */
 bsp_id:         .long 0
                 .long 0
 irq_count:      .quad 0         /* interrupts (vectors >= 32) taken */
+ap_user_entry:  .quad 0         /* if set, the first AP runs it at CPL3 */
 triple_requested: .byte 0       /* CPL3 asked for a triple fault */
 mem_bytes:      .quad 0
 rsdp_addr:      .quad 0
@@ -1110,6 +1133,8 @@ kstack_top:
 ustack:         .skip 65536
 ustack_top:
 ap_stacks:      .skip (MAX_CPUS + 1) * AP_STACK_SIZE
+ap_ustack:      .skip 4096      /* the first AP's CPL3 stack (ap_user_entry) */
+ap_ustack_top:
 apic_ids:       .skip MAX_CPUS
 cmdline_buf:    .skip CMDLINE_MAX
 _kernel_bss_end:                /* asserts.ld: below 2 MiB (blk.S's BLK_DATA) */

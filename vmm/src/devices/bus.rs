@@ -1,13 +1,32 @@
 //! A bus of address ranges (port I/O or MMIO): devices are registered by
 //! `[base, base + len)` and receive accesses as offsets into their range.
+//!
+//! Each access locks the one device it reaches, for as long as the device
+//! takes. A write that has to wait for something outside the VMM (an hcall
+//! waiting for the partition manager) does not wait there: the device
+//! returns a [`Completion`], which the bus runs on the writing vCPU's thread
+//! after it has unlocked the device, so other vCPUs keep reaching it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+
+/// The rest of a write, run by the bus once the device is unlocked; the
+/// guest's write instruction completes (its vCPU re-enters the guest) only
+/// after it has run. Cloud Hypervisor's `BusDevice::write` returns a
+/// barrier for the same purpose.
+pub type Completion = Box<dyn FnOnce() + Send>;
 
 /// A device that answers reads and writes at offsets into its range.
 pub trait BusDevice: Send {
     fn read(&mut self, offset: u64, data: &mut [u8]);
     fn write(&mut self, offset: u64, data: &[u8]);
+    /// What the bus calls for a write: a device whose write may have to
+    /// wait returns the waiting part as a [`Completion`] instead of doing it
+    /// under its lock. Most devices finish at once and need not override it.
+    fn write_deferred(&mut self, offset: u64, data: &[u8]) -> Option<Completion> {
+        self.write(offset, data);
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -66,11 +85,15 @@ impl Bus {
         }
     }
 
-    /// Forwards a write; returns false if no device claims it.
+    /// Forwards a write, and runs its [`Completion`] (if any) once the
+    /// device is unlocked; returns false if no device claims it.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((offset, dev)) => {
-                lock(dev).write(offset, data);
+                let completion = lock(dev).write_deferred(offset, data);
+                if let Some(finish) = completion {
+                    finish();
+                }
                 true
             }
             None => false,
@@ -114,6 +137,60 @@ mod tests {
         assert!(!bus.read(0x3f7, &mut b));
         // An access straddling the end of the range is not claimed.
         assert!(!bus.write(0x3ff, &[0, 0]));
+    }
+
+    /// Every write leaves a completion that waits for a message.
+    struct Slow {
+        release: Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
+        done: Arc<Mutex<bool>>,
+    }
+    impl BusDevice for Slow {
+        fn read(&mut self, _offset: u64, data: &mut [u8]) {
+            data.fill(0x5a);
+        }
+        fn write(&mut self, _offset: u64, _data: &[u8]) {}
+        fn write_deferred(&mut self, _offset: u64, _data: &[u8]) -> Option<Completion> {
+            let (release, done) = (self.release.clone(), self.done.clone());
+            Some(Box::new(move || {
+                let _ = lock(&release).recv();
+                *lock(&done) = true;
+            }))
+        }
+    }
+
+    #[test]
+    fn a_waiting_write_leaves_the_device_unlocked() {
+        let (release, wait) = std::sync::mpsc::channel();
+        let done = Arc::new(Mutex::new(false));
+        let slow = Slow {
+            release: Arc::new(Mutex::new(wait)),
+            done: done.clone(),
+        };
+        let mut bus = Bus::new();
+        bus.insert(0x1000, 0x10, Arc::new(Mutex::new(slow)))
+            .unwrap();
+        let bus = Arc::new(bus);
+        let writer = {
+            let bus = bus.clone();
+            std::thread::spawn(move || assert!(bus.write(0x1000, &[1])))
+        };
+        // While the write waits, another thread reads the same device (a
+        // device still locked would leave it waiting: no answer in time).
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let (read_tx, read) = std::sync::mpsc::channel();
+        let reader = bus.clone();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 1];
+            let claimed = reader.read(0x1004, &mut b);
+            let _ = read_tx.send((claimed, b[0]));
+        });
+        let answer = read.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(answer, Ok((true, 0x5a)), "the device stayed locked");
+        assert!(!*done.lock().unwrap(), "completed too early");
+        assert!(!writer.is_finished(), "the write did not wait");
+        release.send(()).unwrap();
+        writer.join().unwrap();
+        assert!(*done.lock().unwrap());
     }
 
     #[test]

@@ -3,9 +3,9 @@
 
 use super::hcall::{decode_call, regs};
 use super::GrantMaps;
-use crate::devices::bus::BusDevice;
+use crate::devices::bus::{lock, BusDevice, Completion};
 use parvm_protocol::HcallOutcome;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A grant window on the MMIO bus: sees only what exits (see the module
 /// documentation).
@@ -27,10 +27,33 @@ impl BusDevice for GrantWindow {
 }
 
 /// The hcall page: a register file the guest fills, then a write of the
-/// opcode runs the call (the vCPU waits for the manager's answer).
+/// opcode runs the call. The writing vCPU waits for the manager's answer
+/// in the write's [`Completion`], outside the bus's lock on this device:
+/// other vCPUs keep reading and writing the page meanwhile.
 pub struct HcallDevice {
     maps: Arc<GrantMaps>,
-    file: [u8; regs::END as usize],
+    /// Its own lock: a call's outcome is written into it by the completion,
+    /// after the bus has let go of the device.
+    file: Arc<Mutex<Registers>>,
+}
+
+/// The registers as the guest sees them.
+struct Registers([u8; regs::END as usize]);
+
+impl Registers {
+    fn put(&mut self, offset: u64, bytes: &[u8]) {
+        let o = offset as usize;
+        self.0[o..o + bytes.len()].copy_from_slice(bytes);
+    }
+
+    fn set_outcome(&mut self, outcome: &HcallOutcome) {
+        self.put(regs::STATUS, &outcome.status.to_le_bytes());
+        self.put(regs::RESULT0, &outcome.result0.to_le_bytes());
+        self.put(regs::RESULT1, &outcome.result1.to_le_bytes());
+        if let Some(c) = &outcome.cookie {
+            self.put(regs::COOKIE, &c.0);
+        }
+    }
 }
 
 impl HcallDevice {
@@ -38,29 +61,34 @@ impl HcallDevice {
         let mut file = [0u8; regs::END as usize];
         file[0..4].copy_from_slice(&regs::MAGIC_VALUE.to_le_bytes());
         file[4..8].copy_from_slice(&regs::ABI_VERSION.to_le_bytes());
-        HcallDevice { maps, file }
+        HcallDevice {
+            maps,
+            file: Arc::new(Mutex::new(Registers(file))),
+        }
     }
 
-    fn put(&mut self, offset: u64, bytes: &[u8]) {
-        let o = offset as usize;
-        self.file[o..o + bytes.len()].copy_from_slice(bytes);
-    }
-
-    fn run(&mut self, opcode: u32) {
-        let outcome = match decode_call(opcode, &self.file) {
-            Ok(call) => self.maps.link.call(call),
-            Err(status) => HcallOutcome {
-                status,
-                result0: 0,
-                result1: 0,
-                cookie: None,
-            },
-        };
-        self.put(regs::STATUS, &outcome.status.to_le_bytes());
-        self.put(regs::RESULT0, &outcome.result0.to_le_bytes());
-        self.put(regs::RESULT1, &outcome.result1.to_le_bytes());
-        if let Some(c) = outcome.cookie {
-            self.put(regs::COOKIE, &c.0);
+    /// Starts the call the registers describe (its inputs are read now);
+    /// the completion waits for the answer and fills in the outputs.
+    fn start(&self, opcode: u32) -> Option<Completion> {
+        let decoded = decode_call(opcode, &lock(&self.file).0);
+        match decoded {
+            Ok(call) => {
+                let pending = self.maps.link.start(call);
+                let (maps, file) = (self.maps.clone(), self.file.clone());
+                Some(Box::new(move || {
+                    let outcome = maps.link.wait(pending);
+                    lock(&file).set_outcome(&outcome);
+                }))
+            }
+            Err(status) => {
+                lock(&self.file).set_outcome(&HcallOutcome {
+                    status,
+                    result0: 0,
+                    result1: 0,
+                    cookie: None,
+                });
+                None
+            }
         }
     }
 }
@@ -69,26 +97,33 @@ impl BusDevice for HcallDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let end = offset.saturating_add(data.len() as u64);
         if end <= regs::END {
-            data.copy_from_slice(&self.file[offset as usize..end as usize]);
+            data.copy_from_slice(&lock(&self.file).0[offset as usize..end as usize]);
         } else {
             data.fill(0);
         }
     }
 
+    /// A write outside the bus: a call waits for its answer right here.
     fn write(&mut self, offset: u64, data: &[u8]) {
+        if let Some(finish) = self.write_deferred(offset, data) {
+            finish();
+        }
+    }
+
+    fn write_deferred(&mut self, offset: u64, data: &[u8]) -> Option<Completion> {
         let end = offset.saturating_add(data.len() as u64);
         if offset == regs::OP && (data.len() == 4 || data.len() == 8) {
             let mut b = [0u8; 4];
             b.copy_from_slice(&data[..4]);
-            self.run(u32::from_le_bytes(b));
-            return;
+            return self.start(u32::from_le_bytes(b));
         }
         // Writable: arguments, cookies, name.
         let writable = (offset >= regs::ARG0 && end <= regs::RESULT0)
             || (offset >= regs::COOKIE && end <= regs::END);
         if writable {
-            self.put(offset, data);
+            lock(&self.file).put(offset, data);
         }
+        None
     }
 }
 

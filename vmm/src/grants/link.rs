@@ -41,18 +41,26 @@ impl ManagerLink {
         self.arrived.notify_all();
     }
 
-    /// Sends an hcall and waits for its answer.
-    pub fn call(&self, call: Hcall) -> HcallOutcome {
+    /// Sends an hcall; its answer is collected with [`ManagerLink::wait`].
+    pub fn start(&self, call: Hcall) -> PendingCall {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let sent = self.send(VmmMessage::Hcall { seq, call });
+        PendingCall {
+            seq: sent.then_some(seq),
+        }
+    }
+
+    /// Waits for the answer to `pending` (at most [`HCALL_TIMEOUT`]).
+    pub fn wait(&self, pending: PendingCall) -> HcallOutcome {
         let fail = |status| HcallOutcome {
             status,
             result0: 0,
             result1: 0,
             cookie: None,
         };
-        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-        if !self.send(VmmMessage::Hcall { seq, call }) {
+        let Some(seq) = pending.seq else {
             return fail(status::NO_MANAGER);
-        }
+        };
         let deadline = Instant::now() + HCALL_TIMEOUT;
         let mut results = lock(&self.results);
         loop {
@@ -70,4 +78,15 @@ impl ManagerLink {
             };
         }
     }
+
+    /// Sends an hcall and waits for its answer.
+    pub fn call(&self, call: Hcall) -> HcallOutcome {
+        self.wait(self.start(call))
+    }
+}
+
+/// An hcall on its way to the manager (or that found no manager).
+#[must_use = "an hcall's answer must be waited for"]
+pub struct PendingCall {
+    seq: Option<u64>,
 }
