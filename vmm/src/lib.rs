@@ -2,6 +2,10 @@
 //!
 //! Module map (boot follows this order, see [`Vmm::new`] and [`Vmm::run`]):
 //! - [`config`]: the partition definition (JSON + flags) and its checks.
+//! - [`builder`]: the boot steps `Vmm::new` calls in order (`create_vm`,
+//!   `attach_memory`, `attach_irqchip`, then `attach_*` on a [`builder::Machine`]
+//!   for the legacy devices, grants, virtio disks, ACPI tables, the kernel
+//!   and the vCPUs).
 //! - [`memory`]: the guest physical layout and guest RAM as a memfd.
 //! - [`acpi`]: RSDP/XSDT/FADT/MADT/DSDT so Linux finds every vCPU and device.
 //! - [`boot`]: kernel/initrd/cmdline loading, boot_params or PVH start info,
@@ -17,12 +21,14 @@
 //!   the grant windows), doorbells, the hcall device and the link to the
 //!   manager they report and call through; one file per job (see its map).
 //!
-//! Data flows one way at start (config -> memory -> tables -> kernel ->
-//! devices -> vCPUs) and then stays on the vCPU threads; the main thread only
-//! forwards console input and waits for an [`devices::exit::ExitReason`].
+//! Data flows one way at start (config -> VM -> memory -> interrupt lines ->
+//! devices -> tables -> kernel -> vCPUs) and then stays on the vCPU threads;
+//! the main thread only forwards console input and waits for an
+//! [`devices::exit::ExitReason`].
 
 pub mod acpi;
 pub mod boot;
+pub mod builder;
 pub mod config;
 pub mod control;
 pub mod cpuid;
@@ -32,30 +38,23 @@ pub mod interrupts;
 pub mod memory;
 pub mod vcpu;
 
-use crate::config::{Console, PartitionConfig};
-use crate::devices::bus::{lock, Bus};
+use crate::builder::Machine;
+use crate::config::PartitionConfig;
+use crate::devices::bus::lock;
 use crate::devices::exit::{ExitReason, ExitSignal};
-use crate::devices::legacy::{AcpiPowerPort, ResetTrigger, I8042};
-use crate::devices::serial::{ConsoleOut, EventFdTrigger, SerialPort, COM1_BASE, COM1_IRQ};
+use crate::devices::serial::SerialPort;
 use crate::devices::virtio::VirtioDevices;
-use crate::interrupts::Interrupts;
 use crate::memory::GuestRam;
 use crate::vcpu::Vcpu;
-use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use std::ffi::CString;
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::thread::JoinHandleExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use vm_superio::Serial;
-use vmm_sys_util::eventfd::EventFd;
 
 /// Default KVM device.
 pub const KVM_DEVICE: &str = "/dev/kvm";
-/// Where KVM's task-state segment goes (Intel needs three pages below 4 GiB).
-const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -134,176 +133,27 @@ pub struct Vmm {
 }
 
 impl Vmm {
-    /// Builds the partition, step by step, up to the first KVM_RUN.
+    /// Builds the partition, step by step, up to the first KVM_RUN (each
+    /// step is in [`builder`]).
     pub fn new(config: PartitionConfig, kvm_path: &Path) -> Result<Self, VmmError> {
-        // 1. KVM and its capabilities.
-        let kvm = open_kvm(kvm_path)?;
-        let max = kvm.get_max_vcpus();
-        if usize::from(config.vcpus) > max {
-            return Err(VmmError::TooManyVcpus {
-                wanted: config.vcpus,
-                max,
-            });
-        }
-        let vm = Arc::new(
-            kvm.create_vm()
-                .map_err(|e| VmmError::Kvm("KVM_CREATE_VM", e))?,
-        );
-
-        // 2. Guest RAM (a memfd) and its memory slots.
-        let ram = GuestRam::new(config.memory_mib)?;
-        ram.register(&vm)
-            .map_err(|e| VmmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
-
-        // 3. In-kernel interrupt controllers and timer.
-        vm.set_tss_address(KVM_TSS_ADDRESS)
-            .map_err(|e| VmmError::Kvm("KVM_SET_TSS_ADDR", e))?;
-        vm.create_irq_chip()
-            .map_err(|e| VmmError::Kvm("KVM_CREATE_IRQCHIP", e))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit)
-            .map_err(|e| VmmError::Kvm("KVM_CREATE_PIT2", e))?;
-        let interrupts = Arc::new(Interrupts::new(vm.clone())?);
-
-        // 4. virtio-mmio devices (disks) on the MMIO bus.
-        let mut mmio = Bus::new();
-        let guest_memory = vm_memory::GuestMemoryAtomic::new(ram.memory.clone());
-        let virtio = VirtioDevices::new(&vm, &guest_memory, &config.disks, &mut mmio, &interrupts)?;
-        // Grant windows and the hcall page (shared segments, see grants/).
-        let grants = Arc::new(grants::GrantMaps::new(
-            vm.clone(),
-            ram.size,
-            kvm.get_nr_memslots(),
-            interrupts.clone(),
-        ));
-        let grant_err = |e: devices::bus::BusError| VmmError::Setup("grant windows", e.to_string());
-        for (base, len) in [
-            (grants::GRANT_WINDOW_START, grants::GRANT_WINDOW_SIZE),
-            (
-                grants.high_start(),
-                grants::HIGH_WINDOW_END - grants.high_start(),
-            ),
-        ] {
-            let window = grants::GrantWindow {
-                maps: grants.clone(),
-                base,
-            };
-            mmio.insert(base, len, Arc::new(Mutex::new(window)))
-                .map_err(grant_err)?;
-        }
-        let hcall = grants::HcallDevice::new(grants.clone());
-        mmio.insert(
-            grants::HCALL_BASE,
-            grants::HCALL_SIZE,
-            Arc::new(Mutex::new(hcall)),
-        )
-        .map_err(grant_err)?;
-        let mmio = Arc::new(mmio);
-
-        // 5. ACPI tables, then kernel, initrd, command line, boot info.
-        let rsdp = acpi::create_acpi_tables(
-            &ram.memory,
-            &acpi::AcpiConfig {
-                num_cpus: config.vcpus,
-                virtio_mmio: virtio.acpi.clone(),
-            },
-        )?;
-        let mut cmdline = config.cmdline.clone();
-        for dev in &virtio.cmdline {
-            cmdline.push(' ');
-            cmdline.push_str(dev);
-        }
-        let entry = boot::load(
-            &ram.memory,
-            &boot::BootSetup {
-                kernel: &config.kernel,
-                initrd: config.initrd.as_deref(),
-                cmdline: &cmdline,
-                mem_mib: config.memory_mib,
-                rsdp,
-            },
-        )?;
-        tracing::info!(partition = %config.name, entry = format_args!("{:#x}", entry.addr.0), mode = ?entry.mode, "kernel loaded");
-
-        // 6. Devices on the port-I/O bus.
-        let exit = Arc::new(
-            ExitSignal::new().map_err(|e| VmmError::Setup("exit eventfd", e.to_string()))?,
-        );
-        let serial_irq = EventFd::new(libc::EFD_NONBLOCK)
-            .map_err(|e| VmmError::Setup("serial eventfd", e.to_string()))?;
-        let gsi = interrupts.claim(COM1_IRQ, "serial")?;
-        interrupts.connect(&serial_irq, gsi)?;
-        let out: Box<dyn Write + Send> = match &config.console {
-            Console::Stdout => Box::new(std::io::stdout()),
-            Console::None => Box::new(std::io::sink()),
-            Console::File(p) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|e| VmmError::Console(p.clone(), e))?,
-            ),
-        };
-        let serial = Arc::new(Mutex::new(SerialPort(Serial::new(
-            EventFdTrigger(serial_irq),
-            ConsoleOut::new(out),
-        ))));
-        let mut pio = Bus::new();
-        let bus_err = |e: devices::bus::BusError| VmmError::Setup("port I/O bus", e.to_string());
-        pio.insert(u64::from(COM1_BASE), 8, serial.clone())
-            .map_err(bus_err)?;
-        pio.insert(
-            0x60,
-            5,
-            Arc::new(Mutex::new(I8042(vm_superio::I8042Device::new(
-                ResetTrigger(exit.clone()),
-            )))),
-        )
-        .map_err(bus_err)?;
-        pio.insert(
-            u64::from(acpi::ACPI_SHUTDOWN_PORT),
-            1,
-            Arc::new(Mutex::new(AcpiPowerPort(exit.clone()))),
-        )
-        .map_err(bus_err)?;
-        let pio = Arc::new(pio);
-
-        // 7. vCPUs: CPUID, MSRs, LAPIC; the boot vCPU gets the entry state.
-        let supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| VmmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
-        let pause = Arc::new(control::PauseGate::new());
-        let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
-        for index in 0..config.vcpus {
-            let vcpu = Vcpu::new(
-                &vm,
-                index,
-                pio.clone(),
-                mmio.clone(),
-                exit.clone(),
-                pause.clone(),
-            )?;
-            let mut cpuid = supported.clone();
-            cpuid::filter(&mut cpuid, index, config.vcpus);
-            vcpu.configure(&cpuid)?;
-            if index == 0 {
-                let sregs = boot::setup_sregs(&ram.memory, entry.mode, vcpu.sregs()?)?;
-                vcpu.set_boot_state(&boot::boot_regs(entry), &sregs)?;
-            }
-            vcpus.push(vcpu);
-        }
-
+        let (kvm, vm) = builder::create_vm(&config, kvm_path)?;
+        let ram = builder::attach_memory(&vm, config.memory_mib)?;
+        let interrupts = builder::attach_irqchip(&vm)?;
+        let mut machine = Machine::new(kvm, vm, ram, interrupts)?;
+        let serial = machine.attach_legacy_devices(&config.console)?;
+        let grants = machine.attach_grants()?;
+        let virtio = machine.attach_virtio_disks(&config.disks)?;
+        let rsdp = machine.attach_acpi_tables(config.vcpus, &virtio)?;
+        let entry = machine.load_kernel(&config, &virtio, rsdp)?;
+        let (vcpus, pause) = machine.attach_vcpus(config.vcpus, entry)?;
         Ok(Vmm {
             config,
-            _kvm: kvm,
-            _vm: vm,
+            _kvm: machine.kvm,
+            _vm: machine.vm,
             grants,
-            ram,
+            ram: machine.ram,
             vcpus,
-            exit,
+            exit: machine.exit,
             serial,
             pause,
             virtio,
