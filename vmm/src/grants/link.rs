@@ -1,7 +1,9 @@
 //! The VMM's link to the partition manager for what grants send on their
 //! own: fault reports and the guest's hcalls. The control channel installs
 //! the [`Sender`] once it is connected and hands answers back through
-//! [`ManagerLink::hcall_done`].
+//! [`ManagerLink::hcall_done`]. An hcall is sent ([`ManagerLink::start`])
+//! and waited for ([`ManagerLink::wait`]) in two steps, so the hcall device
+//! can let go of its lock in between.
 
 use crate::devices::bus::lock;
 use parvm_protocol::grant::status;
@@ -77,11 +79,6 @@ impl ManagerLink {
                 Err(p) => p.into_inner().0,
             };
         }
-    }
-
-    /// Sends an hcall and waits for its answer.
-    pub fn call(&self, call: Hcall) -> HcallOutcome {
-        self.wait(self.start(call))
     }
 }
 
