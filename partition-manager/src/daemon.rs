@@ -512,7 +512,7 @@ pub fn handle(mgr: &Arc<Manager>, request: Request) -> (Response, Option<File>) 
             definition,
             restart,
             segments,
-        } => status(mgr.define(&definition, restart, &segments)),
+        } => status(mgr.define(definition, restart, &segments)),
         Request::Undefine { name } => match mgr.undefine(&name) {
             Ok(()) => Response::Undefined { name },
             Err(e) => error_response(&e),

@@ -1,22 +1,19 @@
-//! Partition definitions as the manager takes them: vmm's JSON definition
-//! (`vmm::config::PartitionDefinition`, parsed by vmm's own code) plus two
-//! manager-side fields, `"restart": "never" | "on-failure"` and
-//! `"segments": [{"id", "size_kib" | "size", "gpa"?}]` (memory segments the
-//! partition owns), which are taken out before vmm's strict parser
-//! (`deny_unknown_fields`) sees the rest.
+//! Partition definitions as the manager takes them: parsed by the one
+//! reader of `parvm-config` ([`parvm_config::Definition`], a VMM partition or
+//! a VIOS told apart by `kind`), whose typed manager-side fields
+//! (`"restart": "never" | "on-failure"`, `"segments": [{"id", "size_kib" |
+//! "size", "gpa"?}]`, the memory segments the partition owns) travel beside
+//! the definition in a `define` request, not in it.
 //!
 //! `parctl define FILE` parses the file here (errors name the file and the
 //! field, relative paths become absolute), and the manager checks what it
-//! receives again with [`check`]: never trust the peer.
+//! receives again with [`check`] (and `vios::check` for a VIOS): never
+//! trust the peer.
 
-use parvm_protocol::{RestartPolicy, SegmentSpec};
+use parvm_config::{
+    ConfigError, Definition, PartitionConfig, PartitionDefinition, RestartPolicy, SegmentSpec,
+};
 use std::path::{Path, PathBuf};
-use vmm::config::{ConfigError, PartitionConfig, PartitionDefinition};
-
-/// The manager-side field of a definition file.
-pub const RESTART_FIELD: &str = "restart";
-/// The manager-side list of segments a partition owns.
-pub const SEGMENTS_FIELD: &str = "segments";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DefinitionError {
@@ -25,17 +22,6 @@ pub enum DefinitionError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("partition definition {path}: line {line}, column {column}: {message}")]
-    Syntax {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error("partition definition {0}: expected a JSON object")]
-    NotAnObject(PathBuf),
-    #[error("partition definition {path}: field `restart`: {message}")]
-    Restart { path: PathBuf, message: String },
     #[error("partition definition {path}: field `segments`: {message}")]
     Segments { path: PathBuf, message: String },
     #[error("partition definition {0}: field `name` is required")]
@@ -59,98 +45,51 @@ pub struct Checked {
     pub restart: RestartPolicy,
 }
 
-/// A definition file as `parctl define` sends it.
+/// A definition file as `parctl define` sends it: the definition without
+/// its manager-side fields, and those fields.
 #[derive(Debug, Clone)]
 pub struct FileDefinition {
-    pub definition: PartitionDefinition,
+    pub definition: Definition,
     pub restart: Option<RestartPolicy>,
     pub segments: Vec<SegmentSpec>,
 }
 
-/// Reads a definition file as `parctl define` does: relative paths become
-/// absolute (relative to the file), `restart` and `segments` are taken out.
+/// Reads a definition file (either kind) as `parctl define` does: relative
+/// paths become absolute (relative to the file), `restart` and `segments`
+/// are taken out and checked.
 pub fn from_file(path: &Path) -> Result<FileDefinition, DefinitionError> {
-    let read_err = |source| DefinitionError::Read {
+    let abs = std::fs::canonicalize(path).map_err(|source| DefinitionError::Read {
         path: path.to_path_buf(),
         source,
-    };
-    let abs = std::fs::canonicalize(path).map_err(read_err)?;
-    let text = std::fs::read_to_string(&abs).map_err(read_err)?;
-    let mut value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| DefinitionError::Syntax {
-            path: path.to_path_buf(),
-            line: e.line(),
-            column: e.column(),
-            message: e.to_string(),
-        })?;
-    let obj = value
-        .as_object_mut()
-        .ok_or_else(|| DefinitionError::NotAnObject(path.to_path_buf()))?;
-    let restart = match obj.remove(RESTART_FIELD) {
-        None => None,
-        Some(serde_json::Value::String(s)) => {
-            Some(s.parse().map_err(|message| DefinitionError::Restart {
-                path: path.to_path_buf(),
-                message,
-            })?)
+    })?;
+    let mut definition = Definition::from_file(&abs)?;
+    let (restart, segments) = definition.take_manager_fields();
+    parvm_config::check_segments(&segments).map_err(|message| DefinitionError::Segments {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    match &definition {
+        Definition::Partition(def) => {
+            if def.name.is_none() {
+                return Err(DefinitionError::NoName(path.to_path_buf()));
+            }
+            def.clone().validate()?;
         }
-        Some(other) => {
-            return Err(DefinitionError::Restart {
-                path: path.to_path_buf(),
-                message: format!("expected \"never\" or \"on-failure\", got {other}"),
-            })
-        }
-    };
-    let segments = match obj.remove(SEGMENTS_FIELD) {
-        None => Vec::new(),
-        Some(v) => parse_segments(v).map_err(|message| DefinitionError::Segments {
-            path: path.to_path_buf(),
-            message,
-        })?,
-    };
-    // vmm's parser names unknown fields and resolves relative paths against
-    // the file's directory (absolute here, since the path is canonical).
-    let def = PartitionDefinition::from_json(&value.to_string(), &abs)?;
-    if def.name.is_none() {
-        return Err(DefinitionError::NoName(path.to_path_buf()));
+        Definition::Vios(def) => def.validate()?,
     }
-    def.clone().validate()?;
     Ok(FileDefinition {
-        definition: def,
+        definition,
         restart,
         segments,
     })
 }
 
-/// Parses and checks a `segments` list (ids, sizes, duplicates).
-pub fn parse_segments(v: serde_json::Value) -> Result<Vec<SegmentSpec>, String> {
-    let specs: Vec<SegmentSpec> = serde_json::from_value(v).map_err(|e| e.to_string())?;
-    let mut seen = std::collections::HashSet::new();
-    for s in &specs {
-        if !parvm_protocol::grant::valid_segment_id(&s.id) {
-            return Err(format!(
-                "invalid segment id `{}`: use 1-32 characters from [A-Za-z0-9._-]",
-                s.id
-            ));
-        }
-        if !seen.insert(s.id.clone()) {
-            return Err(format!("duplicate segment id `{}`", s.id));
-        }
-        s.bytes()?;
-        if s.gpa.is_some_and(|g| !g.is_multiple_of(4096)) {
-            return Err(format!("segment `{}`: gpa is not 4 KiB aligned", s.id));
-        }
-    }
-    Ok(specs)
-}
-
-/// The manager's check of a definition received from a client.
+/// The manager's check of a partition definition received from a client.
 pub fn check(
-    value: &serde_json::Value,
+    definition: &PartitionDefinition,
     restart: RestartPolicy,
 ) -> Result<Checked, DefinitionError> {
     let origin = PathBuf::from("(received)");
-    let definition = PartitionDefinition::from_json(&value.to_string(), &origin)?;
     let name = definition
         .name
         .clone()
@@ -178,7 +117,7 @@ pub fn check(
     }
     let config = definition.clone().validate()?;
     Ok(Checked {
-        definition,
+        definition: definition.clone(),
         config,
         restart,
     })
@@ -188,6 +127,14 @@ pub fn check(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A definition as the manager receives it, then checked.
+    fn check_json(value: serde_json::Value) -> Result<Checked, String> {
+        let def = Definition::from_value(value, Path::new("(received)"))
+            .and_then(|d| d.into_partition(Path::new("(received)")))
+            .map_err(|e| e.to_string())?;
+        check(&def, RestartPolicy::Never).map_err(|e| e.to_string())
+    }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
@@ -210,13 +157,16 @@ mod tests {
             restart,
             ..
         } = from_file(&p).unwrap();
+        let Definition::Partition(def) = def else {
+            panic!("not a partition definition: {def:?}")
+        };
         assert_eq!(restart, Some(RestartPolicy::OnFailure));
         let kernel = def.kernel.clone().unwrap();
         assert!(
             kernel.is_absolute() && kernel.ends_with("k.elf"),
             "{kernel:?}"
         );
-        let checked = check(&serde_json::to_value(&def).unwrap(), RestartPolicy::Never).unwrap();
+        let checked = check(&def, RestartPolicy::Never).unwrap();
         assert_eq!(checked.config.name, "a");
     }
 
@@ -295,26 +245,11 @@ mod tests {
 
     #[test]
     fn the_manager_rejects_relative_or_missing_kernels_and_unknown_fields() {
-        let e = check(
-            &serde_json::json!({"name":"a","kernel":"k"}),
-            RestartPolicy::Never,
-        )
-        .unwrap_err()
-        .to_string();
+        let e = check_json(serde_json::json!({"name":"a","kernel":"k"})).unwrap_err();
         assert!(e.contains("not an absolute path"), "{e}");
-        let e = check(
-            &serde_json::json!({"name":"a","kernel":"/nonexistent/k"}),
-            RestartPolicy::Never,
-        )
-        .unwrap_err()
-        .to_string();
+        let e = check_json(serde_json::json!({"name":"a","kernel":"/nonexistent/k"})).unwrap_err();
         assert!(e.contains("/nonexistent/k"), "{e}");
-        let e = check(
-            &serde_json::json!({"name":"a","kernal":"/k"}),
-            RestartPolicy::Never,
-        )
-        .unwrap_err()
-        .to_string();
+        let e = check_json(serde_json::json!({"name":"a","kernal":"/k"})).unwrap_err();
         assert!(e.contains("kernal"), "{e}");
     }
 }

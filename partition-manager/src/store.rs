@@ -12,6 +12,7 @@
 //! The manager keeps the rows in memory too and writes through: every change
 //! of a record goes to [`Store::put`] before anyone is told about it.
 
+use parvm_config::Definition;
 use parvm_protocol::{DoorbellInfo, GrantInfo, PartitionState, RestartPolicy, SegmentInfo};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
@@ -43,8 +44,8 @@ pub enum StoreError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     pub name: String,
-    /// The vmm partition definition (JSON object, absolute paths).
-    pub definition: serde_json::Value,
+    /// The partition or VIOS definition (absolute paths), stored as JSON.
+    pub definition: Definition,
     pub restart: RestartPolicy,
     pub state: PartitionState,
     pub last_exit: Option<String>,
@@ -146,6 +147,11 @@ impl Store {
 
     /// Inserts or replaces a record; durable when this returns.
     pub fn put(&self, r: &Record) -> Result<(), StoreError> {
+        let definition = serde_json::to_string(&r.definition).map_err(|e| StoreError::Corrupt {
+            path: self.path.clone(),
+            name: r.name.clone(),
+            message: e.to_string(),
+        })?;
         self.conn
             .execute(
                 "INSERT INTO partitions
@@ -159,7 +165,7 @@ impl Store {
                     since = excluded.since",
                 params![
                     r.name,
-                    r.definition.to_string(),
+                    definition,
                     r.restart.as_str(),
                     r.state.as_str(),
                     r.last_exit,
@@ -446,7 +452,11 @@ mod tests {
     fn record(name: &str) -> Record {
         Record {
             name: name.into(),
-            definition: serde_json::json!({"name": name, "kernel": "/k"}),
+            definition: Definition::Partition(parvm_config::PartitionDefinition {
+                name: Some(name.into()),
+                kernel: Some("/k".into()),
+                ..Default::default()
+            }),
             restart: RestartPolicy::OnFailure,
             state: PartitionState::Defined,
             last_exit: None,

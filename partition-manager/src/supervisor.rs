@@ -17,6 +17,7 @@
 use crate::grants::{GrantError, GrantTable};
 use crate::sharing::Ack;
 use crate::store::{Record, Store, StoreError};
+use parvm_config::{Console, Definition, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
 use parvm_protocol::{
     Channel, ErrorKind, ExitStatus, ManagerMessage, PartitionState, PartitionStatus, ProtocolError,
     RestartPolicy, VmmMessage, TOKEN_ENV,
@@ -254,37 +255,34 @@ fn backoff(restarts: u32) -> Duration {
 }
 
 fn status_of(cfg: &ManagerConfig, p: &Partition) -> PartitionStatus {
-    let d = &p.rec.definition;
+    // A VIOS partition (docs/vios.md) has no vCPUs or guest RAM: 0.
+    let (vcpus, memory_mib, kernel, exports) = match &p.rec.definition {
+        Definition::Partition(d) => (
+            d.vcpus.unwrap_or(DEFAULT_VCPUS),
+            d.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
+            d.kernel
+                .as_ref()
+                .map(|k| k.display().to_string())
+                .unwrap_or_default(),
+            Vec::new(),
+        ),
+        Definition::Vios(v) => (0, 0, String::new(), v.export_names()),
+    };
     PartitionStatus {
         name: p.rec.name.clone(),
         state: p.rec.state,
         pid: p.rec.pid,
-        // A VIOS partition (docs/vios.md) has no vCPUs or guest RAM: 0.
-        vcpus: d
-            .get("vcpus")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(if crate::vios::is_vios(d) { 0 } else { 1 }),
-        memory_mib: d
-            .get("memory_mib")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(if crate::vios::is_vios(d) { 0 } else { 128 }),
-        kernel: d
-            .get("kernel")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string(),
+        vcpus,
+        memory_mib,
+        kernel,
         restart: p.rec.restart,
         restarts: p.rec.restarts,
         last_exit: p.rec.last_exit.clone(),
         attached: p.run.as_ref().is_some_and(|r| r.writer.is_some()),
         console_log: cfg.console_log(&p.rec.name).display().to_string(),
         since: p.rec.since,
-        kind: crate::vios::is_vios(d).then(|| crate::vios::KIND.to_string()),
-        exports: if crate::vios::is_vios(d) {
-            crate::vios::exports(d)
-        } else {
-            Vec::new()
-        },
+        kind: p.rec.definition.kind().map(str::to_string),
+        exports,
     }
 }
 
@@ -426,22 +424,27 @@ impl Manager {
 
     pub fn define(
         &self,
-        definition: &serde_json::Value,
+        mut definition: Definition,
         restart: RestartPolicy,
         segments: &[parvm_protocol::SegmentSpec],
     ) -> Result<PartitionStatus, ManagerError> {
-        let (name, value) = if crate::vios::is_vios(definition) {
-            // A VIOS partition: checked by the vios crate's parser.
-            let vios = crate::vios::check(definition)?;
-            let value =
-                serde_json::to_value(&vios).map_err(|e| ManagerError::BadRequest(e.to_string()))?;
-            (vios.name, value)
-        } else {
-            let checked = crate::definition::check(definition, restart)
-                .map_err(|e| ManagerError::BadRequest(e.to_string()))?;
-            let value = serde_json::to_value(&checked.definition)
-                .map_err(|e| ManagerError::BadRequest(e.to_string()))?;
-            (checked.config.name.clone(), value)
+        let (inner_restart, inner_segments) = definition.take_manager_fields();
+        if inner_restart.is_some() || !inner_segments.is_empty() {
+            return Err(ManagerError::BadRequest(
+                "`restart` and `segments` travel beside the definition, not in it".into(),
+            ));
+        }
+        let name = match &definition {
+            Definition::Vios(vios) => {
+                crate::vios::check(vios)?;
+                vios.name.clone()
+            }
+            Definition::Partition(def) => {
+                crate::definition::check(def, restart)
+                    .map_err(|e| ManagerError::BadRequest(e.to_string()))?
+                    .config
+                    .name
+            }
         };
         let mut inner = self.lock();
         if inner.parts.contains_key(&name) {
@@ -450,7 +453,7 @@ impl Manager {
         let created = crate::sharing::create_declared(&mut inner, &name, segments)?;
         let rec = Record {
             name: name.clone(),
-            definition: value,
+            definition,
             restart,
             state: PartitionState::Defined,
             last_exit: None,
@@ -845,25 +848,34 @@ impl Manager {
         // Disks served by a VIOS (`vios:<vios>/<disk>`): the grant is
         // checked and a socketpair brokered per disk; the VMM inherits its
         // ends as fds 4, 5, ... (docs/vios.md).
-        let mut vmm_definition = inner
+        let mut definition = inner
             .parts
             .get(name)
             .map(|p| p.rec.definition.clone())
             .ok_or_else(|| ManagerError::NotFound(name.into()))?;
-        let disk_fds = crate::vios::broker(inner, name, &mut vmm_definition)?;
+        let disk_fds = match &mut definition {
+            Definition::Partition(def) => crate::vios::broker(inner, name, def)?,
+            Definition::Vios(_) => Vec::new(),
+        };
         let Inner { store, parts, .. } = inner;
         let p = parts
             .get_mut(name)
             .ok_or_else(|| ManagerError::NotFound(name.into()))?;
         let io = |what: String| move |source| ManagerError::Io { what, source };
 
-        // The definition as vmm reads it; the console always goes to the log.
+        // The definition as vmm (or vios) reads it; the console always goes
+        // to the log.
         let def_path = self.cfg.definition_file(name);
-        let mut def = vmm_definition;
-        if let Some(obj) = def.as_object_mut() {
-            obj.remove("console");
+        match &mut definition {
+            Definition::Partition(def) => {
+                def.console = Some(Console::File(self.cfg.console_log(name)));
+            }
+            // A VIOS has no console.
+            Definition::Vios(def) => def.console = None,
         }
-        std::fs::write(&def_path, def.to_string())
+        let text = serde_json::to_string(&definition)
+            .map_err(|e| ManagerError::BadRequest(format!("definition of `{name}`: {e}")))?;
+        std::fs::write(&def_path, text)
             .map_err(io(format!("cannot write {}", def_path.display())))?;
         let vmm_log_path = self.cfg.vmm_log(name);
         let vmm_log = std::fs::OpenOptions::new()
@@ -897,7 +909,7 @@ impl Manager {
         let high_raw: Vec<i32> = high_fds.iter().map(|f| f.as_raw_fd()).collect();
         // A VIOS partition runs the `vios` binary next to `vmm`, with the
         // same flags.
-        let program = if crate::vios::is_vios(&p.rec.definition) {
+        let program = if p.rec.definition.is_vios() {
             crate::vios::vios_binary(&self.cfg.vmm)
         } else {
             self.cfg.vmm.clone()

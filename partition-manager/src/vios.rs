@@ -1,8 +1,8 @@
 //! VIOS partitions (kind `vios`) and the disks client partitions take from
 //! them (`"path": "vios:<vios>/<disk>"`). See docs/vios.md.
 //!
-//! - A definition with `"kind": "vios"` is parsed by the `vios` crate's own
-//!   parser ([`vios::managed::ViosDefinition`]); the manager runs it with
+//! - A definition with `"kind": "vios"` is a [`ViosDefinition`] (parsed by
+//!   `parvm-config`'s reader like any definition); the manager runs it with
 //!   the `vios` binary next to `vmm` (same flags: `--config`,
 //!   `--control-fd 3`, `--manager-socket`). It reports `Hello`/`Ready`, is
 //!   stopped with `Stop`, killed and restarted like any partition.
@@ -11,63 +11,30 @@
 //!   an accepted grant of the block resource `vios/disk` to the client,
 //!   then the manager creates a socketpair, sends the VIOS its end with
 //!   `ViosConnect {disk, client, read_only}` and gives the client's VMM the
-//!   other end as an inherited fd, rewriting the disk's path to
+//!   other end as an inherited fd, setting the disk's source to
 //!   `vhost-user-fd:N` in the definition the VMM reads.
 //! - Each export is a block resource `vios/disk` of the grant table, owned
 //!   by the VIOS ([`register_blocks`]); revoking a grant of it makes the
 //!   VIOS close that client's connections ([`disconnect`]).
 
 use crate::supervisor::{Inner, ManagerError};
-use parvm_protocol::{GrantState, ManagerMessage, PartitionState, RestartPolicy, Rights};
+use parvm_config::{Definition, DiskSource, PartitionDefinition, ViosDefinition};
+use parvm_protocol::{GrantState, ManagerMessage, PartitionState, Rights};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use vios::managed::ViosDefinition;
-use vmm::config::{VHOST_USER_FD_PREFIX, VIOS_PREFIX};
 
-pub use vios::managed::{is_vios_definition as is_vios, KIND};
+pub use parvm_config::VIOS_KIND as KIND;
 
 /// First fd number the client VMM finds its brokered sockets on (3 is the
 /// control channel).
 pub const FIRST_DISK_FD: i32 = 4;
 
-/// Reads a VIOS definition file as `parctl define` does: `restart` taken
-/// out, relative image paths made absolute.
-pub fn from_file(path: &Path) -> anyhow::Result<(serde_json::Value, Option<RestartPolicy>)> {
-    let abs = std::fs::canonicalize(path)
-        .map_err(|e| anyhow::anyhow!("cannot read VIOS definition {}: {e}", path.display()))?;
-    let text = std::fs::read_to_string(&abs)
-        .map_err(|e| anyhow::anyhow!("cannot read VIOS definition {}: {e}", path.display()))?;
-    let mut value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "VIOS definition {}: line {}, column {}: {e}",
-            path.display(),
-            e.line(),
-            e.column()
-        )
-    })?;
-    let restart = match value
-        .as_object_mut()
-        .and_then(|o| o.remove(crate::definition::RESTART_FIELD))
-    {
-        None => None,
-        Some(serde_json::Value::String(s)) => Some(s.parse().map_err(|m: String| {
-            anyhow::anyhow!("VIOS definition {}: field `restart`: {m}", path.display())
-        })?),
-        Some(other) => anyhow::bail!(
-            "VIOS definition {}: field `restart`: expected \"never\" or \"on-failure\", got {other}",
-            path.display()
-        ),
-    };
-    let def = ViosDefinition::from_json(&value.to_string(), path, abs.parent())?;
-    Ok((serde_json::to_value(&def)?, restart))
-}
-
-/// The manager's check of a received VIOS definition: the `vios` parser's
+/// The manager's check of a received VIOS definition: the definition's own
 /// checks, and every image an absolute path to an existing file.
-pub fn check(value: &serde_json::Value) -> Result<ViosDefinition, ManagerError> {
-    let def = ViosDefinition::from_json(&value.to_string(), &PathBuf::from("(received)"), None)
-        .map_err(|e| ManagerError::BadRequest(e.to_string()))?;
+pub fn check(def: &ViosDefinition) -> Result<(), ManagerError> {
+    def.validate()
+        .map_err(|e| ManagerError::BadRequest(format!("VIOS definition (received): {e}")))?;
     for d in &def.disks {
         if !d.path.is_absolute() {
             return Err(ManagerError::BadRequest(format!(
@@ -86,25 +53,7 @@ pub fn check(value: &serde_json::Value) -> Result<ViosDefinition, ManagerError> 
             )));
         }
     }
-    Ok(def)
-}
-
-/// What `parctl list/status` shows as a VIOS's exports: `id` or `id:ro`.
-pub fn exports(value: &serde_json::Value) -> Vec<String> {
-    serde_json::from_value::<ViosDefinition>(value.clone())
-        .map(|d| {
-            d.disks
-                .iter()
-                .map(|x| {
-                    if x.read_only {
-                        format!("{}:ro", x.id)
-                    } else {
-                        x.id.clone()
-                    }
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    Ok(())
 }
 
 /// The `vios` binary: next to the `vmm` binary the manager runs.
@@ -157,21 +106,13 @@ pub(crate) fn check_block_grant(
     }
 }
 
-/// Registers the exports of the VIOS definition `value` as block
-/// resources in the grant table (at define, and for every stored VIOS when
-/// the manager starts).
-pub(crate) fn register_blocks(table: &mut crate::grants::GrantTable, value: &serde_json::Value) {
-    if !is_vios(value) {
-        return;
-    }
-    match serde_json::from_value::<ViosDefinition>(value.clone()) {
-        Ok(def) => {
-            for d in &def.disks {
-                table.add_block(&def.name, &d.id, d.read_only);
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "stored VIOS definition unreadable; its disks cannot be granted")
+/// Registers the exports of a VIOS definition as block resources in the
+/// grant table (at define, and for every stored VIOS when the manager
+/// starts); nothing for a VMM partition.
+pub(crate) fn register_blocks(table: &mut crate::grants::GrantTable, definition: &Definition) {
+    if let Definition::Vios(def) = definition {
+        for d in &def.disks {
+            table.add_block(&def.name, &d.id, d.read_only);
         }
     }
 }
@@ -214,53 +155,42 @@ pub(crate) fn disconnect(inner: &Inner, resource: &str, client: &str) {
 }
 
 /// Resolve the `vios:` disks of `client`'s definition: check, broker a
-/// socketpair per disk, send the VIOS its ends, rewrite the paths to
+/// socketpair per disk, send the VIOS its ends, set the disks' sources to
 /// `vhost-user-fd:N` (N = [`FIRST_DISK_FD`], +1, ...). Returns the client's
 /// ends, to be inherited as those fds. Called with the manager's lock held,
 /// before the client's VMM is spawned.
 pub(crate) fn broker(
     inner: &mut Inner,
     client: &str,
-    definition: &mut serde_json::Value,
+    definition: &mut PartitionDefinition,
 ) -> Result<Vec<OwnedFd>, ManagerError> {
     let mut ends = Vec::new();
-    let Some(disks) = definition.get_mut("disks").and_then(|d| d.as_array_mut()) else {
-        return Ok(ends);
-    };
-    for disk in disks.iter_mut() {
-        let Some(path) = disk.get("path").and_then(|p| p.as_str()) else {
+    for disk in definition.disks.iter_mut().flatten() {
+        let DiskSource::Vios {
+            vios: vios_name,
+            disk: export,
+        } = &disk.source
+        else {
             continue;
         };
-        let Some(name) = path.strip_prefix(VIOS_PREFIX) else {
-            continue;
-        };
+        let path = disk.source.to_string();
         let fail = |m: String| ManagerError::StartFailed(client.to_string(), m);
-        let Some((vios_name, export)) = name.split_once('/') else {
-            return Err(fail(format!("disk path `{path}`: use vios:<vios>/<disk>")));
-        };
-        let (vios_name, export) = (vios_name.to_string(), export.to_string());
         let part = inner
             .parts
-            .get(&vios_name)
+            .get(vios_name)
             .ok_or_else(|| fail(format!("disk `{path}`: no partition named `{vios_name}`")))?;
-        if !is_vios(&part.rec.definition) {
+        let Definition::Vios(vios_def) = &part.rec.definition else {
             return Err(fail(format!(
                 "disk `{path}`: partition `{vios_name}` is not a VIOS"
             )));
-        }
-        let vios_def: ViosDefinition = serde_json::from_value(part.rec.definition.clone())
-            .map_err(|e| fail(format!("VIOS `{vios_name}`: {e}")))?;
+        };
         let read_only =
-            check_block_grant(inner, &vios_def, &export, client).map_err(|e| match e {
+            check_block_grant(inner, vios_def, export, client).map_err(|e| match e {
                 ManagerError::PermissionDenied(m) => ManagerError::PermissionDenied(format!(
                     "partition `{client}` did not start: {m}"
                 )),
                 other => fail(other.to_string()),
             })?;
-        let part = inner
-            .parts
-            .get(&vios_name)
-            .ok_or_else(|| fail(format!("no partition named `{vios_name}`")))?;
         let writer = match (
             &part.rec.state,
             part.run.as_ref().and_then(|r| r.writer.as_ref()),
@@ -287,8 +217,8 @@ pub(crate) fn broker(
             )
             .map_err(|e| fail(format!("cannot reach VIOS `{vios_name}`: {e}")))?;
         let fd = FIRST_DISK_FD + ends.len() as i32;
-        disk["path"] = serde_json::Value::String(format!("{VHOST_USER_FD_PREFIX}{fd}"));
         tracing::info!(partition = %client, vios = %vios_name, disk = %export, fd, read_only, "VIOS disk brokered");
+        disk.source = DiskSource::VhostUserFd(fd);
         ends.push(OwnedFd::from(client_end));
     }
     Ok(ends)
@@ -299,17 +229,10 @@ pub(crate) fn broker(
 /// that names it, and hand the client's VMM its end with
 /// `vhost_user_reconnect` (the VMM replays the in-flight requests).
 pub(crate) fn on_ready(inner: &mut Inner, vios_name: &str) {
-    let Some(vios_part) = inner.parts.get(vios_name) else {
-        return;
-    };
-    if !is_vios(&vios_part.rec.definition) {
-        return;
-    }
-    let Ok(vios_def) = serde_json::from_value::<ViosDefinition>(vios_part.rec.definition.clone())
+    let Some(Definition::Vios(vios_def)) = inner.parts.get(vios_name).map(|p| &p.rec.definition)
     else {
         return;
     };
-    let prefix = format!("{VIOS_PREFIX}{vios_name}/");
     // (client, client disk id, export)
     let mut wanted = Vec::new();
     for (client, part) in &inner.parts {
@@ -318,26 +241,22 @@ pub(crate) fn on_ready(inner: &mut Inner, vios_name: &str) {
                 part.rec.state,
                 PartitionState::Running | PartitionState::Paused
             );
+        let Definition::Partition(def) = &part.rec.definition else {
+            continue;
+        };
         if !live || client == vios_name {
             continue;
         }
-        for disk in part
-            .rec
-            .definition
-            .get("disks")
-            .and_then(|d| d.as_array())
-            .into_iter()
-            .flatten()
-        {
-            let path = disk.get("path").and_then(|p| p.as_str()).unwrap_or("");
-            let id = disk.get("id").and_then(|p| p.as_str()).unwrap_or("");
-            if let Some(export) = path.strip_prefix(&prefix) {
-                wanted.push((client.clone(), id.to_string(), export.to_string()));
+        for disk in def.disks.iter().flatten() {
+            if let DiskSource::Vios { vios, disk: export } = &disk.source {
+                if vios == vios_name {
+                    wanted.push((client.clone(), disk.id.clone(), export.clone()));
+                }
             }
         }
     }
     for (client, disk_id, export) in wanted {
-        if let Err(e) = rebroker(inner, &vios_def, &client, &disk_id, &export) {
+        if let Err(e) = rebroker(inner, vios_def, &client, &disk_id, &export) {
             tracing::warn!(partition = %client, vios = %vios_name, disk = %disk_id, error = %e, "VIOS disk not re-brokered");
         }
     }

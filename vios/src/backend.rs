@@ -42,7 +42,7 @@ use vmm_sys_util::event::{
 pub type ClientMemory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 
 /// Largest number of queues a client may use.
-pub const MAX_QUEUES: usize = 16;
+pub const MAX_QUEUES: usize = parvm_config::MAX_VIOS_QUEUES;
 
 /// Offset of `num_queues` (u16) in `struct virtio_blk_config`.
 const NUM_QUEUES_OFFSET: usize = 34;

@@ -59,6 +59,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
     }
     if let Some(config) = args.config {
         let def = ViosDefinition::from_file(&config)?;
+        def.validate()?;
         let fd = args
             .control_fd
             .context("--config needs --control-fd (the VIOS runs under the partition manager)")?;

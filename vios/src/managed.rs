@@ -23,41 +23,24 @@ use std::collections::BTreeMap;
 use std::net::Shutdown;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use parvm_protocol::{Channel, ExitStatus, ManagerMessage, Request, Response, VmmMessage, VERSION};
-use serde::Deserialize;
 use tracing::{info, warn};
 
-use crate::export::{valid_id, Export, ExportError, ExportSpec};
-use crate::server::{serve_stream, ServeOptions};
-use crate::MAX_QUEUES;
+pub use parvm_config::{ViosDefinition, ViosDisk, VIOS_KIND as KIND};
 
-/// `kind` of a VIOS partition definition.
-pub const KIND: &str = "vios";
+use crate::export::{Export, ExportError, ExportSpec};
+use crate::server::{serve_stream, ServeOptions};
 
 /// Errors of managed mode.
 #[derive(Debug, thiserror::Error)]
 pub enum ManagedError {
-    /// The definition file could not be read.
-    #[error("cannot read VIOS definition {path}: {source}")]
-    Read {
-        /// File.
-        path: PathBuf,
-        /// Underlying error.
-        #[source]
-        source: std::io::Error,
-    },
     /// The definition is not valid.
-    #[error("VIOS definition {path}: {message}")]
-    Definition {
-        /// File (or `(received)`).
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
+    #[error(transparent)]
+    Definition(#[from] parvm_config::ConfigError),
     /// An export could not be opened.
     #[error(transparent)]
     Export(#[from] ExportError),
@@ -67,108 +50,6 @@ pub enum ManagedError {
     /// The control channel failed.
     #[error("control channel: {0}")]
     Protocol(#[from] parvm_protocol::ProtocolError),
-}
-
-/// One export of a VIOS definition.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ViosDisk {
-    /// What clients name: `vios:<vios>/<id>`; also the GET_ID serial.
-    pub id: String,
-    /// The raw image.
-    pub path: PathBuf,
-    /// Export read-only.
-    #[serde(default)]
-    pub read_only: bool,
-}
-
-/// A partition definition of kind `vios`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ViosDefinition {
-    /// Always `vios`.
-    pub kind: String,
-    /// The partition name.
-    pub name: String,
-    /// The exported disks.
-    #[serde(default)]
-    pub disks: Vec<ViosDisk>,
-    /// Queues offered to each client (default 1).
-    #[serde(default)]
-    pub queues: Option<usize>,
-    /// Ignored (the manager's console log); accepted for symmetry with vmm.
-    #[serde(default)]
-    pub console: Option<String>,
-}
-
-impl ViosDefinition {
-    /// Parse and check a definition; relative image paths are taken
-    /// relative to `dir`.
-    pub fn from_json(text: &str, origin: &Path, dir: Option<&Path>) -> Result<Self, ManagedError> {
-        let bad = |message: String| ManagedError::Definition {
-            path: origin.to_path_buf(),
-            message,
-        };
-        let mut def: ViosDefinition = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-        if def.kind != KIND {
-            return Err(bad(format!("kind is `{}`, expected `{KIND}`", def.kind)));
-        }
-        let name_ok = !def.name.is_empty()
-            && def.name.len() <= 64
-            && def
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !name_ok {
-            return Err(bad(format!(
-                "invalid partition name `{}`: use 1-64 characters from [A-Za-z0-9._-]",
-                def.name
-            )));
-        }
-        if let Some(q) = def.queues {
-            if q == 0 || q > MAX_QUEUES {
-                return Err(bad(format!("queues {q} is outside 1..={MAX_QUEUES}")));
-            }
-        }
-        for (i, d) in def.disks.iter().enumerate() {
-            if !valid_id(&d.id) {
-                return Err(bad(format!(
-                    "invalid disk id `{}`: use 1-20 characters from [A-Za-z0-9._-]",
-                    d.id
-                )));
-            }
-            if def.disks[..i].iter().any(|o| o.id == d.id) {
-                return Err(bad(format!("duplicate disk id `{}`", d.id)));
-            }
-        }
-        if let Some(dir) = dir {
-            for d in &mut def.disks {
-                if d.path.is_relative() {
-                    d.path = dir.join(&d.path);
-                }
-            }
-        }
-        Ok(def)
-    }
-
-    /// Read a definition file.
-    pub fn from_file(path: &Path) -> Result<Self, ManagedError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManagedError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_json(&text, path, path.parent())
-    }
-
-    /// The export named `id`, if any.
-    pub fn disk(&self, id: &str) -> Option<&ViosDisk> {
-        self.disks.iter().find(|d| d.id == id)
-    }
-}
-
-/// Whether a definition (as JSON) is of kind `vios`.
-pub fn is_vios_definition(value: &serde_json::Value) -> bool {
-    value.get("kind").and_then(|k| k.as_str()) == Some(KIND)
 }
 
 /// Open every export of `def`.
@@ -282,7 +163,7 @@ pub fn run(
     std::env::remove_var(parvm_protocol::TOKEN_ENV);
     let exports = open_exports(&def)?;
     let options = ServeOptions {
-        queues: def.queues.unwrap_or(1),
+        queues: def.queues(),
         read_only: false,
     };
     let connections = Connections::default();
@@ -463,48 +344,5 @@ fn connect(
             connections.remove(id);
             Err(format!("cannot start a connection thread: {e}"))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::*;
-
-    #[test]
-    fn definitions_are_checked() {
-        let o = Path::new("v.json");
-        let d = ViosDefinition::from_json(
-            r#"{"kind":"vios","name":"vios1","disks":[{"id":"data","path":"d.raw"}]}"#,
-            o,
-            Some(Path::new("/srv")),
-        )
-        .unwrap();
-        assert_eq!(d.disks[0].path, PathBuf::from("/srv/d.raw"));
-        assert!(!d.disk("data").unwrap().read_only);
-        for (text, want) in [
-            (r#"{"kind":"vmm","name":"a"}"#, "expected `vios`"),
-            (r#"{"kind":"vios","name":"a b"}"#, "invalid partition name"),
-            (
-                r#"{"kind":"vios","name":"a","disks":[{"id":"","path":"x"}]}"#,
-                "invalid disk id",
-            ),
-            (
-                r#"{"kind":"vios","name":"a","disks":[{"id":"d","path":"x"},{"id":"d","path":"y"}]}"#,
-                "duplicate disk id",
-            ),
-            (
-                r#"{"kind":"vios","name":"a","kernel":"k"}"#,
-                "unknown field `kernel`",
-            ),
-            (r#"{"kind":"vios","name":"a","queues":0}"#, "queues 0"),
-        ] {
-            let e = ViosDefinition::from_json(text, o, None)
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains(want), "{text}: {e}");
-        }
-        assert!(is_vios_definition(&serde_json::json!({"kind": "vios"})));
-        assert!(!is_vios_definition(&serde_json::json!({"name": "x"})));
     }
 }

@@ -93,6 +93,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
                     .collect::<Result<_, _>>()?,
             )
         },
+        ..Default::default()
     };
     let config = file.overridden_by(flags).validate()?;
     let vmm = vmm::Vmm::new(config, &args.kvm_device)?;

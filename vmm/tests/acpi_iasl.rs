@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use vm_memory::{Bytes, GuestAddress};
 use vmm::acpi::{ACPI_SHUTDOWN_PORT, ACPI_START, IOAPIC_ADDR};
-use vmm::config::{Console, DiskConfig, PartitionDefinition};
+use vmm::config::{Console, DiskConfig, DiskSource, PartitionDefinition};
 use vmm::devices::virtio::VIRTIO_GSI_BASE;
 use vmm::memory::VIRTIO_MMIO_START;
 
@@ -171,7 +171,7 @@ fn iasl_disassembles_the_tables_the_vmm_builds() {
             std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
             DiskConfig {
                 id: format!("disk{i}"),
-                path,
+                source: DiskSource::Image(path),
                 read_only: i == 1,
             }
         })

@@ -29,7 +29,7 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 use vmm::acpi::{ACPI_START, IOAPIC_ADDR, IOAPIC_PINS};
-use vmm::config::{Console, DiskConfig, PartitionDefinition};
+use vmm::config::{Console, DiskConfig, DiskSource, PartitionDefinition};
 use vmm::devices::virtio::VIRTIO_GSI_BASE;
 use vmm::memory::{e820_map, E820_RAM, VIRTIO_MMIO_START};
 
@@ -309,7 +309,7 @@ fn expected_acpi_lines(disk: &Path) -> Vec<String> {
         console: Some(Console::None),
         disks: Some(vec![DiskConfig {
             id: "linux0".into(),
-            path: disk.to_path_buf(),
+            source: DiskSource::Image(disk.to_path_buf()),
             read_only: true,
         }]),
         ..Default::default()

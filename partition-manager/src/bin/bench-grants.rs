@@ -74,10 +74,10 @@ impl Manager {
             Vec::new()
         };
         self.call(&Request::Define {
-            definition: serde_json::json!({
+            definition: serde_json::from_value(serde_json::json!({
                 "name": name, "vcpus": 1, "memory_mib": 16,
                 "kernel": kernel, "cmdline": format!("console=ttyS0 {cmdline}"),
-            }),
+            }))?,
             restart: RestartPolicy::Never,
             segments,
         })?;

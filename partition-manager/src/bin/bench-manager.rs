@@ -85,10 +85,10 @@ fn measure(args: &Args, bin: &Path, kernel: &Path, n: usize) -> anyhow::Result<R
     let names: Vec<String> = (0..n).map(|i| format!("bench{i:03}")).collect();
     for name in &names {
         client.call(&Request::Define {
-            definition: serde_json::json!({
+            definition: serde_json::from_value(serde_json::json!({
                 "name": name, "vcpus": 1, "memory_mib": 16,
                 "kernel": kernel, "cmdline": cmdline,
-            }),
+            }))?,
             restart: RestartPolicy::Never,
             segments: Vec::new(),
         })?;

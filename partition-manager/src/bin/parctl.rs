@@ -318,30 +318,13 @@ fn log_file(answer: (Response, Vec<OwnedFd>)) -> anyhow::Result<File> {
     }
 }
 
-/// Whether a definition file is of kind `vios` (docs/vios.md); unreadable
-/// files go the usual way, which reports the error.
-fn is_vios_file(file: &std::path::Path) -> bool {
-    std::fs::read_to_string(file)
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .is_some_and(|v| partition_manager::vios::is_vios(&v))
-}
-
 fn run(args: Args) -> anyhow::Result<()> {
     let socket = args.socket.unwrap_or_else(default_socket);
     let request = match &args.command {
-        Cmd::Define { file, restart } if is_vios_file(file) => {
-            let (definition, file_restart) = partition_manager::vios::from_file(file)?;
-            Request::Define {
-                definition,
-                restart: restart.or(file_restart).unwrap_or_default(),
-                segments: Vec::new(),
-            }
-        }
         Cmd::Define { file, restart } => {
             let file = definition::from_file(file)?;
             Request::Define {
-                definition: serde_json::to_value(&file.definition)?,
+                definition: file.definition,
                 restart: restart.or(file.restart).unwrap_or_default(),
                 segments: file.segments,
             }

@@ -114,10 +114,7 @@ fn inherited_socket(id: &str, fd: i32) -> Result<UnixStream, VirtioError> {
 }
 
 fn block_device(disk: &DiskConfig) -> Result<BlockDevice, VirtioError> {
-    let source = disk
-        .source()
-        .map_err(|e| VirtioError::VhostUserFd(disk.id.clone(), -1, e.to_string()))?;
-    match source {
+    match &disk.source {
         DiskSource::Image(path) => {
             let (block, handler) = Block::<GuestMemory>::open(&BlockConfig {
                 id: disk.id.clone(),
@@ -130,15 +127,15 @@ fn block_device(disk: &DiskConfig) -> Result<BlockDevice, VirtioError> {
             VhostUserBlkDevice::connect_path(&disk.id, socket)?,
         )),
         DiskSource::VhostUserFd(fd) => {
-            let stream = inherited_socket(&disk.id, fd)?;
+            let stream = inherited_socket(&disk.id, *fd)?;
             Ok(BlockDevice::VhostUser(VhostUserBlkDevice::connect(
                 &disk.id, stream,
             )?))
         }
         DiskSource::Vios { vios, disk: export } => Err(VirtioError::UnbrokeredVios(
             disk.id.clone(),
-            vios.to_string(),
-            export.to_string(),
+            vios.clone(),
+            export.clone(),
         )),
     }
 }

@@ -9,10 +9,9 @@ use serde::{Deserialize, Serialize};
 
 /// Prefix of a cookie's printable form: `pvg1-` then 32 lowercase hex digits.
 pub const COOKIE_PREFIX: &str = "pvg1-";
-/// Segments are made of whole 4 KiB pages.
-pub const SEGMENT_PAGE: u64 = 4096;
-/// Largest segment (1 GiB).
-pub const MAX_SEGMENT_SIZE: u64 = 1 << 30;
+pub use parvm_config::manager::{
+    check_segment_size, valid_segment_id, SegmentSpec, MAX_SEGMENT_SIZE, SEGMENT_PAGE,
+};
 
 /// A grant cookie: 128 random bits naming one grant. Whoever presents it
 /// must also be its grantee, so a leaked cookie alone is worth nothing.
@@ -315,64 +314,6 @@ pub struct SharedConfig {
 /// Doorbell registers per partition (one 4 KiB page of 8-byte registers).
 pub const DOORBELLS: u32 = 512;
 
-/// A segment declared in a partition definition (`"segments": [...]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SegmentSpec {
-    pub id: String,
-    /// Size in KiB (or `size` in bytes); a multiple of 4.
-    #[serde(default)]
-    pub size_kib: Option<u64>,
-    #[serde(default)]
-    pub size: Option<u64>,
-    /// Guest physical address at which the owner maps it at start.
-    #[serde(default)]
-    pub gpa: Option<u64>,
-}
-
-/// Checks a segment id (`[A-Za-z0-9._-]`, 1-32 characters).
-pub fn valid_segment_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 32
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
-
-impl SegmentSpec {
-    /// The size in bytes, checked: whole pages, at most [`MAX_SEGMENT_SIZE`].
-    pub fn bytes(&self) -> Result<u64, String> {
-        let size = match (self.size_kib, self.size) {
-            (Some(k), None) => k
-                .checked_mul(1024)
-                .ok_or_else(|| format!("segment `{}`: size_kib {k} is too large", self.id))?,
-            (None, Some(b)) => b,
-            (Some(_), Some(_)) => {
-                return Err(format!(
-                    "segment `{}`: give size_kib or size, not both",
-                    self.id
-                ))
-            }
-            (None, None) => return Err(format!("segment `{}`: size_kib is required", self.id)),
-        };
-        check_segment_size(size).map_err(|e| format!("segment `{}`: {e}", self.id))?;
-        Ok(size)
-    }
-}
-
-/// A segment size is whole 4 KiB pages, not zero, at most 1 GiB.
-pub fn check_segment_size(size: u64) -> Result<(), String> {
-    if size == 0 || !size.is_multiple_of(SEGMENT_PAGE) {
-        return Err(format!("size {size} is not a positive multiple of 4 KiB"));
-    }
-    if size > MAX_SEGMENT_SIZE {
-        return Err(format!(
-            "size {size} exceeds the largest segment ({MAX_SEGMENT_SIZE} bytes, 1 GiB)"
-        ));
-    }
-    Ok(())
-}
-
 /// A guest's hcall, as the VMM forwards it to the manager (docs/hcall.md).
 /// The caller is the partition behind the control channel it arrives on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -511,31 +452,6 @@ mod tests {
         let long = format!("pvg1-{}", "0".repeat(10000));
         let e = long.parse::<GrantCookie>().unwrap_err().to_string();
         assert!(e.len() < 200, "{e}");
-    }
-
-    #[test]
-    fn segment_sizes_are_checked() {
-        let spec = |k: Option<u64>, b: Option<u64>| SegmentSpec {
-            id: "s".into(),
-            size_kib: k,
-            size: b,
-            gpa: None,
-        };
-        assert_eq!(spec(Some(64), None).bytes().unwrap(), 65536);
-        assert_eq!(spec(None, Some(8192)).bytes().unwrap(), 8192);
-        assert!(spec(None, None).bytes().is_err());
-        assert!(spec(Some(4), Some(4096)).bytes().is_err());
-        assert!(spec(Some(6), None).bytes().unwrap_err().contains("4 KiB"));
-        assert!(spec(Some(0), None).bytes().is_err());
-        assert!(spec(Some(u64::MAX), None).bytes().is_err());
-        assert!(spec(Some(2 << 20), None)
-            .bytes()
-            .unwrap_err()
-            .contains("exceeds"));
-        assert!(valid_segment_id("buf-0.a_b"));
-        assert!(!valid_segment_id("a/b"));
-        assert!(!valid_segment_id(""));
-        assert!(!valid_segment_id(&"x".repeat(33)));
     }
 
     #[test]

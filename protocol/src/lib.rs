@@ -1,5 +1,6 @@
 //! parvm's wire protocol: every message that crosses a process boundary
-//! (`parctl` -> manager, manager <-> VMM), and the framing that carries them.
+//! (`parctl` -> manager, manager <-> VMM, manager <-> VIOS), and the framing
+//! that carries them.
 //!
 //! Module map:
 //! - [`frame`]: the frame format (magic, version, fd count, length, JSON
@@ -7,6 +8,7 @@
 //!   beside them (SCM_RIGHTS), and [`ProtocolError`].
 //! - [`grant`]: grant cookies, rights, grant-table rows, segments and the
 //!   guest's hcalls as they travel.
+//! - [`cli`]: what every binary does at its edge (logging, one-line errors).
 //! - this file: the message types: [`Request`]/[`Response`] on the manager's
 //!   listening socket, [`VmmMessage`]/[`ManagerMessage`] on a partition's
 //!   control channel, and the shared status types.
@@ -17,10 +19,9 @@
 //! [`Response::ConsoleEnded`]); on a control channel both sides send
 //! whenever they need to. See docs/protocol.md.
 //!
-//! This crate lives under `partition-manager/` and is re-exported as
-//! `partition_manager::protocol`; it is a crate of its own only so that the
-//! `vmm` crate can use it while the manager depends on `vmm` for partition
-//! definitions.
+//! Definitions travel typed ([`parvm_config::Definition`]); this crate
+//! depends on `parvm-config` only, and every process (`vmm`, `vios`, the
+//! partition manager, `parctl`) depends on it.
 
 pub mod cli;
 pub mod frame;
@@ -32,6 +33,7 @@ pub use grant::{
     SegmentSpec, SharedConfig,
 };
 
+pub use parvm_config::{Definition, RestartPolicy};
 use serde::{Deserialize, Serialize};
 
 /// Environment variable through which the manager gives a VMM its reconnect
@@ -94,45 +96,6 @@ impl std::str::FromStr for PartitionState {
     fn from_str(s: &str) -> Result<Self, String> {
         serde_json::from_value(serde_json::Value::String(s.to_string()))
             .map_err(|_| format!("unknown partition state `{s}`"))
-    }
-}
-
-/// What the manager does when a partition's VMM fails.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RestartPolicy {
-    /// Leave it crashed.
-    #[default]
-    Never,
-    /// Start it again after a crash, with exponential backoff.
-    OnFailure,
-}
-
-impl RestartPolicy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RestartPolicy::Never => "never",
-            RestartPolicy::OnFailure => "on-failure",
-        }
-    }
-}
-
-impl std::fmt::Display for RestartPolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for RestartPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "never" => Ok(RestartPolicy::Never),
-            "on-failure" => Ok(RestartPolicy::OnFailure),
-            _ => Err(format!(
-                "unknown restart policy `{s}`: use never or on-failure"
-            )),
-        }
     }
 }
 
@@ -207,10 +170,11 @@ pub enum ErrorKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    /// Registers a partition. `definition` is a vmm partition definition
-    /// object (see `vmm::config::PartitionDefinition`) with absolute paths.
+    /// Registers a partition. `definition` is a partition or VIOS
+    /// definition ([`parvm_config::Definition`]) with absolute paths and
+    /// without the manager-side fields, which travel beside it.
     Define {
-        definition: serde_json::Value,
+        definition: Definition,
         #[serde(default)]
         restart: RestartPolicy,
         /// Memory segments the partition owns (manager-side field).
