@@ -11,7 +11,7 @@ pub const MAX_SEGMENT_SIZE: u64 = 1 << 30;
 
 /// What the manager does when a partition's VMM fails.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", try_from = "String")]
 pub enum RestartPolicy {
     /// Leave it crashed.
     #[default]
@@ -32,6 +32,13 @@ impl RestartPolicy {
 impl std::fmt::Display for RestartPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for RestartPolicy {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
     }
 }
 
@@ -183,5 +190,11 @@ mod tests {
             r#""on-failure""#
         );
         assert!("always".parse::<RestartPolicy>().is_err());
+        let e = serde_json::from_str::<RestartPolicy>(r#""always""#).unwrap_err();
+        assert!(
+            e.to_string().contains("unknown restart policy `always`"),
+            "{e}"
+        );
+        assert!(serde_json::from_str::<RestartPolicy>("1").is_err());
     }
 }

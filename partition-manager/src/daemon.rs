@@ -448,6 +448,14 @@ fn serve_connection(
                 }
                 continue;
             }
+            Err(e) if !e.is_fatal() => {
+                tracing::warn!(pid = cred.pid, error = %e, "request refused");
+                let answer = Response::error(ErrorKind::BadRequest, e.to_string());
+                if chan.send(&answer, &[]).is_err() {
+                    return;
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(pid = cred.pid, error = %e, "bad peer; closing the connection");
                 let kind = match e {
@@ -685,7 +693,7 @@ fn console_session(mgr: &Arc<Manager>, chan: &Channel, name: &str) {
                     tracing::debug!(partition = %name, error = %e, "console input not delivered");
                 }
             }
-            Ok(_) | Err(ProtocolError::Json(_)) => {
+            Ok(_) | Err(ProtocolError::Json(_) | ProtocolError::WrongFds { .. }) => {
                 let _ = chan.send(
                     &Response::error(
                         ErrorKind::BadRequest,

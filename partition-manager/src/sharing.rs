@@ -14,8 +14,8 @@ use crate::grants::{grant_key, segment_key, GrantError};
 use crate::supervisor::{now_secs, send_signal, Inner, Manager, ManagerError};
 use parvm_protocol::grant::hcall_status;
 use parvm_protocol::{
-    DoorbellInfo, GrantCookie, GrantInfo, GrantState, Hcall, HcallOutcome, ManagerMessage, Rights,
-    SegmentInfo, SegmentSpec, SharedConfig, VmmMessage,
+    DoorbellInfo, GrantCookie, GrantInfo, GrantState, Hcall, HcallOutcome, ManagerToVmm, Rights,
+    SegmentInfo, SegmentSpec, SharedConfig, ToManager,
 };
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -161,7 +161,7 @@ fn end_grants(inner: &mut Inner, ids: &[(u64, bool)], state: GrantState) -> Vec<
         let Some(writer) = run.writer.as_ref() else {
             continue;
         };
-        let msg = ManagerMessage::Unmap { key: key.clone() };
+        let msg = ManagerToVmm::Unmap { key: key.clone() };
         if let Err(e) = writer.send(&msg, &[]) {
             tracing::warn!(partition = %g.grantee, grant = g.id, error = %e, "cannot ask the VMM to unmap");
         }
@@ -284,7 +284,7 @@ fn wire_doorbell(inner: &mut Inner, id: &str, only: Option<&str>) {
         else {
             continue;
         };
-        let msg = ManagerMessage::Doorbell {
+        let msg = ManagerToVmm::Doorbell {
             id: id.to_string(),
             ring,
             gsi,
@@ -326,7 +326,7 @@ pub(crate) fn map_owned_segments(inner: &mut Inner, partition: &str) {
         else {
             continue;
         };
-        let msg = ManagerMessage::Map {
+        let msg = ManagerToVmm::Map {
             key: segment_key(&name),
             gpa,
             size,
@@ -451,18 +451,18 @@ fn send_unmap(inner: &Inner, partition: &str, key: &str) {
         .and_then(|p| p.run.as_ref())
         .and_then(|r| r.writer.as_ref())
     {
-        if let Err(e) = w.send(&ManagerMessage::Unmap { key: key.into() }, &[]) {
+        if let Err(e) = w.send(&ManagerToVmm::Unmap { key: key.into() }, &[]) {
             tracing::warn!(partition, key, error = %e, "cannot ask the VMM to unmap");
         }
     }
 }
 
 /// Map/unmap answers and fault reports from a VMM.
-pub(crate) fn on_vmm_message(mgr: &Manager, partition: &str, msg: VmmMessage) {
+pub(crate) fn on_vmm_message(mgr: &Manager, partition: &str, msg: ToManager) {
     let mut inner = mgr.lock();
     let (key, ack) = match msg {
-        VmmMessage::Mapped { key, gpa } => (key, Ack::Mapped(gpa)),
-        VmmMessage::MapFailed {
+        ToManager::Mapped { key, gpa } => (key, Ack::Mapped(gpa)),
+        ToManager::MapFailed {
             key,
             message,
             conflict,
@@ -470,8 +470,8 @@ pub(crate) fn on_vmm_message(mgr: &Manager, partition: &str, msg: VmmMessage) {
             tracing::warn!(partition, %key, %message, "VMM refused a mapping");
             (key, Ack::Failed { message, conflict })
         }
-        VmmMessage::Unmapped { key } => (key, Ack::Unmapped),
-        VmmMessage::Fault {
+        ToManager::Unmapped { key } => (key, Ack::Unmapped),
+        ToManager::Fault {
             key,
             gpa,
             write,
@@ -616,7 +616,7 @@ impl Manager {
         let seg = inner.table.segment_mut(&g.segment)?;
         let size = seg.info.size;
         let memfd = seg.memfd()?;
-        let request = ManagerMessage::Map {
+        let request = ManagerToVmm::Map {
             key: grant_key(g.id),
             gpa,
             size,
@@ -632,10 +632,10 @@ impl Manager {
         &self,
         mut inner: MutexGuard<'a, Inner>,
         partition: &str,
-        request: ManagerMessage,
+        request: ManagerToVmm,
         memfd: &File,
     ) -> (MutexGuard<'a, Inner>, Result<u64, ManagerError>) {
-        let ManagerMessage::Map { key, .. } = &request else {
+        let ManagerToVmm::Map { key, .. } = &request else {
             return (inner, Err(ManagerError::BadRequest("not a map".into())));
         };
         let ack_key = (partition.to_string(), key.clone());
@@ -699,7 +699,7 @@ impl Manager {
             return Ok((index, None));
         }
         let memfd = inner.table.segment_mut(&info.name)?.memfd()?;
-        let request = ManagerMessage::Map {
+        let request = ManagerToVmm::Map {
             key: segment_key(&info.name),
             gpa,
             size,
@@ -1111,7 +1111,7 @@ impl Manager {
             .filter(|r| r.generation == generation)
             .and_then(|r| r.writer.as_ref());
         if let Some(w) = writer {
-            if let Err(e) = w.send(&ManagerMessage::HcallDone { seq, outcome }, &[]) {
+            if let Err(e) = w.send(&ManagerToVmm::HcallDone { seq, outcome }, &[]) {
                 tracing::warn!(partition, seq, error = %e, "cannot answer an hcall");
             }
         }
@@ -1138,7 +1138,7 @@ fn map_owned_one(inner: &mut Inner, owner: &str, name: &str) {
         .and_then(|p| p.run.as_ref())
         .and_then(|r| r.writer.as_ref())
     {
-        let msg = ManagerMessage::Map {
+        let msg = ManagerToVmm::Map {
             key: segment_key(name),
             gpa,
             size,

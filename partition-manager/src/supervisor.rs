@@ -19,8 +19,8 @@ use crate::sharing::Ack;
 use crate::store::{Record, Store, StoreError};
 use parvm_config::{Console, Definition, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
 use parvm_protocol::{
-    Channel, ErrorKind, ExitStatus, ManagerMessage, PartitionState, PartitionStatus, ProtocolError,
-    RestartPolicy, VmmMessage, TOKEN_ENV,
+    Channel, ErrorKind, ExitStatus, ManagerToVios, ManagerToVmm, PartitionState, PartitionStatus,
+    ProtocolError, RestartPolicy, ToManager, TOKEN_ENV,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -635,10 +635,11 @@ impl Manager {
         };
         run.stop_requested = true;
         let (generation, pid) = (run.generation, run.pid);
-        let sent = run
-            .writer
-            .as_ref()
-            .is_some_and(|w| w.send(&ManagerMessage::Stop, &[]).is_ok());
+        let is_vios = p.rec.definition.is_vios();
+        let sent = run.writer.as_ref().is_some_and(|w| match is_vios {
+            true => w.send(&ManagerToVios::Stop, &[]).is_ok(),
+            false => w.send(&ManagerToVmm::Stop, &[]).is_ok(),
+        });
         if !sent {
             send_signal(pid, libc::SIGTERM);
         }
@@ -700,13 +701,13 @@ impl Manager {
             (
                 PartitionState::Running,
                 PartitionState::Paused,
-                ManagerMessage::Pause,
+                ManagerToVmm::Pause,
             )
         } else {
             (
                 PartitionState::Paused,
                 PartitionState::Running,
-                ManagerMessage::Resume,
+                ManagerToVmm::Resume,
             )
         };
         if p.rec.state != want_from {
@@ -720,6 +721,7 @@ impl Manager {
                 },
             });
         }
+        let is_vios = p.rec.definition.is_vios();
         let Some(run) = p.run.as_mut() else {
             return Err(ManagerError::NotFound(name.into()));
         };
@@ -730,6 +732,12 @@ impl Manager {
                 message: "its VMM has not re-attached yet",
             });
         };
+        if is_vios {
+            return Err(ManagerError::Control(
+                name.into(),
+                "a VIOS partition cannot be paused".into(),
+            ));
+        }
         run.failure = None;
         w.send(&msg, &[])
             .map_err(|e| ManagerError::Control(name.into(), e.to_string()))?;
@@ -766,8 +774,12 @@ impl Manager {
     pub fn console_input(&self, name: &str, data: Vec<u8>) -> Result<(), ManagerError> {
         let mut inner = self.lock();
         let p = Self::active_run(&mut inner, name, "it is not running")?;
+        if p.rec.definition.is_vios() {
+            // A VIOS has no console.
+            return Ok(());
+        }
         if let Some(w) = p.run.as_ref().and_then(|r| r.writer.as_ref()) {
-            w.send(&ManagerMessage::ConsoleInput { data }, &[])
+            w.send(&ManagerToVmm::ConsoleInput { data }, &[])
                 .map_err(|e| ManagerError::Control(name.into(), e.to_string()))?;
         }
         Ok(())
@@ -1003,23 +1015,26 @@ impl Manager {
     ) {
         let mut reported = None;
         loop {
-            match chan.recv::<VmmMessage>() {
-                Ok((VmmMessage::Holding { key, gpa }, fds)) => {
+            match chan.recv::<ToManager>() {
+                Ok((ToManager::Holding { key, gpa }, fds)) => {
                     crate::sharing::adopt(self, name, &key, gpa, fds);
                 }
-                Ok((VmmMessage::Hcall { seq, call }, _)) => {
+                Ok((ToManager::Hcall { seq, call }, _)) => {
                     let mgr = self.clone();
                     let name = name.to_string();
                     spawn_thread("hcall", move || mgr.hcall(&name, generation, seq, call));
                 }
                 Ok((msg, _fds)) => {
-                    if let VmmMessage::Exit { status, .. } = &msg {
+                    if let ToManager::Exit { status, .. } = &msg {
                         reported = Some(status.clone());
                     }
                     self.on_message(name, generation, msg);
                 }
                 Err(ProtocolError::Json(e)) => {
                     tracing::warn!(partition = %name, error = %e, "malformed message from the VMM ignored");
+                }
+                Err(e) if !e.is_fatal() => {
+                    tracing::warn!(partition = %name, error = %e, "message from the VMM refused");
                 }
                 Err(e) => {
                     tracing::debug!(partition = %name, error = %e, "control channel closed");
@@ -1039,7 +1054,7 @@ impl Manager {
         self.on_exit(name, generation, reported, process);
     }
 
-    fn on_message(self: &Arc<Self>, name: &str, generation: u64, msg: VmmMessage) {
+    fn on_message(self: &Arc<Self>, name: &str, generation: u64, msg: ToManager) {
         let mut inner = self.lock();
         let Inner { store, parts, .. } = &mut *inner;
         let Some(p) = parts.get_mut(name) else { return };
@@ -1047,7 +1062,7 @@ impl Manager {
             return;
         };
         let new_state = match msg {
-            VmmMessage::Hello {
+            ToManager::Hello {
                 version,
                 name: vname,
                 pid,
@@ -1058,19 +1073,19 @@ impl Manager {
                 tracing::debug!(partition = %name, pid, version, "VMM hello");
                 None
             }
-            VmmMessage::Ready => {
+            ToManager::Ready => {
                 run.ready_at = Some(Instant::now());
                 p.ready_generation = generation;
                 tracing::info!(partition = %name, pid = run.pid, "partition running");
                 (p.rec.state == PartitionState::Starting).then_some(PartitionState::Running)
             }
-            VmmMessage::Paused => Some(PartitionState::Paused),
-            VmmMessage::Resumed => Some(PartitionState::Running),
-            VmmMessage::Exit { status, code } => {
+            ToManager::Paused => Some(PartitionState::Paused),
+            ToManager::Resumed => Some(PartitionState::Running),
+            ToManager::Exit { status, code } => {
                 tracing::info!(partition = %name, status = %status.describe(), code, "VMM exiting");
                 None
             }
-            VmmMessage::Failed { message } => {
+            ToManager::Failed { message } => {
                 tracing::warn!(partition = %name, %message, "VMM reports a failed request");
                 run.failure = Some(message);
                 None

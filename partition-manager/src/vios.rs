@@ -19,7 +19,7 @@
 
 use crate::supervisor::{Inner, ManagerError};
 use parvm_config::{Definition, DiskSource, PartitionDefinition, ViosDefinition};
-use parvm_protocol::{GrantState, ManagerMessage, PartitionState, Rights};
+use parvm_protocol::{GrantState, ManagerToVios, ManagerToVmm, PartitionState, Rights};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -140,7 +140,7 @@ pub(crate) fn disconnect(inner: &Inner, resource: &str, client: &str) {
     else {
         return;
     };
-    let msg = ManagerMessage::ViosDisconnect {
+    let msg = ManagerToVios::ViosDisconnect {
         disk: block.disk.clone(),
         client: client.to_string(),
     };
@@ -208,7 +208,7 @@ pub(crate) fn broker(
         })?;
         writer
             .send(
-                &ManagerMessage::ViosConnect {
+                &ManagerToVios::ViosConnect {
                     disk: export.clone(),
                     client: client.to_string(),
                     read_only,
@@ -284,7 +284,7 @@ fn rebroker(
     })?;
     writer(&vios.name)?
         .send(
-            &ManagerMessage::ViosConnect {
+            &ManagerToVios::ViosConnect {
                 disk: export.to_string(),
                 client: client.to_string(),
                 read_only,
@@ -294,7 +294,7 @@ fn rebroker(
         .map_err(|e| ManagerError::Control(vios.name.clone(), e.to_string()))?;
     writer(client)?
         .send(
-            &ManagerMessage::VhostUserReconnect {
+            &ManagerToVmm::VhostUserReconnect {
                 disk: disk_id.to_string(),
             },
             &[client_end.as_fd()],

@@ -324,7 +324,8 @@ fn bad_cookies_rights_addresses_and_sizes_are_refused_each_with_its_own_error() 
     let chan = partition_manager::protocol::Channel::new(
         std::os::unix::net::UnixStream::connect(&env.socket).unwrap(),
     );
-    chan.send(&raw, &[]).unwrap();
+    let frame = partition_manager::protocol::frame::encode(&raw, 0).unwrap();
+    std::io::Write::write_all(&mut chan.stream(), &frame).unwrap();
     match chan.recv::<Response>().unwrap().0 {
         Response::Error { kind, message } => {
             assert_eq!(kind, ErrorKind::BadRequest);

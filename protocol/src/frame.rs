@@ -14,7 +14,10 @@
 //! alone and gets [`ProtocolError::VersionMismatch`] instead of a decoding
 //! error or a hang. Bodies are limited to [`MAX_FRAME`] bytes and
 //! [`MAX_FDS`] descriptors; anything else that does not parse is an error,
-//! never a panic.
+//! never a panic. Each message declares the descriptors that travel beside
+//! it ([`Message::fds`]); [`Channel`] refuses to send or receive a frame
+//! whose descriptors do not match, so handlers never meet a message
+//! without its fd.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -54,6 +57,13 @@ pub enum ProtocolError {
     FdMismatch { announced: usize, received: usize },
     #[error("malformed message: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("message `{message}` {}, {received} came", expected.describe())]
+    WrongFds {
+        /// The message's tag (`map`, `vios_connect`, ...).
+        message: String,
+        expected: Fds,
+        received: usize,
+    },
     #[error("timed out waiting for the peer")]
     Timeout,
     #[error("socket error: {0}")]
@@ -63,8 +73,67 @@ pub enum ProtocolError {
 impl ProtocolError {
     /// Errors after which the connection cannot carry another frame.
     pub fn is_fatal(&self) -> bool {
-        !matches!(self, ProtocolError::Json(_))
+        !matches!(
+            self,
+            ProtocolError::Json(_) | ProtocolError::WrongFds { .. }
+        )
     }
+}
+
+/// The file descriptors that travel beside one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fds {
+    /// None.
+    None,
+    /// Exactly one, of this kind (`memfd`, `eventfd`, `socket`, ...).
+    One(&'static str),
+}
+
+impl Fds {
+    /// How many.
+    pub fn count(self) -> usize {
+        match self {
+            Fds::None => 0,
+            Fds::One(_) => 1,
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Fds::None => "carries no file descriptor".into(),
+            Fds::One(what) => format!("needs exactly one {what} beside it"),
+        }
+    }
+}
+
+/// A message that travels in a frame: its JSON, and the descriptors beside
+/// it, which each variant declares.
+pub trait Message: Serialize + DeserializeOwned {
+    /// The JSON field naming the variant (`msg`, `op`, `result`).
+    const TAG: &'static str;
+    /// The descriptors that must travel beside this message.
+    fn fds(&self) -> Fds;
+    /// How many descriptors travel beside this message.
+    fn fds_expected(&self) -> usize {
+        self.fds().count()
+    }
+}
+
+/// Refuses `received` descriptors beside `msg` unless it declares them.
+fn check_fds<T: Message>(msg: &T, received: usize) -> Result<(), ProtocolError> {
+    let expected = msg.fds();
+    if expected.count() == received {
+        return Ok(());
+    }
+    let message = serde_json::to_value(msg)
+        .ok()
+        .and_then(|v| v.get(T::TAG).and_then(|t| t.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "?".into());
+    Err(ProtocolError::WrongFds {
+        message,
+        expected,
+        received,
+    })
 }
 
 /// A decoded frame header.
@@ -178,9 +247,11 @@ impl Channel {
         })
     }
 
-    /// Sends one frame with `fds` beside it.
-    pub fn send<T: Serialize>(&self, msg: &T, fds: &[BorrowedFd<'_>]) -> Result<(), ProtocolError> {
+    /// Sends one frame with `fds` beside it: exactly the descriptors the
+    /// message declares.
+    pub fn send<T: Message>(&self, msg: &T, fds: &[BorrowedFd<'_>]) -> Result<(), ProtocolError> {
         let frame = encode(msg, fds.len())?;
+        check_fds(msg, fds.len())?;
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         // The descriptors ride on the first sendmsg; a stream socket may take
         // only part of a large frame, the rest follows with plain writes.
@@ -200,10 +271,14 @@ impl Channel {
         Ok(())
     }
 
-    /// Receives one frame and the descriptors that came with it.
-    pub fn recv<T: DeserializeOwned>(&self) -> Result<(T, Vec<OwnedFd>), ProtocolError> {
+    /// Receives one frame and the descriptors that came with it: exactly
+    /// those the message declares ([`ProtocolError::WrongFds`] otherwise,
+    /// after which the channel is still usable).
+    pub fn recv<T: Message>(&self) -> Result<(T, Vec<OwnedFd>), ProtocolError> {
         let (body, fds) = self.recv_raw()?;
-        Ok((serde_json::from_slice(&body)?, fds))
+        let msg: T = serde_json::from_slice(&body)?;
+        check_fds(&msg, fds.len())?;
+        Ok((msg, fds))
     }
 
     /// Receives one frame that must arrive whole within `limit`: a peer
@@ -319,7 +394,7 @@ fn map_io(e: std::io::Error) -> ProtocolError {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::{ManagerMessage, Request, Response};
+    use crate::{ManagerToVios, ManagerToVmm, Request, Response};
     use std::io::{Read, Seek};
     use std::os::fd::AsFd;
     use std::time::Duration;
@@ -336,9 +411,12 @@ mod tests {
         let (a, b) = (Channel::new(a), Channel::new(b));
         let mut file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
         file.write_all(b"console text").unwrap();
-        let msg = Request::Status { name: "p1".into() };
+        let msg = Response::LogFile {
+            name: "p1".into(),
+            path: "/p1.log".into(),
+        };
         a.send(&msg, &[file.as_fd()]).unwrap();
-        let (got, fds): (Request, _) = b.recv().unwrap();
+        let (got, fds): (Response, _) = b.recv().unwrap();
         assert_eq!(got, msg);
         assert_eq!(fds.len(), 1);
         let mut f = std::fs::File::from(fds.into_iter().next().unwrap());
@@ -353,11 +431,11 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let (a, b) = (Channel::new(a), Channel::new(b));
         let data = vec![7u8; 300_000];
-        let msg = ManagerMessage::ConsoleInput { data: data.clone() };
+        let msg = ManagerToVmm::ConsoleInput { data: data.clone() };
         let t = std::thread::spawn(move || a.send(&msg, &[]).unwrap());
-        let (got, _): (ManagerMessage, _) = b.recv().unwrap();
+        let (got, _): (ManagerToVmm, _) = b.recv().unwrap();
         t.join().unwrap();
-        assert_eq!(got, ManagerMessage::ConsoleInput { data });
+        assert_eq!(got, ManagerToVmm::ConsoleInput { data });
     }
 
     #[test]
@@ -452,7 +530,7 @@ mod tests {
         ));
         assert!(matches!(
             encode(
-                &ManagerMessage::ConsoleInput {
+                &ManagerToVmm::ConsoleInput {
                     data: vec![0; MAX_FRAME]
                 },
                 0
@@ -491,6 +569,61 @@ mod tests {
                 received: 0
             })
         ));
+    }
+
+    #[test]
+    fn descriptors_must_be_those_the_message_declares() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (Channel::new(a), Channel::new(b));
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let connect = ManagerToVios::ViosConnect {
+            disk: "d".into(),
+            client: "c".into(),
+            read_only: false,
+        };
+        // Send refuses a missing or an extra descriptor.
+        let e = a.send(&connect, &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`vios_connect` needs exactly one socket"),
+            "{e}"
+        );
+        let e = a.send(&ManagerToVios::Stop, &[file.as_fd()]).unwrap_err();
+        assert!(e.to_string().contains("carries no file descriptor"), "{e}");
+        // So does receive, from a peer that does not check; the channel
+        // stays usable and the descriptor is not handed on.
+        let mut raw = a.stream();
+        raw.write_all(&encode(&connect, 0).unwrap()).unwrap();
+        let frame = encode(&ManagerToVmm::Stop, 1).unwrap();
+        a.stream()
+            .send_with_fds(&[&frame[..]], &[file.as_raw_fd()])
+            .unwrap();
+        let map = ManagerToVmm::Map {
+            key: "k".into(),
+            gpa: None,
+            size: 4096,
+            read_only: false,
+        };
+        raw.write_all(&encode(&map, 0).unwrap()).unwrap();
+        a.send(&map, &[file.as_fd()]).unwrap();
+        let e = b.recv::<ManagerToVios>().unwrap_err();
+        assert!(
+            matches!(&e, ProtocolError::WrongFds { received: 0, .. }) && !e.is_fatal(),
+            "{e}"
+        );
+        let e = b.recv::<ManagerToVmm>().unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`stop` carries no file descriptor, 1 came"),
+            "{e}"
+        );
+        let e = b.recv::<ManagerToVmm>().unwrap_err();
+        assert!(
+            e.to_string().contains("`map` needs exactly one memfd"),
+            "{e}"
+        );
+        let (got, fds) = b.recv::<ManagerToVmm>().unwrap();
+        assert_eq!((got, fds.len()), (map, 1));
     }
 
     #[test]

@@ -456,7 +456,7 @@ mod tests {
 
     #[test]
     fn grant_messages_keep_their_shape_and_refuse_broken_input() {
-        use crate::{ManagerMessage, Request, VmmMessage};
+        use crate::{ManagerToVmm, Request, ToManager};
         let c = "pvg1-000102030405060708090a0b0c0d0e0f";
         let r: Request = serde_json::from_str(&format!(
             r#"{{"op":"accept","cookie":"{c}","partition":"b"}}"#
@@ -478,7 +478,7 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Request>(&bad).is_err(), "{bad} accepted");
         }
-        let m = ManagerMessage::Map {
+        let m = ManagerToVmm::Map {
             key: "grant:1".into(),
             gpa: Some(0xe000_0000),
             size: 4096,
@@ -489,20 +489,20 @@ mod tests {
             j,
             r#"{"msg":"map","key":"grant:1","gpa":3758096384,"size":4096,"read_only":true}"#
         );
-        assert!(serde_json::from_str::<ManagerMessage>(
+        assert!(serde_json::from_str::<ManagerToVmm>(
             r#"{"msg":"map","key":"k","size":4096,"read_only":true,"fd":3}"#
         )
         .is_err());
-        assert!(serde_json::from_str::<ManagerMessage>(r#"{"msg":"unmap"}"#).is_err());
-        let f = VmmMessage::Fault {
+        assert!(serde_json::from_str::<ManagerToVmm>(r#"{"msg":"unmap"}"#).is_err());
+        let f = ToManager::Fault {
             key: "grant:2".into(),
             gpa: 1,
             write: true,
             count: 3,
         };
-        let back: VmmMessage = serde_json::from_str(&serde_json::to_string(&f).unwrap()).unwrap();
+        let back: ToManager = serde_json::from_str(&serde_json::to_string(&f).unwrap()).unwrap();
         assert_eq!(back, f);
-        assert!(serde_json::from_str::<VmmMessage>(
+        assert!(serde_json::from_str::<ToManager>(
             r#"{"msg":"hcall","seq":1,"call":{"call":"launch"}}"#
         )
         .is_err());

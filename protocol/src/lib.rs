@@ -8,10 +8,17 @@
 //!   beside them (SCM_RIGHTS), and [`ProtocolError`].
 //! - [`grant`]: grant cookies, rights, grant-table rows, segments and the
 //!   guest's hcalls as they travel.
+//! - [`managed`]: what a VMM and a VIOS both do as processes run by the
+//!   manager: take the inherited control socket, and after a manager
+//!   restart dial its socket again (peer checked with `SO_PEERCRED`) and
+//!   attach with the token.
 //! - [`cli`]: what every binary does at its edge (logging, one-line errors).
-//! - this file: the message types: [`Request`]/[`Response`] on the manager's
-//!   listening socket, [`VmmMessage`]/[`ManagerMessage`] on a partition's
-//!   control channel, and the shared status types.
+//! - this file: the message types, one enum per direction and peer:
+//!   [`Request`]/[`Response`] on the manager's listening socket,
+//!   [`ManagerToVmm`], [`ManagerToVios`] and [`ToManager`] on a partition's
+//!   control channel (each variant declares the descriptors beside it,
+//!   [`Message::fds`], and the [`Channel`] refuses a frame without them),
+//!   and the shared status types.
 //!
 //! Data flows in request/response pairs on the listening socket (one
 //! response per request, except `Console`, after which the client streams
@@ -26,8 +33,11 @@
 pub mod cli;
 pub mod frame;
 pub mod grant;
+pub mod managed;
 
-pub use frame::{Channel, ProtocolError, HEADER_LEN, MAGIC, MAX_FDS, MAX_FRAME, VERSION};
+pub use frame::{
+    Channel, Fds, Message, ProtocolError, HEADER_LEN, MAGIC, MAX_FDS, MAX_FRAME, VERSION,
+};
 pub use grant::{
     DoorbellInfo, GrantCookie, GrantInfo, GrantState, Hcall, HcallOutcome, Rights, SegmentInfo,
     SegmentSpec, SharedConfig,
@@ -387,11 +397,12 @@ impl ExitStatus {
     }
 }
 
-/// VMM -> manager on a control channel.
+/// VMM or VIOS -> manager on a control channel. A VIOS sends `Hello`,
+/// `Ready`, `Exit` and `Failed` only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case", deny_unknown_fields)]
-pub enum VmmMessage {
-    /// First message on a spawned VMM's channel.
+pub enum ToManager {
+    /// First message on a spawned VMM's (or VIOS's) channel.
     Hello {
         version: u16,
         name: String,
@@ -433,25 +444,37 @@ pub enum VmmMessage {
         write: bool,
         count: u64,
     },
-    /// After re-attaching: the VMM still maps `key`; its memfd travels
-    /// beside (a restarted manager adopts it as the segment's memory).
+    /// After re-attaching: the VMM still maps `key`; its memfd (or a
+    /// doorbell's eventfd) travels beside (a restarted manager adopts it as
+    /// the segment's memory).
     Holding {
         key: String,
         /// Where it is mapped (none for a doorbell).
         #[serde(default)]
         gpa: Option<u64>,
     },
-    /// A guest hcall; answered with [`ManagerMessage::HcallDone`].
+    /// A guest hcall; answered with [`ManagerToVmm::HcallDone`].
     Hcall {
         seq: u64,
         call: Hcall,
     },
 }
 
+impl Message for ToManager {
+    const TAG: &'static str = "msg";
+    fn fds(&self) -> Fds {
+        match self {
+            ToManager::Holding { key, .. } if key.starts_with("doorbell:") => Fds::One("eventfd"),
+            ToManager::Holding { .. } => Fds::One("memfd"),
+            _ => Fds::None,
+        }
+    }
+}
+
 /// Manager -> VMM on a control channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ManagerMessage {
+pub enum ManagerToVmm {
     /// Orderly shutdown: the VMM stops its vCPUs and exits 0.
     Stop,
     Pause,
@@ -478,26 +501,9 @@ pub enum ManagerMessage {
         seq: u64,
         outcome: HcallOutcome,
     },
-    /// To a VIOS partition: serve export `disk` to partition `client` on
-    /// the socket beside this frame (the VIOS end of a socketpair whose
-    /// other end the client's VMM got). See docs/vios.md.
-    ViosConnect {
-        disk: String,
-        client: String,
-        /// Serve this client read-only (its grant of the disk is `ro`),
-        /// whatever the export's own mode.
-        #[serde(default)]
-        read_only: bool,
-    },
-    /// To a VIOS partition: the grant of export `disk` to `client` was
-    /// revoked; close every connection serving it to that client.
-    ViosDisconnect {
-        disk: String,
-        client: String,
-    },
-    /// To a VMM: the VIOS serving disk `disk` (the disk id in the VMM's
-    /// definition) came back; the socket beside this frame is the new
-    /// connection to it. The VMM replays the disk's in-flight requests.
+    /// The VIOS serving disk `disk` (the disk id in the VMM's definition)
+    /// came back; the socket beside this frame is the new connection to it.
+    /// The VMM replays the disk's in-flight requests.
     VhostUserReconnect {
         disk: String,
     },
@@ -514,6 +520,67 @@ pub enum ManagerMessage {
         #[serde(default)]
         vector: Option<u8>,
     },
+}
+
+impl Message for ManagerToVmm {
+    const TAG: &'static str = "msg";
+    fn fds(&self) -> Fds {
+        match self {
+            ManagerToVmm::Map { .. } => Fds::One("memfd"),
+            ManagerToVmm::Doorbell { .. } => Fds::One("eventfd"),
+            ManagerToVmm::VhostUserReconnect { .. } => Fds::One("socket"),
+            _ => Fds::None,
+        }
+    }
+}
+
+/// Manager -> VIOS on a control channel (docs/vios.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ManagerToVios {
+    /// Orderly shutdown: the VIOS answers `Exit` and exits 0.
+    Stop,
+    /// Serve export `disk` to partition `client` on the socket beside this
+    /// frame (the VIOS end of a socketpair whose other end the client's VMM
+    /// got).
+    ViosConnect {
+        disk: String,
+        client: String,
+        /// Serve this client read-only (its grant of the disk is `ro`),
+        /// whatever the export's own mode.
+        #[serde(default)]
+        read_only: bool,
+    },
+    /// The grant of export `disk` to `client` was revoked; close every
+    /// connection serving it to that client.
+    ViosDisconnect { disk: String, client: String },
+}
+
+impl Message for ManagerToVios {
+    const TAG: &'static str = "msg";
+    fn fds(&self) -> Fds {
+        match self {
+            ManagerToVios::ViosConnect { .. } => Fds::One("socket"),
+            ManagerToVios::Stop | ManagerToVios::ViosDisconnect { .. } => Fds::None,
+        }
+    }
+}
+
+impl Message for Request {
+    const TAG: &'static str = "op";
+    fn fds(&self) -> Fds {
+        Fds::None
+    }
+}
+
+impl Message for Response {
+    const TAG: &'static str = "result";
+    fn fds(&self) -> Fds {
+        match self {
+            Response::LogFile { .. } => Fds::One("log file"),
+            _ => Fds::None,
+        }
+    }
 }
 
 #[cfg(test)]

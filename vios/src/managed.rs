@@ -9,25 +9,27 @@
 //! 2. for each `ViosConnect {disk, client, read_only}` (with the VIOS end of
 //!    a fresh socketpair beside it; the client's VMM got the other end)
 //!    serves that export on that socket in threads of its own, read-only
-//!    if asked (`Failed` when the disk is not one of its exports or no
-//!    socket came with the request); for each `ViosDisconnect {disk,
+//!    if asked (`Failed` when the disk is not one of its exports, or when
+//!    the channel refused the request because no socket came with it); for
+//!    each `ViosDisconnect {disk,
 //!    client}` (the grant was revoked) shuts down every connection serving
 //!    that export to that client;
 //! 3. on `Stop` sends `Exit` and exits 0: clients being served see their
 //!    vhost-user connection close. When the channel closes (the manager
 //!    died) the VIOS keeps serving its connected clients and, like a VMM,
 //!    connects to `--manager-socket` every 100 ms with `Attach` and its
-//!    token until a restarted manager takes it back.
+//!    token until a restarted manager takes it back
+//!    ([`parvm_protocol::managed`], shared with the VMM).
 
 use std::collections::BTreeMap;
 use std::net::Shutdown;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use parvm_protocol::{Channel, ExitStatus, ManagerMessage, Request, Response, VmmMessage, VERSION};
+use parvm_protocol::managed::{self, ManagedError as ControlFdError};
+use parvm_protocol::{Channel, ExitStatus, ManagerToVios, ProtocolError, ToManager};
 use tracing::{info, warn};
 
 pub use parvm_config::{ViosDefinition, ViosDisk, VIOS_KIND as KIND};
@@ -45,8 +47,8 @@ pub enum ManagedError {
     #[error(transparent)]
     Export(#[from] ExportError),
     /// The control fd is not a usable socket.
-    #[error("--control-fd {0}: {1}")]
-    ControlFd(RawFd, String),
+    #[error(transparent)]
+    ControlFd(#[from] ControlFdError),
     /// The control channel failed.
     #[error("control channel: {0}")]
     Protocol(#[from] parvm_protocol::ProtocolError),
@@ -67,84 +69,17 @@ pub fn open_exports(def: &ViosDefinition) -> Result<BTreeMap<String, Arc<Export>
     Ok(exports)
 }
 
-/// Take the inherited control socket.
-fn control_socket(fd: RawFd) -> Result<UnixStream, ManagedError> {
-    // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat only writes into the `stat` it is given.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return Err(ManagedError::ControlFd(
-            fd,
-            std::io::Error::last_os_error().to_string(),
-        ));
-    }
-    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        return Err(ManagedError::ControlFd(fd, "not a socket".into()));
-    }
-    // SAFETY: the fd is the inherited control socket, owned by nobody else
-    // in this process; ownership moves to the UnixStream.
-    let stream = unsafe { UnixStream::from_raw_fd(fd) };
-    // SAFETY: F_SETFD on a valid fd we own.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    Ok(stream)
-}
-
-/// How often a VIOS whose manager went away tries to reach it again.
-pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Connect to a (restarted) manager and ask for the partition back, proving
-/// identity with the token (docs/protocol.md, "Re-attaching").
-fn try_attach(name: &str, socket: &Path, token: &str) -> Result<Channel, String> {
-    let stream = UnixStream::connect(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    let chan = Channel::new(stream);
-    chan.send(
-        &Request::Attach {
-            name: name.to_string(),
-            pid: std::process::id(),
-            token: token.to_string(),
-            paused: false,
-        },
-        &[],
-    )
-    .map_err(|e| e.to_string())?;
-    match chan.recv::<Response>() {
-        Ok((Response::Attached, _)) => {}
-        Ok((Response::Error { message, .. }, _)) => return Err(message),
-        Ok((other, _)) => return Err(format!("unexpected answer {other:?}")),
-        Err(e) => return Err(e.to_string()),
-    }
-    chan.stream()
-        .set_read_timeout(None)
-        .map_err(|e| e.to_string())?;
-    Ok(chan)
-}
-
 /// The manager went away: keep serving the connected clients and dial the
-/// manager's socket every [`RECONNECT_INTERVAL`] until one takes the
-/// partition back. Without a socket or token, serve until terminated.
+/// manager's socket until one takes the partition back. Without a socket or
+/// token, serve until terminated.
 fn reattach(name: &str, socket: Option<&Path>, token: Option<&str>) -> Channel {
-    let (Some(socket), Some(token)) = (socket, token) else {
-        warn!(vios = %name, "no manager socket or token: serving the connected clients until terminated");
-        loop {
-            std::thread::park();
-        }
-    };
-    let mut logged = false;
-    loop {
-        std::thread::sleep(RECONNECT_INTERVAL);
-        match try_attach(name, socket, token) {
-            Ok(chan) => {
-                info!(vios = %name, "re-attached to the partition manager");
-                return chan;
+    match managed::reattach(name, socket, token, &|| false, &|| false) {
+        Some(chan) => chan,
+        None => {
+            warn!(vios = %name, "serving the connected clients until terminated");
+            loop {
+                std::thread::park();
             }
-            Err(e) if !logged => {
-                info!(vios = %name, error = %e, "manager not reachable yet, retrying");
-                logged = true;
-            }
-            Err(_) => {}
         }
     }
 }
@@ -156,11 +91,10 @@ pub fn run(
     control_fd: RawFd,
     manager_socket: Option<&Path>,
 ) -> Result<i32, ManagedError> {
-    let stream = control_socket(control_fd)?;
+    let stream = managed::control_socket(control_fd)?;
     // The token proves the partition's identity when re-attaching; keep it
     // out of the environment.
-    let token = std::env::var(parvm_protocol::TOKEN_ENV).ok();
-    std::env::remove_var(parvm_protocol::TOKEN_ENV);
+    let token = managed::take_token();
     let exports = open_exports(&def)?;
     let options = ServeOptions {
         queues: def.queues(),
@@ -168,19 +102,24 @@ pub fn run(
     };
     let connections = Connections::default();
     let mut channel = Channel::new(stream);
-    channel.send(
-        &VmmMessage::Hello {
-            version: VERSION,
-            name: def.name.clone(),
-            pid: std::process::id(),
-        },
-        &[],
-    )?;
-    channel.send(&VmmMessage::Ready, &[])?;
+    managed::hello(&channel, &def.name)?;
+    channel.send(&ToManager::Ready, &[])?;
     info!(vios = %def.name, exports = exports.len(), "vios: running");
     loop {
-        let (msg, fds) = match channel.recv::<ManagerMessage>() {
+        let (msg, fds) = match channel.recv::<ManagerToVios>() {
             Ok(m) => m,
+            Err(ProtocolError::Json(e)) => {
+                warn!(vios = %def.name, error = %e, "vios: malformed control message ignored");
+                let message = format!("malformed control message: {e}");
+                let _ = channel.send(&ToManager::Failed { message }, &[]);
+                continue;
+            }
+            Err(e) if !e.is_fatal() => {
+                warn!(vios = %def.name, error = %e, "vios: control message refused");
+                let message = e.to_string();
+                let _ = channel.send(&ToManager::Failed { message }, &[]);
+                continue;
+            }
             Err(e) => {
                 // Partitions outlive the manager: keep serving the clients
                 // already connected, and come back to a restarted manager.
@@ -190,10 +129,10 @@ pub fn run(
             }
         };
         match msg {
-            ManagerMessage::Stop => {
+            ManagerToVios::Stop => {
                 info!(vios = %def.name, "vios: stop requested by the manager");
                 let _ = channel.send(
-                    &VmmMessage::Exit {
+                    &ToManager::Exit {
                         status: ExitStatus::Stopped,
                         code: 0,
                     },
@@ -201,7 +140,7 @@ pub fn run(
                 );
                 return Ok(0);
             }
-            ManagerMessage::ViosConnect {
+            ManagerToVios::ViosConnect {
                 disk,
                 client,
                 read_only,
@@ -217,28 +156,12 @@ pub fn run(
                     fds,
                 ) {
                     warn!(vios = %def.name, %disk, %client, %message, "vios: connection refused");
-                    let _ = channel.send(&VmmMessage::Failed { message }, &[]);
+                    let _ = channel.send(&ToManager::Failed { message }, &[]);
                 }
             }
-            ManagerMessage::ViosDisconnect { disk, client } => {
+            ManagerToVios::ViosDisconnect { disk, client } => {
                 let n = connections.disconnect(&client, &disk);
                 info!(vios = %def.name, %disk, %client, connections = n, "vios: grant revoked; connections closed");
-            }
-            ManagerMessage::Pause | ManagerMessage::Resume => {
-                let _ = channel.send(
-                    &VmmMessage::Failed {
-                        message: "a VIOS partition cannot be paused".into(),
-                    },
-                    &[],
-                );
-            }
-            other => {
-                let _ = channel.send(
-                    &VmmMessage::Failed {
-                        message: format!("not supported by a VIOS partition: {other:?}"),
-                    },
-                    &[],
-                );
             }
         }
     }
@@ -314,8 +237,8 @@ fn connect(
     let Some(export) = exports.get(disk).cloned() else {
         return Err(format!("VIOS `{vios}` exports no disk `{disk}`"));
     };
-    let mut fds = fds.into_iter();
-    let (Some(fd), None) = (fds.next(), fds.next()) else {
+    // The channel has checked that exactly the one socket came with it.
+    let Some(fd) = fds.into_iter().next() else {
         return Err(format!(
             "vios_connect for `{disk}` needs exactly one socket"
         ));

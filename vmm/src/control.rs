@@ -12,7 +12,9 @@
 //!    `HcallDone` answers to the waiting hcall device;
 //! 3. when the manager goes away, keeps the partition running and connects
 //!    to the manager's socket again every [`RECONNECT_INTERVAL`], sending
-//!    `Attach` with its token, until a manager takes it back.
+//!    `Attach` with its token, until a manager takes it back
+//!    ([`parvm_protocol::managed`], shared with the VIOS), then hands back
+//!    the memory it maps (`Holding`).
 //!
 //! On the way out `main` calls [`Control::finish`], which sends the exit
 //! status.
@@ -22,11 +24,9 @@ use crate::devices::exit::{ExitReason, ExitSignal};
 use crate::devices::serial::SerialPort;
 use crate::grants::GrantMaps;
 use crate::Vmm;
-use parvm_protocol::{
-    Channel, ErrorKind, ExitStatus, ManagerMessage, ProtocolError, Request, Response, VmmMessage,
-    VERSION,
-};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use parvm_protocol::managed::{self, ManagedError};
+use parvm_protocol::{Channel, ExitStatus, ManagerToVmm, ProtocolError, ToManager, VERSION};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,15 +34,14 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How often a VMM whose manager went away tries to reach it again.
-pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(100);
+pub use parvm_protocol::managed::RECONNECT_INTERVAL;
 /// How long a pause may take to hold every vCPU.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("--control-fd {0}: not an open socket")]
-    NotASocket(RawFd),
+    #[error(transparent)]
+    Socket(#[from] ManagedError),
     #[error("--control-fd {0}: {1}")]
     Fd(RawFd, std::io::Error),
     #[error("control channel: {0}")]
@@ -197,7 +196,7 @@ struct Shared {
 impl Shared {
     /// Sends to the manager if one is connected; a failure only means the
     /// manager is gone, which the reader notices.
-    fn send(&self, msg: &VmmMessage) -> bool {
+    fn send(&self, msg: &ToManager) -> bool {
         let w = lock(&self.writer);
         if let Some(chan) = w.as_ref() {
             if let Err(e) = chan.send(msg, &[]) {
@@ -228,13 +227,14 @@ impl Control {
         let Some(fd) = fd else {
             return Ok(None);
         };
-        let stream = socket_from_fd(fd)?;
+        let stream = managed::control_socket(fd)?;
         let chan = Channel::new(stream);
         let shared = Arc::new(Shared {
             name: vmm.config.name.clone(),
             pid: std::process::id(),
             vcpus: usize::from(vmm.config.vcpus),
-            token: std::env::var(parvm_protocol::TOKEN_ENV).ok(),
+            // The token must not leak to anything this process might start.
+            token: managed::take_token(),
             manager_socket,
             writer: Mutex::new(Some(chan.try_clone().map_err(|e| ControlError::Fd(fd, e))?)),
             exit: vmm.exit_signal(),
@@ -249,9 +249,7 @@ impl Control {
         shared.grants.link.set_sender(Box::new(move |msg| {
             weak.upgrade().is_some_and(|s| s.send(&msg))
         }));
-        // The token must not leak to anything this process might start.
-        std::env::remove_var(parvm_protocol::TOKEN_ENV);
-        shared.send(&VmmMessage::Hello {
+        shared.send(&ToManager::Hello {
             version: VERSION,
             name: shared.name.clone(),
             pid: shared.pid,
@@ -262,7 +260,7 @@ impl Control {
             .stack_size(64 << 10)
             .spawn(move || {
                 if s.pause.wait_started(s.vcpus, &s.exit) {
-                    s.send(&VmmMessage::Ready);
+                    s.send(&ToManager::Ready);
                 }
             })
             .map_err(ControlError::Thread)?;
@@ -281,7 +279,7 @@ impl Control {
     /// Reports how the partition ended and closes the channel.
     pub fn finish(mut self, reason: &ExitReason) {
         let status = exit_status(reason, self.shared.stop_requested.load(Ordering::SeqCst));
-        self.shared.send(&VmmMessage::Exit {
+        self.shared.send(&ToManager::Exit {
             status,
             code: reason.exit_code(),
         });
@@ -318,33 +316,20 @@ pub fn exit_status(reason: &ExitReason, stop_requested: bool) -> ExitStatus {
     }
 }
 
-fn socket_from_fd(fd: RawFd) -> Result<UnixStream, ControlError> {
-    // SAFETY: fstat writes into a zeroed local struct; a bad fd is an error.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if fd < 0 {
-        return Err(ControlError::NotASocket(fd));
-    }
-    // SAFETY: `st` is a valid out-pointer; a bad fd is an error return.
-    let rc = unsafe { libc::fstat(fd, &mut st) };
-    if rc != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        return Err(ControlError::NotASocket(fd));
-    }
-    // SAFETY: the descriptor was inherited from the manager for this process
-    // alone and is an open socket (checked above); nothing else wraps it.
-    let stream = unsafe { UnixStream::from_raw_fd(fd) };
-    // SAFETY: F_SETFD on a descriptor we own: keep it out of any child.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    Ok(stream)
-}
-
 fn control_loop(s: &Shared, mut chan: Channel) {
     loop {
-        match chan.recv::<ManagerMessage>() {
+        match chan.recv::<ManagerToVmm>() {
             Ok((msg, fds)) => handle(s, msg, fds),
             Err(ProtocolError::Json(e)) => {
                 tracing::warn!(partition = %s.name, error = %e, "malformed control message ignored");
-                s.send(&VmmMessage::Failed {
+                s.send(&ToManager::Failed {
                     message: format!("malformed control message: {e}"),
+                });
+            }
+            Err(e) if !e.is_fatal() => {
+                tracing::warn!(partition = %s.name, error = %e, "control message refused");
+                s.send(&ToManager::Failed {
+                    message: e.to_string(),
                 });
             }
             Err(e) => {
@@ -362,27 +347,24 @@ fn control_loop(s: &Shared, mut chan: Channel) {
     }
 }
 
-fn handle(s: &Shared, msg: ManagerMessage, fds: Vec<OwnedFd>) {
+/// Carries out one message; the channel has checked that the descriptors
+/// each variant declares came with it.
+fn handle(s: &Shared, msg: ManagerToVmm, fds: Vec<OwnedFd>) {
+    let Some(fd) = fds.into_iter().next() else {
+        return handle_plain(s, msg);
+    };
     match msg {
-        ManagerMessage::Map {
+        ManagerToVmm::Map {
             key,
             gpa,
             size,
             read_only,
         } => {
-            let Some(fd) = fds.into_iter().next() else {
-                s.send(&VmmMessage::MapFailed {
-                    key,
-                    message: "no memory descriptor came with the request".into(),
-                    conflict: false,
-                });
-                return;
-            };
             let answer = match s.grants.map(&key, fd, gpa, size, read_only) {
-                Ok(gpa) => VmmMessage::Mapped { key, gpa },
+                Ok(gpa) => ToManager::Mapped { key, gpa },
                 Err(e) => {
                     tracing::warn!(partition = %s.name, %key, error = %e, "mapping refused");
-                    VmmMessage::MapFailed {
+                    ToManager::MapFailed {
                         key,
                         message: e.to_string(),
                         conflict: e.is_conflict(),
@@ -391,9 +373,35 @@ fn handle(s: &Shared, msg: ManagerMessage, fds: Vec<OwnedFd>) {
             };
             s.send(&answer);
         }
-        ManagerMessage::Unmap { key } => match s.grants.unmap(&key) {
+        ManagerToVmm::Doorbell {
+            id,
+            ring,
+            gsi,
+            vector,
+        } => {
+            if let Err(e) = s.grants.doorbell(&id, fd, ring, gsi, vector) {
+                let message = e.to_string();
+                tracing::warn!(partition = %s.name, %message, "doorbell not wired");
+                s.send(&ToManager::Failed { message });
+            }
+        }
+        ManagerToVmm::VhostUserReconnect { disk } => {
+            let stream = UnixStream::from(fd);
+            if let Err(message) = crate::devices::virtio::reconnect_disk(&disk, stream) {
+                tracing::warn!(partition = %s.name, %message, "vhost-user disk not reconnected");
+                s.send(&ToManager::Failed { message });
+            }
+        }
+        // The channel lets a descriptor through only beside the messages above.
+        other => handle_plain(s, other),
+    }
+}
+
+fn handle_plain(s: &Shared, msg: ManagerToVmm) {
+    match msg {
+        ManagerToVmm::Unmap { key } => match s.grants.unmap(&key) {
             Ok(()) => {
-                s.send(&VmmMessage::Unmapped { key });
+                s.send(&ToManager::Unmapped { key });
             }
             Err(e) => {
                 // The slot could not be removed: the memory must not stay
@@ -405,68 +413,43 @@ fn handle(s: &Shared, msg: ManagerMessage, fds: Vec<OwnedFd>) {
                 });
             }
         },
-        ManagerMessage::HcallDone { seq, outcome } => s.grants.link.hcall_done(seq, outcome),
-        ManagerMessage::Doorbell {
-            id,
-            ring,
-            gsi,
-            vector,
-        } => {
-            let result = match fds.into_iter().next() {
-                Some(fd) => s
-                    .grants
-                    .doorbell(&id, fd, ring, gsi, vector)
-                    .map_err(|e| e.to_string()),
-                None => Err(format!("doorbell `{id}`: no eventfd came with the request")),
-            };
-            if let Err(message) = result {
-                tracing::warn!(partition = %s.name, %message, "doorbell not wired");
-                s.send(&VmmMessage::Failed { message });
-            }
-        }
-        ManagerMessage::Stop => {
+        ManagerToVmm::HcallDone { seq, outcome } => s.grants.link.hcall_done(seq, outcome),
+        ManagerToVmm::Stop => {
             tracing::info!(partition = %s.name, "stop requested by the manager");
             s.stop_requested.store(true, Ordering::SeqCst);
             s.pause.resume();
             s.exit.request(ExitReason::Signal(libc::SIGTERM));
         }
-        ManagerMessage::Pause => {
+        ManagerToVmm::Pause => {
             if s.pause.pause(&s.exit, PAUSE_TIMEOUT) {
-                s.send(&VmmMessage::Paused);
+                s.send(&ToManager::Paused);
             } else {
                 s.pause.resume();
-                s.send(&VmmMessage::Failed {
+                s.send(&ToManager::Failed {
                     message: "vCPUs did not stop in time".into(),
                 });
             }
         }
-        ManagerMessage::Resume => {
+        ManagerToVmm::Resume => {
             s.pause.resume();
-            s.send(&VmmMessage::Resumed);
+            s.send(&ToManager::Resumed);
         }
-        ManagerMessage::ConsoleInput { data } => {
+        ManagerToVmm::ConsoleInput { data } => {
             let mut port = lock(&s.serial);
             if let Err(e) = port.0.enqueue_raw_bytes(&data) {
                 tracing::warn!(partition = %s.name, error = ?e, "console input dropped");
             }
         }
-        ManagerMessage::VhostUserReconnect { disk } => {
-            let result = match fds.into_iter().next() {
-                Some(fd) => crate::devices::virtio::reconnect_disk(&disk, UnixStream::from(fd)),
-                None => Err(format!(
-                    "vhost_user_reconnect `{disk}`: no socket came with it"
-                )),
-            };
-            if let Err(message) = result {
-                tracing::warn!(partition = %s.name, %message, "vhost-user disk not reconnected");
-                s.send(&VmmMessage::Failed { message });
-            }
-        }
-        ManagerMessage::ViosConnect { disk, .. } | ManagerMessage::ViosDisconnect { disk, .. } => {
-            // Meant for a VIOS partition (docs/vios.md), never for a VMM.
-            s.send(&VmmMessage::Failed {
-                message: format!("vios_connect/vios_disconnect for disk `{disk}` sent to a VMM"),
+        ManagerToVmm::Map { key, .. } => {
+            // Unreachable: the channel refuses a `map` without its memfd.
+            s.send(&ToManager::MapFailed {
+                key,
+                message: "no memory descriptor came with the request".into(),
+                conflict: false,
             });
+        }
+        ManagerToVmm::Doorbell { .. } | ManagerToVmm::VhostUserReconnect { .. } => {
+            // Unreachable: the channel refuses these without their fd.
         }
     }
 }
@@ -474,72 +457,26 @@ fn handle(s: &Shared, msg: ManagerMessage, fds: Vec<OwnedFd>) {
 /// Connects to the manager's socket until a manager takes the partition
 /// back; `None` when there is nowhere to reconnect or the VMM is exiting.
 fn reconnect(s: &Shared) -> Option<Channel> {
-    let (Some(path), Some(token)) = (&s.manager_socket, &s.token) else {
-        tracing::warn!(partition = %s.name, "no manager socket or token: running without a manager");
-        return None;
-    };
-    let mut logged = false;
-    while !s.finished.load(Ordering::SeqCst) && !s.exit.requested() {
-        std::thread::sleep(RECONNECT_INTERVAL);
-        match try_attach(s, path, token) {
-            Ok(chan) => {
-                tracing::info!(partition = %s.name, "re-attached to the partition manager");
-                let writer = chan.try_clone().ok()?;
-                *lock(&s.writer) = Some(writer);
-                // The restarted manager lost the segments' memory: hand
-                // back what this partition maps.
-                for (key, gpa, fd) in s.grants.held() {
-                    let msg = VmmMessage::Holding { key, gpa };
-                    if let Some(w) = lock(&s.writer).as_ref() {
-                        if let Err(e) = w.send(&msg, &[fd.as_fd()]) {
-                            tracing::debug!(partition = %s.name, error = %e, "cannot hand back a mapping");
-                        }
-                    }
-                }
-                return Some(chan);
-            }
-            Err(e) => {
-                if !logged {
-                    tracing::info!(partition = %s.name, error = %e, "manager not reachable yet, retrying");
-                    logged = true;
-                }
+    let chan = managed::reattach(
+        &s.name,
+        s.manager_socket.as_deref(),
+        s.token.as_deref(),
+        &|| s.pause.is_paused(),
+        &|| s.finished.load(Ordering::SeqCst) || s.exit.requested(),
+    )?;
+    let writer = chan.try_clone().ok()?;
+    *lock(&s.writer) = Some(writer);
+    // The restarted manager lost the segments' memory: hand back what this
+    // partition maps.
+    for (key, gpa, fd) in s.grants.held() {
+        let msg = ToManager::Holding { key, gpa };
+        if let Some(w) = lock(&s.writer).as_ref() {
+            if let Err(e) = w.send(&msg, &[fd.as_fd()]) {
+                tracing::debug!(partition = %s.name, error = %e, "cannot hand back a mapping");
             }
         }
     }
-    None
-}
-
-fn try_attach(s: &Shared, path: &PathBuf, token: &str) -> Result<Channel, String> {
-    let stream = UnixStream::connect(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    let chan = Channel::new(stream);
-    chan.send(
-        &Request::Attach {
-            name: s.name.clone(),
-            pid: s.pid,
-            token: token.to_string(),
-            paused: s.pause.is_paused(),
-        },
-        &[],
-    )
-    .map_err(|e| e.to_string())?;
-    match chan.recv::<Response>() {
-        Ok((Response::Attached, _)) => {}
-        Ok((Response::Error { kind, message }, _)) => {
-            if kind == ErrorKind::NotFound || kind == ErrorKind::PermissionDenied {
-                tracing::warn!(partition = %s.name, %message, "the manager refused to take the partition back");
-            }
-            return Err(message);
-        }
-        Ok((other, _)) => return Err(format!("unexpected answer {other:?}")),
-        Err(e) => return Err(e.to_string()),
-    }
-    chan.stream()
-        .set_read_timeout(None)
-        .map_err(|e| e.to_string())?;
-    Ok(chan)
+    Some(chan)
 }
 
 #[cfg(test)]
@@ -595,19 +532,5 @@ mod tests {
         assert!(gate.pause(&exit, Duration::from_secs(5)));
         exit.request(ExitReason::PowerOff);
         t.join().unwrap();
-    }
-
-    #[test]
-    fn control_fd_must_be_a_socket() {
-        assert!(matches!(
-            socket_from_fd(-1),
-            Err(ControlError::NotASocket(-1))
-        ));
-        let f = std::fs::File::open("/dev/null").unwrap();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
-        assert!(matches!(
-            socket_from_fd(fd),
-            Err(ControlError::NotASocket(_))
-        ));
     }
 }

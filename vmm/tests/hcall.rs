@@ -8,9 +8,7 @@
 //! only after vCPU 1 has been seen running and reading the hcall page
 //! meanwhile.
 
-use parvm_protocol::{
-    Channel, GrantCookie, Hcall, HcallOutcome, ManagerMessage, Rights, VmmMessage,
-};
+use parvm_protocol::{Channel, GrantCookie, Hcall, HcallOutcome, ManagerToVmm, Rights, ToManager};
 use parvm_tests::guests::guest_path;
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
@@ -81,9 +79,9 @@ fn a_slow_hcall_holds_only_its_own_vcpu() {
     // guest's call.
     let chan = Channel::new(ours);
     let manager = chan.try_clone().unwrap();
-    let (msg_tx, messages) = mpsc::channel::<VmmMessage>();
+    let (msg_tx, messages) = mpsc::channel::<ToManager>();
     std::thread::spawn(move || {
-        while let Ok((msg, _)) = chan.recv::<VmmMessage>() {
+        while let Ok((msg, _)) = chan.recv::<ToManager>() {
             if msg_tx.send(msg).is_err() {
                 break;
             }
@@ -93,7 +91,7 @@ fn a_slow_hcall_holds_only_its_own_vcpu() {
     let (seq, call) = loop {
         console.extend(lines.try_iter());
         match messages.recv_timeout(Duration::from_millis(100)) {
-            Ok(VmmMessage::Hcall { seq, call }) => break (seq, call),
+            Ok(ToManager::Hcall { seq, call }) => break (seq, call),
             Ok(_) => {}
             Err(mpsc::RecvTimeoutError::Timeout) if start.elapsed() < DEADLINE => {}
             Err(e) => {
@@ -143,7 +141,7 @@ fn a_slow_hcall_holds_only_its_own_vcpu() {
     cookie.0[0] = 0x5a;
     manager
         .send(
-            &ManagerMessage::HcallDone {
+            &ManagerToVmm::HcallDone {
                 seq,
                 outcome: HcallOutcome {
                     status: 0,

@@ -35,7 +35,7 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Register a partition from a JSON definition file (vmm's format, plus
+    /// Register a partition from a JSON definition file (vmm's format or a VIOS's, plus
     /// an optional "restart": "never" | "on-failure"). Relative paths in the
     /// file are relative to the file.
     Define {

@@ -6,7 +6,7 @@
 //! [`FaultLog`] sits beside the slots under [`super::GrantMaps`]' lock; it
 //! only decides what to report, the caller sends it.
 
-use parvm_protocol::VmmMessage;
+use parvm_protocol::ToManager;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ struct Counter {
 
 impl Counter {
     /// Counts one fault; a report if one is due.
-    fn count(&mut self, key: &str, gpa: u64, write: bool) -> Option<VmmMessage> {
+    fn count(&mut self, key: &str, gpa: u64, write: bool) -> Option<ToManager> {
         self.faults += 1;
         let now = Instant::now();
         let due = self
@@ -33,7 +33,7 @@ impl Counter {
             return None;
         }
         self.reported = Some(now);
-        Some(VmmMessage::Fault {
+        Some(ToManager::Fault {
             key: key.to_string(),
             gpa,
             write,
@@ -84,7 +84,7 @@ impl FaultLog {
     }
 
     /// A refused write to live mapping `key`.
-    pub fn write_to_live(&mut self, key: &str, read_only: bool, gpa: u64) -> Option<VmmMessage> {
+    pub fn write_to_live(&mut self, key: &str, read_only: bool, gpa: u64) -> Option<ToManager> {
         let c = self.live.entry(key.to_string()).or_default();
         if c.faults == 0 {
             tracing::warn!(%key, gpa = format_args!("{gpa:#x}"), read_only, "guest write to a read-only grant refused");
@@ -93,7 +93,7 @@ impl FaultLog {
     }
 
     /// An access to an address no live mapping covers.
-    pub fn unmapped_access(&mut self, gpa: u64, write: bool) -> Option<VmmMessage> {
+    pub fn unmapped_access(&mut self, gpa: u64, write: bool) -> Option<ToManager> {
         let Some(g) = self
             .gone
             .iter_mut()

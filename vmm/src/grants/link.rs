@@ -7,7 +7,7 @@
 
 use crate::devices::bus::lock;
 use parvm_protocol::grant::status;
-use parvm_protocol::{Hcall, HcallOutcome, VmmMessage};
+use parvm_protocol::{Hcall, HcallOutcome, ToManager};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 const HCALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends to the partition manager; false if there is none.
-pub type Sender = Box<dyn Fn(VmmMessage) -> bool + Send + Sync>;
+pub type Sender = Box<dyn Fn(ToManager) -> bool + Send + Sync>;
 
 /// The VMM's link to the manager for fault reports and hcalls.
 #[derive(Default)]
@@ -33,7 +33,7 @@ impl ManagerLink {
         *lock(&self.sender) = Some(s);
     }
 
-    pub(super) fn send(&self, msg: VmmMessage) -> bool {
+    pub(super) fn send(&self, msg: ToManager) -> bool {
         lock(&self.sender).as_ref().is_some_and(|s| s(msg))
     }
 
@@ -46,7 +46,7 @@ impl ManagerLink {
     /// Sends an hcall; its answer is collected with [`ManagerLink::wait`].
     pub fn start(&self, call: Hcall) -> PendingCall {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-        let sent = self.send(VmmMessage::Hcall { seq, call });
+        let sent = self.send(ToManager::Hcall { seq, call });
         PendingCall {
             seq: sent.then_some(seq),
         }

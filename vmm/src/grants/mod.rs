@@ -199,7 +199,7 @@ impl GrantMaps {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use parvm_protocol::VmmMessage;
+    use parvm_protocol::ToManager;
     use slots::PLACE_ALIGN;
 
     fn memfd(size: u64) -> OwnedFd {
@@ -281,8 +281,8 @@ mod tests {
         let sent = sent.lock().unwrap();
         assert_eq!(sent.len(), 2, "{sent:?}");
         assert!(
-            matches!(&sent[0], VmmMessage::Fault { key, count: 1, write: false, .. } if key == "c")
+            matches!(&sent[0], ToManager::Fault { key, count: 1, write: false, .. } if key == "c")
         );
-        assert!(matches!(&sent[1], VmmMessage::Fault { key, write: true, .. } if key == "b"));
+        assert!(matches!(&sent[1], ToManager::Fault { key, write: true, .. } if key == "b"));
     }
 }
