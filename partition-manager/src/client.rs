@@ -58,7 +58,14 @@ impl Client {
     /// Sends `request` and returns the answer; an error answer becomes
     /// [`ClientError::Manager`].
     pub fn call(&self, request: &Request) -> Result<(Response, Vec<OwnedFd>), ClientError> {
-        self.chan.send(request, &[]).map_err(|e| self.protocol(e))?;
+        if let Err(e) = self.chan.send(request, &[]) {
+            // A manager that refused the connection (`busy`) has answered
+            // and closed before the request went out: show its answer.
+            return match self.receive() {
+                Err(answer @ ClientError::Manager { .. }) => Err(answer),
+                _ => Err(self.protocol(e)),
+            };
+        }
         self.receive()
     }
 

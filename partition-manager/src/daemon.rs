@@ -347,6 +347,14 @@ fn refuse_busy(stream: UnixStream, max: usize) {
         ),
         &[],
     );
+    // Take in what already arrived (without waiting): closing with unread
+    // input would reset the connection before the client reads the answer.
+    let s = chan.stream();
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    if s.set_nonblocking(true).is_ok() {
+        let mut sink = [0u8; 4096];
+        while matches!(std::io::Read::read(&mut &*s, &mut sink), Ok(n) if n > 0) {}
+    }
 }
 
 /// Sends a last answer and closes without losing it: closing a Unix socket
