@@ -27,8 +27,9 @@ pub use manager::{
 };
 pub use partition::{
     Console, DiskConfig, DiskSource, PartitionConfig, PartitionDefinition, DEFAULT_CMDLINE,
-    DEFAULT_MEMORY_MIB, DEFAULT_NAME, DEFAULT_VCPUS, MAX_DISKS, MAX_DISK_ID_LEN, MAX_MEMORY_MIB,
-    MAX_NAME_LEN, MAX_VCPUS, MIN_MEMORY_MIB, VHOST_USER_FD_PREFIX, VHOST_USER_PREFIX, VIOS_PREFIX,
+    DEFAULT_MEMORY_MIB, DEFAULT_NAME, DEFAULT_VCPUS, MAX_CMDLINE_LEN, MAX_DISKS, MAX_DISK_ID_LEN,
+    MAX_MEMORY_MIB, MAX_NAME_LEN, MAX_VCPUS, MIN_MEMORY_MIB, VHOST_USER_FD_PREFIX,
+    VHOST_USER_PREFIX, VIOS_PREFIX,
 };
 pub use vios::{ViosDefinition, ViosDisk, DEFAULT_VIOS_QUEUES, MAX_VIOS_QUEUES, VIOS_KIND};
 
@@ -77,6 +78,8 @@ pub enum ConfigError {
     DiskSource(String, String),
     #[error("queues {0} is outside 1..={MAX_VIOS_QUEUES}")]
     Queues(usize),
+    #[error("cmdline is {0} bytes; at most {MAX_CMDLINE_LEN}")]
+    CmdlineTooLong(usize),
 }
 
 /// Whether `name` is 1 to `max` characters from `[A-Za-z0-9._-]` (partition

@@ -22,6 +22,9 @@ pub const MIN_MEMORY_MIB: u64 = 2;
 pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 /// Command line used when the definition gives none.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+/// Longest kernel command line, in bytes (the VMM's command-line area
+/// holds it with its terminating NUL; Linux's own limit is no larger).
+pub const MAX_CMDLINE_LEN: usize = 4095;
 /// Most virtio-mmio disks one partition may have (one IO-APIC pin each).
 pub const MAX_DISKS: usize = 16;
 /// Longest partition name.
@@ -297,6 +300,11 @@ impl PartitionDefinition {
         let memory_mib = self.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
         if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&memory_mib) {
             return Err(ConfigError::Memory(memory_mib));
+        }
+        if let Some(cmdline) = &self.cmdline {
+            if cmdline.len() > MAX_CMDLINE_LEN {
+                return Err(ConfigError::CmdlineTooLong(cmdline.len()));
+            }
         }
         Ok(PartitionConfig {
             name,

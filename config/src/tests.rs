@@ -282,3 +282,24 @@ fn unreadable_files_are_named() {
         "{e}"
     );
 }
+
+#[test]
+fn a_command_line_longer_than_the_vmm_takes_is_refused() {
+    let long = "x".repeat(MAX_CMDLINE_LEN + 1);
+    let d = PartitionDefinition {
+        kernel: Some("k".into()),
+        cmdline: Some(long),
+        ..Default::default()
+    };
+    let e = d.validate().unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!("cmdline is 4096 bytes; at most {MAX_CMDLINE_LEN}")
+    );
+    let d = PartitionDefinition {
+        kernel: Some("k".into()),
+        cmdline: Some("y".repeat(MAX_CMDLINE_LEN)),
+        ..Default::default()
+    };
+    assert!(d.validate().is_ok());
+}

@@ -579,3 +579,21 @@ fn the_registry_survives_a_manager_restart() {
         f.stderr
     );
 }
+
+#[test]
+fn an_overlong_command_line_is_refused_at_define_in_one_short_line() {
+    let env = Env::new("long-cmdline");
+    let kernel = guest_path("tiny.elf").display().to_string();
+    let p = env.dir.join("long.json");
+    let cmdline = "z".repeat(200 * 1024);
+    std::fs::write(
+        &p,
+        format!(r#"{{"name":"long","kernel":"{kernel}","cmdline":"{cmdline}"}}"#),
+    )
+    .unwrap();
+    let e = env.fails(&["define", &p.display().to_string()]);
+    assert!(e.contains("cmdline is 204800 bytes; at most 4095"), "{e}");
+    assert!(e.len() < 300, "{} bytes of error", e.len());
+    // Nothing was defined.
+    assert!(!env.ok(&["list"]).contains("long"));
+}

@@ -53,7 +53,7 @@ pub enum BootError {
     },
     #[error("cannot read initrd {0}: {1}")]
     ReadInitrd(PathBuf, String),
-    #[error("command line `{0}` is too long or invalid (at most 4095 bytes): {1}")]
+    #[error("command line `{0}` is too long or invalid (at most {max} bytes): {1}", max = parvm_config::MAX_CMDLINE_LEN)]
     Cmdline(String, String),
     #[error("cannot write boot information into guest memory: {0}")]
     GuestMemory(String),
@@ -90,6 +90,16 @@ fn write<T: vm_memory::ByteValued>(mem: &GuestMemoryMmap, v: T, at: u64) -> Resu
 }
 
 /// Loads kernel, initrd and command line and writes the boot information.
+/// The start of a command line, for an error message that stays one
+/// readable line however long the command line was.
+fn excerpt(cmdline: &str) -> String {
+    const SHOWN: usize = 64;
+    match cmdline.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}... ({} bytes)", &cmdline[..end], cmdline.len()),
+        None => cmdline.to_string(),
+    }
+}
+
 pub fn load(mem: &GuestMemoryMmap, setup: &BootSetup) -> Result<EntryPoint, BootError> {
     let path = setup.kernel.to_path_buf();
     let mut kernel =
@@ -130,12 +140,12 @@ pub fn load(mem: &GuestMemoryMmap, setup: &BootSetup) -> Result<EntryPoint, Boot
     }
 
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE)
-        .map_err(|e| BootError::Cmdline(setup.cmdline.into(), e.to_string()))?;
+        .map_err(|e| BootError::Cmdline(excerpt(setup.cmdline), e.to_string()))?;
     cmdline
         .insert_str(setup.cmdline)
-        .map_err(|e| BootError::Cmdline(setup.cmdline.into(), e.to_string()))?;
+        .map_err(|e| BootError::Cmdline(excerpt(setup.cmdline), e.to_string()))?;
     linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline)
-        .map_err(|e| BootError::Cmdline(setup.cmdline.into(), e.to_string()))?;
+        .map_err(|e| BootError::Cmdline(excerpt(setup.cmdline), e.to_string()))?;
     let cmdline_len = setup.cmdline.len() as u32 + 1;
 
     let initrd_limit = match result.setup_header {

@@ -22,7 +22,7 @@ pub const PDPTE_START: u64 = 0xa000;
 pub const PDE_START: u64 = 0xb000;
 /// Kernel command line.
 pub const CMDLINE_START: u64 = 0x20000;
-pub const CMDLINE_MAX_SIZE: usize = 4096;
+pub const CMDLINE_MAX_SIZE: usize = parvm_config::MAX_CMDLINE_LEN + 1;
 /// End of conventional memory; EBDA, ACPI tables and BIOS area follow.
 pub const EBDA_START: u64 = 0x9fc00;
 /// Kernels are loaded here.

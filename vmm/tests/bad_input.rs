@@ -175,6 +175,28 @@ fn vcpu_counts_out_of_range() {
     );
 }
 
+#[test]
+fn an_overlong_command_line_is_refused_in_one_short_line() {
+    // (One argument may be at most 128 KiB; a definition file may hold more.)
+    let long = "x".repeat(100 * 1024);
+    let f = vmm(&["--kernel", &tiny(), "--cmdline", &long]);
+    assert!(f.stderr.len() < 300, "{} bytes of error", f.stderr.len());
+    refused(&f, &["cmdline is 102400 bytes", "at most 4095"]);
+    let dir = scratch_dir("long-cmdline");
+    let def = definition(
+        &dir,
+        "long.json",
+        &format!(
+            r#"{{"kernel":"{}","cmdline":"{}"}}"#,
+            tiny(),
+            "y".repeat(200 * 1024)
+        ),
+    );
+    let f = vmm(&["--config", &def]);
+    assert!(f.stderr.len() < 300, "{} bytes of error", f.stderr.len());
+    refused(&f, &["cmdline is 204800 bytes", "at most 4095"]);
+}
+
 fn definition(dir: &Path, name: &str, json: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, json).expect("write");
