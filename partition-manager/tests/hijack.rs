@@ -1,0 +1,118 @@
+//! The control-channel hijack that once worked: while the manager is down,
+//! another user binds the manager's socket path (in a directory others can
+//! write, as `/tmp` is) and waits for the VMMs to re-attach to it with their
+//! tokens. Now a VMM checks its peer before it sends anything, and the
+//! manager does not replace a socket a live process holds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const IMPOSTOR_SOCKET: &str = "PARVM_TEST_IMPOSTOR_SOCKET";
+const IMPOSTOR_OUT: &str = "PARVM_TEST_IMPOSTOR_OUT";
+
+/// Not a test of its own: the impostor process (this test binary run again
+/// as uid 65534 with the two variables set) binds the socket and records
+/// every byte anyone sends it.
+#[test]
+#[ignore = "run by the hijack test as another uid"]
+fn impostor() {
+    let (Some(socket), Some(out)) = (
+        std::env::var_os(IMPOSTOR_SOCKET),
+        std::env::var_os(IMPOSTOR_OUT),
+    ) else {
+        return;
+    };
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).unwrap();
+    std::fs::write(&out, b"").unwrap();
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut got = Vec::new();
+        let _ = conn.read_to_end(&mut got);
+        let mut all = std::fs::read(&out).unwrap_or_default();
+        all.extend_from_slice(format!("[connection: {} bytes]", got.len()).as_bytes());
+        all.extend_from_slice(&got);
+        std::fs::write(&out, all).unwrap();
+    }
+}
+
+#[test]
+fn a_vmm_does_not_attach_to_another_user_on_the_manager_socket() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: cannot run the impostor as another uid; skipping");
+        return;
+    }
+    let mut env = Env::new("hijack");
+    env.ok(&["define", &env.hang_definition("victim", "never")]);
+    env.ok(&["start", "victim"]);
+    let pid = pid_of(&env.status("victim"));
+    env.kill_manager();
+
+    // The socket's directory is writable by everyone, like /tmp.
+    std::fs::set_permissions(&env.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = env.dir.join("impostor.out");
+    let mut impostor = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "impostor", "--ignored", "--nocapture"])
+        .env(IMPOSTOR_SOCKET, &env.socket)
+        .env(IMPOSTOR_OUT, &out)
+        .uid(65534)
+        .gid(65534)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !out.exists() {
+        assert!(start.elapsed() < Duration::from_secs(10), "no impostor");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The VMM dials every 100 ms: give it many tries.
+    std::thread::sleep(Duration::from_secs(2));
+    let seen = std::fs::read(&out).unwrap();
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(
+        seen.contains("[connection: 0 bytes]"),
+        "never dialled: {seen}"
+    );
+    assert!(!seen.contains("attach"), "the impostor got: {seen}");
+    assert!(
+        !seen.contains("bytes]{"),
+        "the impostor got a frame: {seen}"
+    );
+    let vmm_log = std::fs::read_to_string(env.state.join("logs").join("victim.vmm.log")).unwrap();
+    assert!(vmm_log.contains("65534"), "{vmm_log}");
+    assert!(alive(pid));
+
+    // The real manager does not take over a socket a live process holds.
+    let mut cmd = Command::new(MANAGER);
+    cmd.arg("--socket")
+        .arg(&env.socket)
+        .arg("--state-dir")
+        .arg(&env.state)
+        .arg("--vmm")
+        .arg(&env.vmm);
+    let f = parvm_tests::run(cmd, Duration::from_secs(10));
+    assert_eq!(f.code(), Some(1), "{}", f.stderr);
+    assert!(f.stderr.contains("already listens"), "{}", f.stderr);
+
+    // With the impostor gone, the manager comes back and the VMM re-attaches.
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+    env.start_manager();
+    let s = env.wait_for("victim", Duration::from_secs(5), "re-attached", |s| {
+        s["attached"] == true
+    });
+    assert_eq!(pid_of(&s), pid);
+    env.ok(&["stop", "victim"]);
+}
