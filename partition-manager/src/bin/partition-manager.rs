@@ -88,6 +88,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     } else {
         vmm
     };
+    warn_if_others_can_write(&socket);
     let _lock = daemon::lock_state_dir(&state_dir)?;
     let mgr = Manager::open(ManagerConfig {
         socket: socket.clone(),
@@ -107,6 +108,22 @@ fn run(args: Args) -> anyhow::Result<()> {
         },
     );
     Ok(())
+}
+
+/// A socket in a directory others can write (like /tmp) lets them bind the
+/// path while the manager is down: the VMMs refuse such a peer, but the
+/// manager cannot come back until it goes. Said once at start.
+fn warn_if_others_can_write(socket: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(dir) = socket.parent() else { return };
+    if let Ok(meta) = std::fs::metadata(dir) {
+        if meta.permissions().mode() & 0o022 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the socket's directory is writable by others: use a directory only the operator can write"
+            );
+        }
+    }
 }
 
 fn main() {
