@@ -259,6 +259,7 @@ impl Control {
             .name("ready".into())
             .stack_size(64 << 10)
             .spawn(move || {
+                crate::seccomp::apply(crate::seccomp::Role::Control);
                 if s.pause.wait_started(s.vcpus, &s.exit) {
                     s.send(&ToManager::Ready);
                 }
@@ -268,7 +269,10 @@ impl Control {
         let thread = std::thread::Builder::new()
             .name("control".into())
             .stack_size(256 << 10)
-            .spawn(move || control_loop(&s, chan))
+            .spawn(move || {
+                crate::seccomp::apply(crate::seccomp::Role::Control);
+                control_loop(&s, chan)
+            })
             .map_err(ControlError::Thread)?;
         Ok(Some(Control {
             shared,

@@ -17,6 +17,8 @@
 //! - [`vcpu`]: vCPU configuration and the KVM_RUN loop (one thread each).
 //! - [`control`]: the control channel to the partition manager and the
 //!   pause barrier the vCPUs pass.
+//! - [`seccomp`]: the syscall filter of each thread role, installed by each
+//!   thread once set-up is over.
 //! - [`grants`]: segments shared by other partitions (extra memory slots in
 //!   the grant windows), doorbells, the hcall device and the link to the
 //!   manager they report and call through; one file per job (see its map).
@@ -36,6 +38,7 @@ pub mod devices;
 pub mod grants;
 pub mod interrupts;
 pub mod memory;
+pub mod seccomp;
 pub mod vcpu;
 
 use crate::builder::Machine;
@@ -193,10 +196,15 @@ impl Vmm {
             let handle = std::thread::Builder::new()
                 .name(name)
                 .stack_size(256 << 10)
-                .spawn(move || vcpu.run())
+                .spawn(move || {
+                    seccomp::apply(seccomp::Role::Vcpu);
+                    vcpu.run()
+                })
                 .map_err(|e| VmmError::Setup("vCPU thread", e.to_string()))?;
             threads.push(handle);
         }
+        // Every other thread runs: from here the main thread only waits.
+        seccomp::apply(seccomp::Role::Main);
         wait_for_exit(&self.exit, &self.serial);
         // Kick every vCPU out of KVM_RUN until it has seen the exit flag.
         while threads.iter().any(|t| !t.is_finished()) {

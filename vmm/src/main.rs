@@ -54,6 +54,16 @@ struct Args {
     /// the manager; the token comes from PARVM_CONTROL_TOKEN).
     #[arg(long, value_name = "PATH", requires = "control_fd")]
     manager_socket: Option<PathBuf>,
+    /// System-call filters per thread (docs/security.md): `kill` ends the
+    /// VMM on any call outside its thread's list; `log` only logs it (kernel
+    /// audit log, `dmesg`), for diagnosis; `none` installs no filter.
+    #[arg(
+        long,
+        value_name = "kill|log|none",
+        env = "PARVM_SECCOMP",
+        default_value = "kill"
+    )]
+    seccomp: vmm::seccomp::SeccompMode,
 }
 
 /// The partition's exit signal, for the SIGTERM/SIGINT handler (set once,
@@ -96,6 +106,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
         ..Default::default()
     };
     let config = file.overridden_by(flags).validate()?;
+    vmm::seccomp::configure(args.seccomp)?;
     let vmm = vmm::Vmm::new(config, &args.kvm_device)?;
     let control = vmm::control::Control::attach(args.control_fd, args.manager_socket, &vmm)?;
 

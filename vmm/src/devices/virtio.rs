@@ -261,6 +261,7 @@ impl VirtioDevices {
         std::thread::Builder::new()
             .name("virtio".into())
             .spawn(move || {
+                crate::seccomp::apply(crate::seccomp::Role::Device);
                 while !exit.requested() {
                     if let Err(e) = self.event_manager.run_with_timeout(100) {
                         tracing::error!(error = ?e, "device event loop failed");
