@@ -382,6 +382,8 @@ impl VhostUserBackend for VhostUserBlk {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
+        // A queue worker's first event: it narrows its own filter.
+        crate::seccomp::apply_once(crate::seccomp::Role::Worker);
         if evset != EventSet::IN {
             self.client_error("unexpected event", &format_args!("{evset:?}"));
             return Ok(());

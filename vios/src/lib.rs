@@ -25,6 +25,8 @@
 //! - [`export`]: [`export::Export`], an open image named by
 //!   `--disk FILE[,ro]`; every connection gets its own core over a clone of
 //!   the file.
+//! - [`seccomp`]: the syscall filters of the VIOS's threads (the server
+//!   threads, and the narrower one of queue workers).
 //!
 //! Clients are not trusted: a malformed message, a memory table that points
 //! past its fds, or descriptors outside the client's memory end that
@@ -34,6 +36,7 @@ pub mod backend;
 pub mod export;
 pub mod managed;
 pub mod relay;
+pub mod seccomp;
 pub mod server;
 
 pub use backend::{check_memory_table, MemoryTableError, VhostUserBlk, MAX_QUEUES};

@@ -47,6 +47,16 @@ struct Args {
     /// Accepted for symmetry with vmm (a VIOS has no console).
     #[arg(long, value_name = "PATH")]
     console: Option<String>,
+    /// System-call filters per thread (docs/security.md): `kill` ends the
+    /// VIOS on any call outside its thread's list; `log` only logs it
+    /// (kernel audit log, `dmesg`), for diagnosis; `none` installs no filter.
+    #[arg(
+        long,
+        value_name = "kill|log|none",
+        env = "PARVM_SECCOMP",
+        default_value = "kill"
+    )]
+    seccomp: vios::seccomp::SeccompMode,
 }
 
 fn init_logging() {
@@ -57,6 +67,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
     if args.queues == 0 || args.queues > MAX_QUEUES {
         anyhow::bail!("--queues {} is outside 1..={MAX_QUEUES}", args.queues);
     }
+    vios::seccomp::configure(args.seccomp)?;
     if let Some(config) = args.config {
         let def = ViosDefinition::from_file(&config)?;
         def.validate()?;
@@ -70,6 +81,8 @@ fn run(args: Args) -> anyhow::Result<i32> {
     };
     let spec = ExportSpec::parse(&disk)?;
     let export = Arc::new(Export::open(spec)?);
+    // Set-up is over: this thread and every one it starts are filtered.
+    vios::seccomp::apply(vios::seccomp::Role::Server);
     let server = Server::listen(
         &listen,
         export,

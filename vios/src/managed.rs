@@ -101,6 +101,8 @@ pub fn run(
         read_only: false,
     };
     let connections = Connections::default();
+    // Set-up is over: this thread and every one it starts are filtered.
+    crate::seccomp::apply(crate::seccomp::Role::Server);
     let mut channel = Channel::new(stream);
     managed::hello(&channel, &def.name)?;
     channel.send(&ToManager::Ready, &[])?;
