@@ -6,6 +6,7 @@
 pub mod blkbench;
 pub mod guests;
 pub mod linux;
+pub mod sandbox;
 
 use std::io::Read;
 use std::path::PathBuf;
