@@ -5,43 +5,14 @@
 //! code an attacker took over would make it) kills the VMM with SIGSYS.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use parvm_sandbox::test_support::{child_calls, killed_by_sigsys};
 use parvm_tests::guests::guest_path;
 use parvm_tests::sandbox::{inject_syscall, is_root, threads, wait_for_threads};
 use parvm_tests::scratch_dir;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use vmm::seccomp::{build, install, Role, SeccompMode};
-
-/// Forks a child that installs `role`'s filter for `mode`, then makes
-/// system call `nr`; returns the child's wait status. The child exits 0
-/// if the call returned.
-fn child_calls(role: Role, mode: SeccompMode, nr: i64, args: [u64; 3]) -> i32 {
-    let filter = build(role, mode).unwrap().unwrap();
-    // SAFETY: the child only makes system calls (install is prctl and
-    // seccomp on prepared programs) and leaves with _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        if install(role, &filter).is_err() {
-            // SAFETY: leaving the forked child.
-            unsafe { libc::_exit(100) };
-        }
-        // SAFETY: a raw system call with plain integer arguments.
-        unsafe {
-            libc::syscall(nr, args[0], args[1], args[2]);
-            libc::_exit(0);
-        }
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    status
-}
-
-fn killed_by_sigsys(status: i32) -> bool {
-    libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS
-}
+use vmm::seccomp::{build, Role, SeccompMode};
 
 #[test]
 fn a_forbidden_call_kills_only_the_process_that_makes_it() {
