@@ -5,6 +5,7 @@
 //! I/O as `nobody`, given only its image and socket directory.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use parvm_sandbox::test_support::child_calls;
 use parvm_tests::guests::guest_path;
 use parvm_tests::sandbox::{
     chown_tree, inject_syscall, is_root, private_device_node, threads, wait_for_threads, NOBODY,
@@ -14,29 +15,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use vios::seccomp::{build, install, Role, SeccompMode};
-
-fn child_calls(role: Role, mode: SeccompMode, nr: i64, args: [u64; 3]) -> i32 {
-    let filter = build(role, mode).unwrap().unwrap();
-    // SAFETY: the child only makes system calls and leaves with _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        if install(role, &filter).is_err() {
-            // SAFETY: leaving the forked child.
-            unsafe { libc::_exit(100) };
-        }
-        // SAFETY: a raw system call with plain integer arguments.
-        unsafe {
-            libc::syscall(nr, args[0], args[1], args[2]);
-            libc::_exit(0);
-        }
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    status
-}
+use vios::seccomp::{Role, SeccompMode};
 
 #[test]
 fn a_forbidden_call_kills_only_the_process_that_makes_it() {
