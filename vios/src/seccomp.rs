@@ -40,29 +40,6 @@ pub enum Role {
     Worker,
 }
 
-impl Role {
-    /// Every role.
-    pub const ALL: [Role; 2] = [Role::Server, Role::Worker];
-
-    /// The role's name in logs and docs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Server => "server",
-            Role::Worker => "worker",
-        }
-    }
-}
-
-impl parvm_sandbox::Role for Role {
-    const ALL: &'static [Role] = &Role::ALL;
-    fn name(self) -> &'static str {
-        Role::name(self)
-    }
-    fn allowed(self) -> Vec<Allow> {
-        allowed(self)
-    }
-}
-
 /// What every thread needs: Rust's std, the allocator, `tracing` to stderr,
 /// thread exit, and an abort on panic ([`parvm_sandbox::rust_runtime`]);
 /// and the queue work every role does.
@@ -87,60 +64,71 @@ fn common() -> Vec<Allow> {
     list
 }
 
-/// The allow-list of `role`.
-pub fn allowed(role: Role) -> Vec<Allow> {
-    use Allow::*;
-    let mut list = common();
-    if role == Role::Server {
-        // Threads (pthread_create through `clone`, never a process; clone3
-        // answered ENOSYS), a thread's name.
-        list.extend(parvm_sandbox::thread_spawning());
-        list.extend([
-            // A worker adding its own filter.
-            ArgIn(libc::SYS_prctl, 0, vec![libc::PR_SET_NO_NEW_PRIVS as u64]),
-            ArgIn(
-                libc::SYS_seccomp,
-                0,
-                vec![u64::from(libc::SECCOMP_SET_MODE_FILTER)],
-            ),
-            // Messages with descriptors: the manager's channel, vhost-user.
-            Any(libc::SYS_sendmsg),
-            Any(libc::SYS_recvmsg),
-            Any(libc::SYS_sendto),
-            Any(libc::SYS_recvfrom),
-            Any(libc::SYS_poll),
-            Any(libc::SYS_ppoll),
-            Any(libc::SYS_shutdown),
-            Any(libc::SYS_fcntl),
-            Any(libc::SYS_dup),
-            Any(libc::SYS_eventfd2),
-            Any(libc::SYS_epoll_create1),
-            // The size of an image a connection exports.
-            Any(libc::SYS_lseek),
-            Any(libc::SYS_rt_sigaction),
-            // Unix sockets only: listening, accepting, dialing.
-            ArgIn(libc::SYS_socket, 0, vec![libc::AF_UNIX as u64]),
-            Any(libc::SYS_bind),
-            Any(libc::SYS_listen),
-            Any(libc::SYS_accept4),
-            Any(libc::SYS_connect),
-            Any(libc::SYS_setsockopt),
-            // SO_PEERCRED of a re-attached manager, checked against our
-            // user.
-            Any(libc::SYS_getsockopt),
-            Any(libc::SYS_geteuid),
-            // The relay's private socket directory, and the random bytes
-            // that name it.
-            Any(libc::SYS_openat),
-            Any(libc::SYS_mkdir),
-            Any(libc::SYS_mkdirat),
-            Any(libc::SYS_unlink),
-            Any(libc::SYS_unlinkat),
-            Any(libc::SYS_rmdir),
-            Any(libc::SYS_getdents64),
-        ]);
+impl parvm_sandbox::Role for Role {
+    const ALL: &'static [Role] = &[Role::Server, Role::Worker];
+
+    fn name(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Worker => "worker",
+        }
     }
-    list
+
+    /// The role's allow-list.
+    fn allowed(self) -> Vec<Allow> {
+        use Allow::*;
+        let mut list = common();
+        if self == Role::Server {
+            // Threads (pthread_create through `clone`, never a process; clone3
+            // answered ENOSYS), a thread's name.
+            list.extend(parvm_sandbox::thread_spawning());
+            list.extend([
+                // A worker adding its own filter.
+                ArgIn(libc::SYS_prctl, 0, vec![libc::PR_SET_NO_NEW_PRIVS as u64]),
+                ArgIn(
+                    libc::SYS_seccomp,
+                    0,
+                    vec![u64::from(libc::SECCOMP_SET_MODE_FILTER)],
+                ),
+                // Messages with descriptors: the manager's channel, vhost-user.
+                Any(libc::SYS_sendmsg),
+                Any(libc::SYS_recvmsg),
+                Any(libc::SYS_sendto),
+                Any(libc::SYS_recvfrom),
+                Any(libc::SYS_poll),
+                Any(libc::SYS_ppoll),
+                Any(libc::SYS_shutdown),
+                Any(libc::SYS_fcntl),
+                Any(libc::SYS_dup),
+                Any(libc::SYS_eventfd2),
+                Any(libc::SYS_epoll_create1),
+                // The size of an image a connection exports.
+                Any(libc::SYS_lseek),
+                Any(libc::SYS_rt_sigaction),
+                // Unix sockets only: listening, accepting, dialing.
+                ArgIn(libc::SYS_socket, 0, vec![libc::AF_UNIX as u64]),
+                Any(libc::SYS_bind),
+                Any(libc::SYS_listen),
+                Any(libc::SYS_accept4),
+                Any(libc::SYS_connect),
+                Any(libc::SYS_setsockopt),
+                // SO_PEERCRED of a re-attached manager, checked against our
+                // user.
+                Any(libc::SYS_getsockopt),
+                Any(libc::SYS_geteuid),
+                // The relay's private socket directory, and the random bytes
+                // that name it.
+                Any(libc::SYS_openat),
+                Any(libc::SYS_mkdir),
+                Any(libc::SYS_mkdirat),
+                Any(libc::SYS_unlink),
+                Any(libc::SYS_unlinkat),
+                Any(libc::SYS_rmdir),
+                Any(libc::SYS_getdents64),
+            ]);
+        }
+        list
+    }
 }
 
 /// Compiles both roles' filters for `mode`; from then on [`apply`] installs

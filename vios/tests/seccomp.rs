@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use parvm_sandbox::test_support::child_calls;
+use parvm_sandbox::Role as _;
 use parvm_tests::guests::guest_path;
 use parvm_tests::sandbox::{
     chown_tree, inject_syscall, is_root, private_device_node, threads, wait_for_threads, NOBODY,
@@ -20,7 +21,7 @@ use vios::seccomp::{Role, SeccompMode};
 #[test]
 fn a_forbidden_call_kills_only_the_process_that_makes_it() {
     let inet = [libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0];
-    for role in Role::ALL {
+    for &role in Role::ALL {
         for (nr, args) in [
             (libc::SYS_socket, inet),
             (libc::SYS_fork, [0; 3]),

@@ -41,29 +41,6 @@ pub enum Role {
     Control,
 }
 
-impl Role {
-    pub const ALL: [Role; 4] = [Role::Main, Role::Vcpu, Role::Device, Role::Control];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Main => "main",
-            Role::Vcpu => "vcpu",
-            Role::Device => "device",
-            Role::Control => "control",
-        }
-    }
-}
-
-impl parvm_sandbox::Role for Role {
-    const ALL: &'static [Role] = &Role::ALL;
-    fn name(self) -> &'static str {
-        Role::name(self)
-    }
-    fn allowed(self) -> Vec<Allow> {
-        allowed(self)
-    }
-}
-
 // KVM ioctls the threads make after set-up (kvm-ioctls keeps its numbers
 // private; these are the same definitions).
 const KVMIO: u32 = 0xae;
@@ -117,73 +94,86 @@ fn unix_connect() -> Vec<Allow> {
     ]
 }
 
-/// The allow-list of `role`.
-///
-/// Every thread: Rust's std, the allocator, `tracing` to stderr, the VMM's
-/// signal handlers (SIGTERM writes the exit eventfd, the vCPU kick is a
-/// no-op handler), thread exit, and an abort on panic
-/// ([`parvm_sandbox::rust_runtime`]).
-pub fn allowed(role: Role) -> Vec<Allow> {
-    use Allow::*;
-    let mut list = parvm_sandbox::rust_runtime();
-    match role {
-        Role::Main => {
-            list.extend([
-                Any(libc::SYS_poll),
-                Any(libc::SYS_ppoll),
-                Any(libc::SYS_read),
-                // The terminal's settings come back when the VMM ends.
-                ArgIn(libc::SYS_ioctl, 1, vec![libc::TCGETS, libc::TCSETS]),
-                // The exit report on the control channel.
-                Any(libc::SYS_sendmsg),
-                Any(libc::SYS_fcntl),
-                Any(libc::SYS_shutdown),
-            ]);
-        }
-        Role::Vcpu => {
-            list.push(ArgIn(
-                libc::SYS_ioctl,
-                1,
-                vec![KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS()],
-            ));
-            list.extend(unix_messages());
-            list.extend(unix_connect());
-            list.extend(parvm_sandbox::thread_spawning());
-        }
-        Role::Device => {
-            list.extend([
-                Any(libc::SYS_epoll_wait),
-                Any(libc::SYS_epoll_pwait),
-                Any(libc::SYS_epoll_ctl),
-                Any(libc::SYS_read),
-                Any(libc::SYS_pread64),
-                Any(libc::SYS_pwrite64),
-                Any(libc::SYS_preadv),
-                Any(libc::SYS_pwritev),
-                Any(libc::SYS_lseek),
-                Any(libc::SYS_fsync),
-                Any(libc::SYS_fdatasync),
-                // Discard and write-zeroes punch or zero ranges.
-                Any(libc::SYS_fallocate),
-            ]);
-        }
-        Role::Control => {
-            list.push(ArgIn(
-                libc::SYS_ioctl,
-                1,
-                vec![
-                    KVM_SET_USER_MEMORY_REGION(),
-                    KVM_IOEVENTFD(),
-                    KVM_IRQFD(),
-                    KVM_SET_GSI_ROUTING(),
-                ],
-            ));
-            list.extend(unix_messages());
-            list.extend(unix_connect());
-            list.extend(parvm_sandbox::thread_spawning());
+impl parvm_sandbox::Role for Role {
+    const ALL: &'static [Role] = &[Role::Main, Role::Vcpu, Role::Device, Role::Control];
+
+    fn name(self) -> &'static str {
+        match self {
+            Role::Main => "main",
+            Role::Vcpu => "vcpu",
+            Role::Device => "device",
+            Role::Control => "control",
         }
     }
-    list
+
+    /// The role's allow-list.
+    ///
+    /// Every thread: Rust's std, the allocator, `tracing` to stderr, the VMM's
+    /// signal handlers (SIGTERM writes the exit eventfd, the vCPU kick is a
+    /// no-op handler), thread exit, and an abort on panic
+    /// ([`parvm_sandbox::rust_runtime`]).
+    fn allowed(self) -> Vec<Allow> {
+        use Allow::*;
+        let mut list = parvm_sandbox::rust_runtime();
+        match self {
+            Role::Main => {
+                list.extend([
+                    Any(libc::SYS_poll),
+                    Any(libc::SYS_ppoll),
+                    Any(libc::SYS_read),
+                    // The terminal's settings come back when the VMM ends.
+                    ArgIn(libc::SYS_ioctl, 1, vec![libc::TCGETS, libc::TCSETS]),
+                    // The exit report on the control channel.
+                    Any(libc::SYS_sendmsg),
+                    Any(libc::SYS_fcntl),
+                    Any(libc::SYS_shutdown),
+                ]);
+            }
+            Role::Vcpu => {
+                list.push(ArgIn(
+                    libc::SYS_ioctl,
+                    1,
+                    vec![KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS()],
+                ));
+                list.extend(unix_messages());
+                list.extend(unix_connect());
+                list.extend(parvm_sandbox::thread_spawning());
+            }
+            Role::Device => {
+                list.extend([
+                    Any(libc::SYS_epoll_wait),
+                    Any(libc::SYS_epoll_pwait),
+                    Any(libc::SYS_epoll_ctl),
+                    Any(libc::SYS_read),
+                    Any(libc::SYS_pread64),
+                    Any(libc::SYS_pwrite64),
+                    Any(libc::SYS_preadv),
+                    Any(libc::SYS_pwritev),
+                    Any(libc::SYS_lseek),
+                    Any(libc::SYS_fsync),
+                    Any(libc::SYS_fdatasync),
+                    // Discard and write-zeroes punch or zero ranges.
+                    Any(libc::SYS_fallocate),
+                ]);
+            }
+            Role::Control => {
+                list.push(ArgIn(
+                    libc::SYS_ioctl,
+                    1,
+                    vec![
+                        KVM_SET_USER_MEMORY_REGION(),
+                        KVM_IOEVENTFD(),
+                        KVM_IRQFD(),
+                        KVM_SET_GSI_ROUTING(),
+                    ],
+                ));
+                list.extend(unix_messages());
+                list.extend(unix_connect());
+                list.extend(parvm_sandbox::thread_spawning());
+            }
+        }
+        list
+    }
 }
 
 /// Compiles every role's filter for `mode`; from then on [`apply`] installs

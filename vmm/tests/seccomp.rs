@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use parvm_sandbox::test_support::{child_calls, killed_by_sigsys};
+use parvm_sandbox::Role as _;
 use parvm_tests::guests::guest_path;
 use parvm_tests::sandbox::{inject_syscall, is_root, threads, wait_for_threads};
 use parvm_tests::scratch_dir;
@@ -19,7 +20,7 @@ fn a_forbidden_call_kills_only_the_process_that_makes_it() {
     let inet = [libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0];
     let path = c"/bin/true";
     let execve = [path.as_ptr() as u64, 0, 0];
-    for role in Role::ALL {
+    for &role in Role::ALL {
         for (what, nr, args) in [
             ("socket(AF_INET)", libc::SYS_socket, inet),
             ("execve", libc::SYS_execve, execve),
@@ -54,7 +55,7 @@ fn a_forbidden_call_kills_only_the_process_that_makes_it() {
 
 #[test]
 fn the_filters_allow_only_what_the_roles_need() {
-    for role in Role::ALL {
+    for &role in Role::ALL {
         let calls = vmm::seccomp::syscalls(role);
         for forbidden in [
             libc::SYS_execve,
