@@ -11,7 +11,9 @@
 //! not count), each next request must arrive whole within
 //! [`Limits::client_timeout`], and connection logs are rate limited.
 
-use crate::supervisor::{spawn_thread, Manager, ManagerError};
+use crate::error::ManagerError;
+use crate::manager::Manager;
+use crate::process::spawn_thread;
 use parvm_protocol::{Channel, ErrorKind, ProtocolError, Request, Response};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};

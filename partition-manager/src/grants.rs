@@ -1,7 +1,7 @@
 //! The grant table: memory segments (memfds, one owning partition), the
 //! block resources VIOS partitions export (`VIOS/DISK`, owned by the VIOS;
 //! docs/vios.md, "Grants") and the grants of them, with every check of DESIGN.md ("Grant cookies") applied
-//! against the caller's identity. Pure bookkeeping: the [`supervisor`]
+//! against the caller's identity. Pure bookkeeping: the grant engine
 //! persists each change and talks to the VMMs (map, unmap, acks).
 //!
 //! | op | allowed for | checks |
@@ -12,16 +12,20 @@
 //! | revoke | the grantor or the owner | cookie live; cascades to descendants |
 //! | copy | the grantee of both cookies | destination rw, ranges inside |
 //!
-//! [`supervisor`]: crate::supervisor
+//! The fields are private: every change goes through a method here (the
+//! rules above, and the state transitions the grant engine drives:
+//! [`GrantTable::mark_accepted`], [`GrantTable::end`], ...), and the engine
+//! asks its questions through the queries below.
 
 use parvm_protocol::grant::{check_segment_size, valid_segment_id, MAX_SEGMENT_SIZE};
 use parvm_protocol::{
     DoorbellInfo, ErrorKind, GrantCookie, GrantInfo, GrantState, Rights, SegmentInfo,
 };
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::os::fd::FromRawFd;
 use std::sync::Arc;
+
+mod resources;
+pub use resources::{create_memfd, random_bytes, BlockResource, Doorbell, Segment};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrantError {
@@ -55,6 +59,8 @@ pub enum GrantError {
     TooLarge { name: String, message: String },
     #[error("{0}")]
     Bad(String),
+    #[error("grant {0} vanished")]
+    Vanished(u64),
     #[error("{what}: {source}")]
     Os {
         what: String,
@@ -75,125 +81,10 @@ impl GrantError {
             GrantError::SegmentExists(_) => ErrorKind::AlreadyExists,
             GrantError::TooLarge { .. } => ErrorKind::TooLarge,
             GrantError::Bad(_) => ErrorKind::BadRequest,
+            GrantError::Vanished(_) => ErrorKind::Internal,
             GrantError::Os { .. } => ErrorKind::Internal,
         }
     }
-}
-
-/// 16 bytes from the OS random source (getrandom(2)).
-pub fn random_bytes() -> Result<[u8; 16], std::io::Error> {
-    let mut buf = [0u8; 16];
-    let mut got = 0;
-    while got < buf.len() {
-        // SAFETY: getrandom writes at most the given length into the buffer.
-        let n = unsafe { libc::getrandom(buf[got..].as_mut_ptr().cast(), buf.len() - got, 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        got += n as usize;
-    }
-    Ok(buf)
-}
-
-/// A memfd of `size` bytes named after the segment.
-pub fn create_memfd(name: &str, size: u64) -> Result<File, GrantError> {
-    let os = |source| GrantError::Os {
-        what: format!("segment `{name}`: cannot create its memory"),
-        source,
-    };
-    // SAFETY: memfd_create with a valid NUL-terminated name; the result is
-    // checked before use.
-    let fd = unsafe { libc::memfd_create(c"parvm-segment".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(os(std::io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
-    let f = unsafe { File::from_raw_fd(fd) };
-    f.set_len(size).map_err(os)?;
-    Ok(f)
-}
-
-/// A segment and, while the manager runs, its memory.
-pub struct Segment {
-    pub info: SegmentInfo,
-    memfd: Option<Arc<File>>,
-}
-
-impl Segment {
-    /// The segment's memfd, created on first use (a restarted manager
-    /// creates it anew: see docs/manager.md, "Segments and grants").
-    pub fn memfd(&mut self) -> Result<Arc<File>, GrantError> {
-        if let Some(f) = &self.memfd {
-            return Ok(f.clone());
-        }
-        let f = Arc::new(create_memfd(&self.info.name, self.info.size)?);
-        self.memfd = Some(f.clone());
-        Ok(f)
-    }
-
-    /// Adopts memory a VMM still maps (after a manager restart).
-    pub fn adopt(&mut self, f: File) {
-        if self.memfd.is_none() {
-            self.memfd = Some(Arc::new(f));
-        }
-    }
-}
-
-/// A doorbell and, while the manager runs, its eventfd.
-pub struct Doorbell {
-    pub info: DoorbellInfo,
-    eventfd: Option<Arc<File>>,
-}
-
-impl Doorbell {
-    pub fn new(info: DoorbellInfo) -> Self {
-        Doorbell {
-            info,
-            eventfd: None,
-        }
-    }
-
-    /// Adopts the eventfd a running end still holds (after a restart).
-    pub fn adopt(&mut self, f: File) -> bool {
-        if self.eventfd.is_some() {
-            return false;
-        }
-        self.eventfd = Some(Arc::new(f));
-        true
-    }
-
-    /// The doorbell's eventfd, created on first use.
-    pub fn eventfd(&mut self) -> Result<Arc<File>, GrantError> {
-        if let Some(f) = &self.eventfd {
-            return Ok(f.clone());
-        }
-        // SAFETY: eventfd(2) with valid flags; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(GrantError::Os {
-                what: format!("doorbell `{}`: cannot create its eventfd", self.info.id),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: a fresh descriptor owned by nobody else.
-        let f = Arc::new(unsafe { File::from_raw_fd(fd) });
-        self.eventfd = Some(f.clone());
-        Ok(f)
-    }
-}
-
-/// A block resource: one export of a VIOS partition, named `VIOS/DISK`.
-/// Derived from the VIOS's definition (not stored on its own).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockResource {
-    pub owner: String,
-    pub disk: String,
-    /// The export is read-only: it can only be granted `ro`.
-    pub read_only: bool,
 }
 
 /// Most segments one partition may own (guests create them by hcall).
@@ -203,11 +94,11 @@ pub const MAX_GRANTS_PER_GRANTOR: usize = 4096;
 
 #[derive(Default)]
 pub struct GrantTable {
-    pub segments: BTreeMap<String, Segment>,
-    pub grants: BTreeMap<u64, GrantInfo>,
-    pub doorbells: BTreeMap<String, Doorbell>,
+    segments: BTreeMap<String, Segment>,
+    grants: BTreeMap<u64, GrantInfo>,
+    doorbells: BTreeMap<String, Doorbell>,
     /// VIOS exports by `VIOS/DISK`.
-    pub blocks: BTreeMap<String, BlockResource>,
+    blocks: BTreeMap<String, BlockResource>,
     by_cookie: HashMap<GrantCookie, u64>,
     next_id: u64,
 }
@@ -230,7 +121,7 @@ impl GrantTable {
         }
         for info in segments {
             t.segments
-                .insert(info.name.clone(), Segment { info, memfd: None });
+                .insert(info.name.clone(), Segment::new(info, None));
         }
         for g in grants {
             t.next_id = t.next_id.max(g.id);
@@ -262,7 +153,7 @@ impl GrantTable {
     pub fn owner_of(&self, resource: &str) -> Option<&str> {
         self.segments
             .get(resource)
-            .map(|s| s.info.owner.as_str())
+            .map(|s| s.info().owner.as_str())
             .or_else(|| self.blocks.get(resource).map(|b| b.owner.as_str()))
     }
 
@@ -316,13 +207,8 @@ impl GrantTable {
         } else {
             None
         };
-        self.segments.insert(
-            name,
-            Segment {
-                info: info.clone(),
-                memfd,
-            },
-        );
+        self.segments
+            .insert(name, Segment::new(info.clone(), memfd));
         Ok(info)
     }
 
@@ -331,7 +217,7 @@ impl GrantTable {
     pub fn owned_by(&self, owner: &str) -> Vec<&SegmentInfo> {
         self.segments
             .values()
-            .map(|s| &s.info)
+            .map(|s| s.info())
             .filter(|s| s.owner == owner)
             .collect()
     }
@@ -593,7 +479,7 @@ impl GrantTable {
             let size = self
                 .segments
                 .get(&g.segment)
-                .map(|s| s.info.size)
+                .map(|s| s.info().size)
                 .ok_or_else(|| GrantError::NoSegment(g.segment.clone()))?;
             let end = off.checked_add(len);
             if end.is_none_or(|e| e > size) {
@@ -626,6 +512,9 @@ impl GrantTable {
         out
     }
 
+    /// Raw write access to one grant, bypassing the rules: for tests and
+    /// the fuzz targets only (the manager uses the transitions below).
+    #[doc(hidden)]
     pub fn grant_mut(&mut self, id: u64) -> Option<&mut GrantInfo> {
         self.grants.get_mut(&id)
     }
@@ -635,6 +524,231 @@ impl GrantTable {
             .get_mut(name)
             .ok_or_else(|| GrantError::NoSegment(name.into()))
     }
+
+    // ---- queries ------------------------------------------------------
+
+    /// Every grant, by id.
+    pub fn grants(&self) -> impl Iterator<Item = &GrantInfo> {
+        self.grants.values()
+    }
+
+    /// Grant `id`, if minted here.
+    pub fn by_id(&self, id: u64) -> Option<&GrantInfo> {
+        self.grants.get(&id)
+    }
+
+    /// Every segment, by name.
+    pub fn segments(&self) -> impl Iterator<Item = &SegmentInfo> {
+        self.segments.values().map(|s| s.info())
+    }
+
+    pub fn segment(&self, name: &str) -> Option<&SegmentInfo> {
+        self.segments.get(name).map(|s| s.info())
+    }
+
+    /// Every doorbell, by id.
+    pub fn doorbells(&self) -> impl Iterator<Item = &DoorbellInfo> {
+        self.doorbells.values().map(|d| d.info())
+    }
+
+    pub fn doorbell(&self, id: &str) -> Option<&DoorbellInfo> {
+        self.doorbells.get(id).map(|d| d.info())
+    }
+
+    /// The block resource (VIOS export) `name`.
+    pub fn block(&self, name: &str) -> Option<&BlockResource> {
+        self.blocks.get(name)
+    }
+
+    /// The block resources owned by `owner`, by name.
+    pub fn blocks_owned_by(&self, owner: &str) -> Vec<String> {
+        self.blocks
+            .iter()
+            .filter(|(_, b)| b.owner == owner)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Live grants of resource `resource`.
+    pub fn live_grants_of(&self, resource: &str) -> Vec<u64> {
+        self.grants
+            .values()
+            .filter(|g| g.segment == resource && g.state.is_live())
+            .map(|g| g.id)
+            .collect()
+    }
+
+    /// Live grants made to `grantee`.
+    pub fn live_grants_to(&self, grantee: &str) -> Vec<u64> {
+        self.grants
+            .values()
+            .filter(|g| g.grantee == grantee && g.state.is_live())
+            .map(|g| g.id)
+            .collect()
+    }
+
+    /// The standing grants (shared-segment configuration) waiting for
+    /// `partition` to accept them: cookie and address.
+    pub fn standing_for(&self, partition: &str) -> Vec<(GrantCookie, u64)> {
+        self.grants
+            .values()
+            .filter(|g| g.grantee == partition && g.state == GrantState::Granted)
+            .filter_map(|g| Some((g.cookie, g.auto_gpa?)))
+            .collect()
+    }
+
+    /// A live standing grant of `segment` to `grantee` at `gpa` with
+    /// `rights`, if there is one.
+    pub fn find_standing(
+        &self,
+        segment: &str,
+        grantee: &str,
+        gpa: u64,
+        rights: Rights,
+    ) -> Option<&GrantInfo> {
+        self.grants.values().find(|g| {
+            g.segment == segment
+                && g.grantee == grantee
+                && g.auto_gpa == Some(gpa)
+                && g.rights == rights
+                && g.state.is_live()
+        })
+    }
+
+    /// The doorbells with `partition` at one end.
+    pub fn doorbells_of(&self, partition: &str) -> Vec<String> {
+        self.doorbells
+            .values()
+            .filter(|d| d.info().from == partition || d.info().to == partition)
+            .map(|d| d.info().id.clone())
+            .collect()
+    }
+
+    /// What `client` may do with block resource `resource`: the widest
+    /// rights of its accepted grants of it, else whether one is pending.
+    pub fn block_access(&self, resource: &str, client: &str) -> BlockAccess {
+        let mut accepted = None;
+        let mut pending = false;
+        for g in self
+            .grants
+            .values()
+            .filter(|g| g.segment == resource && g.grantee == client)
+        {
+            match g.state {
+                GrantState::Accepted => {
+                    accepted = Some(accepted.unwrap_or(Rights::Ro).max(g.rights));
+                }
+                GrantState::Granted => pending = true,
+                GrantState::Revoked | GrantState::Released => {}
+            }
+        }
+        match accepted {
+            Some(rights) => BlockAccess::Accepted(rights),
+            None if pending => BlockAccess::Pending,
+            None => BlockAccess::None,
+        }
+    }
+
+    // ---- changes --------------------------------------------------------
+
+    /// Removes segment or block resource `name` (its grants stay, to be
+    /// ended by the caller); whether it was a block resource.
+    pub fn remove_resource(&mut self, name: &str) -> bool {
+        if self.blocks.remove(name).is_some() {
+            return true;
+        }
+        self.segments.remove(name);
+        false
+    }
+
+    /// Adds a doorbell (checked by the caller: see the shared-segment
+    /// configuration); an existing one stays as it is.
+    pub fn add_doorbell(&mut self, info: DoorbellInfo) {
+        self.doorbells
+            .entry(info.id.clone())
+            .or_insert_with(|| Doorbell::new(info));
+    }
+
+    pub fn doorbell_mut(&mut self, id: &str) -> Option<&mut Doorbell> {
+        self.doorbells.get_mut(id)
+    }
+
+    /// A granted cookie's mapping is done: accepted at `gpa`. Fails if the
+    /// grant ended meanwhile (revoked while it was being accepted).
+    pub fn mark_accepted(
+        &mut self,
+        id: u64,
+        gpa: Option<u64>,
+        now: u64,
+    ) -> Result<GrantInfo, GrantError> {
+        let g = self.grants.get_mut(&id).ok_or(GrantError::Vanished(id))?;
+        if g.state != GrantState::Granted {
+            return Err(GrantError::Used {
+                id,
+                state: g.state,
+                why: "revoked while it was being accepted",
+            });
+        }
+        g.state = GrantState::Accepted;
+        g.gpa = gpa;
+        g.since = now;
+        Ok(g.clone())
+    }
+
+    /// Ends grant `id` (`state`: revoked or released); the grant as it is
+    /// now and whether it was mapped (accepted) until now.
+    pub fn end(&mut self, id: u64, state: GrantState, now: u64) -> Option<(GrantInfo, bool)> {
+        let g = self.grants.get_mut(&id)?;
+        let was_mapped = g.state == GrantState::Accepted;
+        g.state = state;
+        g.since = now;
+        Some((g.clone(), was_mapped))
+    }
+
+    /// A standing grant (one with an `auto_gpa`) of a holder whose VMM
+    /// ended goes back to `granted`, to be accepted at its next start.
+    /// `None` (nothing changed) for any other grant.
+    pub fn back_to_standing(&mut self, id: u64, now: u64) -> Option<GrantInfo> {
+        let g = self.grants.get_mut(&id)?;
+        g.auto_gpa?;
+        g.state = GrantState::Granted;
+        g.gpa = None;
+        g.since = now;
+        Some(g.clone())
+    }
+
+    /// Makes `id` a standing grant to be mapped at `gpa`.
+    pub fn set_standing(&mut self, id: u64, gpa: u64) -> Option<GrantInfo> {
+        let g = self.grants.get_mut(&id)?;
+        g.auto_gpa = Some(gpa);
+        Some(g.clone())
+    }
+
+    /// Records a guest fault on grant `id` reported by `partition`'s VMM
+    /// (only its grantee's reports count).
+    pub fn record_fault(
+        &mut self,
+        id: u64,
+        partition: &str,
+        count: u64,
+        what: String,
+    ) -> Option<GrantInfo> {
+        let g = self.grants.get_mut(&id)?;
+        if g.grantee != partition {
+            return None;
+        }
+        g.faults = g.faults.max(count);
+        g.last_fault = Some(what);
+        Some(g.clone())
+    }
+}
+
+/// See [`GrantTable::block_access`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockAccess {
+    Accepted(Rights),
+    Pending,
+    None,
 }
 
 /// The key naming a grant's mapping in its grantee's VMM.
@@ -648,230 +762,4 @@ pub fn segment_key(name: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn table() -> GrantTable {
-        let mut t = GrantTable::default();
-        t.create_segment("a", "buf", 65536, Some(0xe000_0000), false)
-            .unwrap();
-        t
-    }
-
-    fn accept(t: &mut GrantTable, who: &str, c: &GrantCookie) {
-        let g = t.check_accept(who, c).unwrap();
-        let g = t.grant_mut(g.id).unwrap();
-        g.state = GrantState::Accepted;
-    }
-
-    #[test]
-    fn grant_accept_regrant_revoke_follow_the_rules() {
-        let mut t = table();
-        let g = t.grant("a", "a/buf", "b", Rights::Rw, 1).unwrap();
-        assert_eq!(g.state, GrantState::Granted);
-        // Only the owner grants.
-        assert!(matches!(
-            t.grant("b", "a/buf", "c", Rights::Ro, 1),
-            Err(GrantError::NotAllowed { .. })
-        ));
-        // Only the grantee accepts, once.
-        assert_eq!(
-            t.check_accept("c", &g.cookie).unwrap_err().kind(),
-            ErrorKind::WrongPartition
-        );
-        // A regrant needs an accepted cookie.
-        assert_eq!(
-            t.regrant("b", &g.cookie, "c", Rights::Ro, 1)
-                .unwrap_err()
-                .kind(),
-            ErrorKind::CookieUsed
-        );
-        accept(&mut t, "b", &g.cookie);
-        assert_eq!(
-            t.check_accept("b", &g.cookie).unwrap_err().kind(),
-            ErrorKind::CookieUsed
-        );
-        let c = t.regrant("b", &g.cookie, "c", Rights::Ro, 1).unwrap();
-        assert_eq!(c.parent, Some(g.cookie));
-        accept(&mut t, "c", &c.cookie);
-        // Rights never widen.
-        assert_eq!(
-            t.regrant("c", &c.cookie, "d", Rights::Rw, 1)
-                .unwrap_err()
-                .kind(),
-            ErrorKind::RightsEscalation
-        );
-        let d = t.regrant("c", &c.cookie, "d", Rights::Ro, 1).unwrap();
-        // Revoke: grantor or owner only; cascades.
-        assert_eq!(
-            t.revoke_set("c", &g.cookie).unwrap_err().kind(),
-            ErrorKind::WrongPartition
-        );
-        assert_eq!(
-            t.revoke_set("a", &g.cookie).unwrap(),
-            vec![g.id, c.id, d.id]
-        );
-        assert_eq!(t.revoke_set("b", &c.cookie).unwrap(), vec![c.id, d.id]);
-        for id in [g.id, c.id, d.id] {
-            t.grant_mut(id).unwrap().state = GrantState::Revoked;
-        }
-        assert_eq!(
-            t.revoke_set("a", &g.cookie).unwrap_err().kind(),
-            ErrorKind::CookieUsed
-        );
-        assert_eq!(
-            t.check_accept("d", &d.cookie).unwrap_err().kind(),
-            ErrorKind::CookieUsed
-        );
-    }
-
-    #[test]
-    fn forged_cookies_are_unknown() {
-        let mut t = table();
-        let g = t.grant("a", "a/buf", "b", Rights::Rw, 1).unwrap();
-        let mut forged = g.cookie;
-        forged.0[15] ^= 1;
-        assert_eq!(
-            t.check_accept("b", &forged).unwrap_err().kind(),
-            ErrorKind::UnknownCookie
-        );
-        assert_ne!(
-            t.grant("a", "a/buf", "b", Rights::Rw, 1).unwrap().cookie,
-            g.cookie
-        );
-    }
-
-    #[test]
-    fn segments_are_checked() {
-        let mut t = table();
-        let kind = |r: Result<SegmentInfo, GrantError>| r.unwrap_err().kind();
-        assert_eq!(
-            kind(t.create_segment("a", "buf", 4096, None, false)),
-            ErrorKind::AlreadyExists
-        );
-        assert_eq!(
-            kind(t.create_segment("a", "big", (1 << 30) + 4096, None, false)),
-            ErrorKind::TooLarge
-        );
-        assert_eq!(
-            kind(t.create_segment("a", "odd", 100, None, false)),
-            ErrorKind::TooLarge
-        );
-        assert_eq!(
-            kind(t.create_segment("a", "a/b", 4096, None, false)),
-            ErrorKind::BadRequest
-        );
-        assert_eq!(
-            kind(t.create_segment("a", "g", 4096, Some(0x123), false)),
-            ErrorKind::BadRequest
-        );
-        let s = t.create_segment("a", "mem", 8192, None, true).unwrap();
-        let f = t.segment_mut(&s.name).unwrap().memfd().unwrap();
-        assert_eq!(f.metadata().unwrap().len(), 8192);
-        assert_eq!(t.owned_by("a").len(), 2);
-        assert!(t.grant("a", "a/nope", "b", Rights::Ro, 1).is_err());
-    }
-
-    #[test]
-    fn copies_are_checked() {
-        let mut t = table();
-        t.create_segment("a", "two", 4096, None, false).unwrap();
-        let s = t.grant("a", "a/buf", "b", Rights::Ro, 1).unwrap();
-        let d = t.grant("a", "a/two", "b", Rights::Rw, 1).unwrap();
-        assert!(t.check_copy("b", &s.cookie, 0, &d.cookie, 0, 4096).is_ok());
-        assert!(t.check_copy("b", &s.cookie, 0, &d.cookie, 1, 4096).is_err());
-        assert!(t
-            .check_copy("b", &s.cookie, u64::MAX, &d.cookie, 0, 2)
-            .is_err());
-        assert_eq!(
-            t.check_copy("b", &d.cookie, 0, &s.cookie, 0, 1)
-                .unwrap_err()
-                .kind(),
-            ErrorKind::RightsEscalation
-        );
-        assert_eq!(
-            t.check_copy("c", &s.cookie, 0, &d.cookie, 0, 1)
-                .unwrap_err()
-                .kind(),
-            ErrorKind::WrongPartition
-        );
-    }
-
-    #[test]
-    fn vios_disks_are_granted_like_segments() {
-        let mut t = table();
-        t.add_block("vios1", "data", false);
-        t.add_block("vios1", "golden", true);
-        assert!(t.is_block("vios1/data") && !t.is_block("a/buf"));
-        assert_eq!(t.owner_of("vios1/golden"), Some("vios1"));
-        // Only the VIOS grants its disks, never to itself; a read-only
-        // export only `ro`.
-        let g = t
-            .grant("vios1", "vios1/data", "web", Rights::Rw, 1)
-            .unwrap();
-        assert_eq!(
-            t.grant("web", "vios1/data", "db", Rights::Ro, 1)
-                .unwrap_err()
-                .kind(),
-            ErrorKind::WrongPartition
-        );
-        assert_eq!(
-            t.grant("vios1", "vios1/data", "vios1", Rights::Ro, 1)
-                .unwrap_err()
-                .kind(),
-            ErrorKind::BadRequest
-        );
-        let e = t
-            .grant("vios1", "vios1/golden", "web", Rights::Rw, 1)
-            .unwrap_err();
-        assert!(e.to_string().contains("exported read-only"), "{e}");
-        assert!(t
-            .grant("vios1", "vios1/golden", "web", Rights::Ro, 1)
-            .is_ok());
-        assert_eq!(
-            t.grant("vios1", "vios1/nope", "web", Rights::Ro, 1)
-                .unwrap_err()
-                .kind(),
-            ErrorKind::NotFound
-        );
-        // No segment may take a disk's name.
-        assert_eq!(
-            t.create_segment("vios1", "data", 4096, None, false)
-                .unwrap_err()
-                .kind(),
-            ErrorKind::AlreadyExists
-        );
-        // Regrant rules as for segments; an accepted disk grant is not
-        // released with its holder's VMM.
-        accept(&mut t, "web", &g.cookie);
-        assert!(t.held_by("web").is_empty());
-        let c = t.regrant("web", &g.cookie, "db", Rights::Ro, 1).unwrap();
-        assert_eq!(
-            t.regrant("db", &c.cookie, "x", Rights::Ro, 1)
-                .unwrap_err()
-                .kind(),
-            ErrorKind::CookieUsed
-        );
-        accept(&mut t, "db", &c.cookie);
-        assert_eq!(
-            t.regrant("db", &c.cookie, "x", Rights::Rw, 1)
-                .unwrap_err()
-                .kind(),
-            ErrorKind::RightsEscalation
-        );
-        assert_eq!(t.revoke_set("vios1", &g.cookie).unwrap(), vec![g.id, c.id]);
-    }
-
-    #[test]
-    fn a_reloaded_table_keeps_cookies_and_numbering() {
-        let mut t = table();
-        let g = t.grant("a", "a/buf", "b", Rights::Rw, 1).unwrap();
-        let segs = t.segments.values().map(|s| s.info.clone()).collect();
-        let grants = t.grants.values().cloned().collect();
-        let mut t2 = GrantTable::load(segs, grants, Vec::new());
-        assert_eq!(t2.lookup(&g.cookie).unwrap().id, g.id);
-        let h = t2.grant("a", "a/buf", "c", Rights::Ro, 1).unwrap();
-        assert!(h.id > g.id);
-    }
-}
+mod tests;

@@ -2,39 +2,59 @@
 //! and runs one supervised `vmm` process per partition, and the library
 //! behind its CLI `parctl`.
 //!
-//! Module map (data flows top to bottom):
+//! Module map (each module uses only those listed before it; the façade
+//! [`manager`] routes events between the parts, whose state is private):
 //! - [`protocol`]: every message between processes and the frames carrying
 //!   them (the `parvm-protocol` crate, shared with `vmm` and `vios`).
-//! - [`client`]: connecting to the manager and making one request.
-//! - [`daemon`]: the listening socket (mode 0600, `SO_PEERCRED`), one thread
-//!   per connection dispatching requests to the [`supervisor`].
-//! - [`supervisor`]: the partition table, spawning VMMs with a socketpair as
-//!   their control channel, reading those channels, restart policy,
-//!   re-attaching VMMs after a manager restart.
 //! - [`definition`]: reading and checking partition and VIOS definitions
 //!   (the `parvm-config` types; `restart` and `segments` beside them).
-//! - [`grants`]: the grant table (segments, cookies, the checks of each
-//!   operation); [`sharing`]: those operations carried out with the VMMs
-//!   (map, unmap, acks, hcalls).
 //! - [`store`]: the persistent registry in SQLite under the state directory.
-//! - [`vios`]: VIOS partitions (kind `vios`, run with the `vios` binary;
-//!   the manager never links it) and the brokering of their disks to client
-//!   partitions.
-//! - [`bench`]: a scratch manager for the benchmark binaries
-//!   (`bench-manager`, `bench-grants`).
+//! - [`grants`]: the grant table (segments, block resources, cookies, the
+//!   checks of each operation; private fields, queries and transitions as
+//!   methods).
+//! - [`config`]: [`ManagerConfig`], paths and timeouts; [`error`]:
+//!   [`ManagerError`].
+//! - [`process`]: spawning a `vmm`/`vios` with a socketpair as its control
+//!   channel; pids, signals, tokens, helper threads.
+//! - [`restart`]: restart policy (how a run ended, backoff, giving up).
+//! - [`channel`]: reading a control channel and dispatching its messages
+//!   to the manager's `ControlEvents`.
+//! - [`partitions`]: the partition table part (records, runtimes,
+//!   write-through to the store).
+//! - [`grant_engine`]: the grant engine part (the grant table, pending
+//!   acks, maps/unmaps/doorbells sent to VMMs, shared configurations).
+//! - [`vios`]: the VIOS broker (VIOS partitions run with the `vios`
+//!   binary, which the manager never links; their disks brokered to
+//!   client partitions).
+//! - [`manager`]: the façade [`Manager`]: operator requests, process
+//!   events, routed to the parts under one lock.
+//! - [`daemon`]: the listening socket (mode 0600, `SO_PEERCRED`), one
+//!   thread per connection dispatching requests to the [`Manager`];
+//!   [`client`]: connecting to it and making one request.
+//!
+//! The benchmark binaries share their scratch-manager harness from
+//! `src/bin/common/` (not part of the library).
 //!
 //! See docs/manager.md (operators) and docs/protocol.md (the wire format).
 
 pub use parvm_protocol as protocol;
 
-pub mod bench;
+pub mod channel;
 pub mod client;
+pub mod config;
 pub mod daemon;
 pub mod definition;
+pub mod error;
+pub mod grant_engine;
 pub mod grants;
-pub mod sharing;
+pub mod manager;
+pub mod partitions;
+pub mod process;
+pub mod restart;
 pub mod store;
-pub mod supervisor;
 pub mod vios;
 
+pub use config::ManagerConfig;
+pub use error::ManagerError;
+pub use manager::Manager;
 pub use parvm_protocol::cli::one_line;

@@ -14,21 +14,24 @@
 //!   other end as an inherited fd, setting the disk's source to
 //!   `vhost-user-fd:N` in the definition the VMM reads.
 //! - Each export is a block resource `vios/disk` of the grant table, owned
-//!   by the VIOS ([`register_blocks`]); revoking a grant of it makes the
-//!   VIOS close that client's connections ([`disconnect`]).
+//!   by the VIOS (registered by the grant engine); revoking a grant of it
+//!   makes the VIOS close that client's connections ([`disconnect`]).
+//!
+//! The broker keeps no state of its own: it reads the partition table (a
+//! VIOS's definition, state and control channel) and the grant table, and
+//! is called by the manager on its events (a client starts, a VIOS became
+//! ready, a grant of a disk ended).
 
-use crate::supervisor::{Inner, ManagerError};
+use crate::error::ManagerError;
+use crate::grants::{segment_name, BlockAccess, GrantTable};
+use crate::partitions::PartitionTable;
 use parvm_config::{Definition, DiskSource, PartitionDefinition, ViosDefinition};
-use parvm_protocol::{GrantState, ManagerToVios, ManagerToVmm, PartitionState, Rights};
+use parvm_protocol::{ManagerToVios, ManagerToVmm, PartitionState, Rights};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
 
+pub use crate::process::{vios_binary, FIRST_DISK_FD};
 pub use parvm_config::VIOS_KIND as KIND;
-
-/// First fd number the client VMM finds its brokered sockets on (3 is the
-/// control channel).
-pub const FIRST_DISK_FD: i32 = 4;
 
 /// The manager's check of a received VIOS definition: the definition's own
 /// checks, and every image an absolute path to an existing file.
@@ -56,17 +59,12 @@ pub fn check(def: &ViosDefinition) -> Result<(), ManagerError> {
     Ok(())
 }
 
-/// The `vios` binary: next to the `vmm` binary the manager runs.
-pub fn vios_binary(vmm: &Path) -> PathBuf {
-    vmm.with_file_name("vios")
-}
-
 /// May `client` use export `disk` of the VIOS `vios`? Only with an
 /// accepted, live grant of the block resource `vios/disk` to `client` in
 /// the grant table (docs/vios.md, "Grants"). Returns whether the client is
 /// to be served read-only: the export is, or every such grant is `ro`.
 pub(crate) fn check_block_grant(
-    inner: &Inner,
+    grants: &GrantTable,
     vios: &ViosDefinition,
     disk: &str,
     client: &str,
@@ -77,43 +75,16 @@ pub(crate) fn check_block_grant(
             vios.name
         )));
     };
-    let resource = crate::grants::segment_name(&vios.name, disk);
-    let mut accepted = None;
-    let mut pending = false;
-    for g in inner
-        .table
-        .grants
-        .values()
-        .filter(|g| g.segment == resource && g.grantee == client)
-    {
-        match g.state {
-            GrantState::Accepted => {
-                accepted = Some(accepted.unwrap_or(Rights::Ro).max(g.rights));
-            }
-            GrantState::Granted => pending = true,
-            GrantState::Revoked | GrantState::Released => {}
-        }
-    }
-    match accepted {
-        Some(rights) => Ok(export.read_only || rights == Rights::Ro),
-        None if pending => Err(ManagerError::PermissionDenied(format!(
+    let resource = segment_name(&vios.name, disk);
+    match grants.block_access(&resource, client) {
+        BlockAccess::Accepted(rights) => Ok(export.read_only || rights == Rights::Ro),
+        BlockAccess::Pending => Err(ManagerError::PermissionDenied(format!(
             "the grant of VIOS disk `{resource}` to partition `{client}` is not accepted yet (parctl accept COOKIE --as {client})"
         ))),
-        None => Err(ManagerError::PermissionDenied(format!(
+        BlockAccess::None => Err(ManagerError::PermissionDenied(format!(
             "VIOS `{}` has not granted disk `{disk}` to partition `{client}` (parctl grant {resource} --to {client}, then parctl accept COOKIE --as {client})",
             vios.name
         ))),
-    }
-}
-
-/// Registers the exports of a VIOS definition as block resources in the
-/// grant table (at define, and for every stored VIOS when the manager
-/// starts); nothing for a VMM partition.
-pub(crate) fn register_blocks(table: &mut crate::grants::GrantTable, definition: &Definition) {
-    if let Definition::Vios(def) = definition {
-        for d in &def.disks {
-            table.add_block(&def.name, &d.id, d.read_only);
-        }
     }
 }
 
@@ -121,23 +92,23 @@ pub(crate) fn register_blocks(table: &mut crate::grants::GrantTable, definition:
 /// unless `client` still holds another accepted grant of it, the VIOS (if
 /// running) closes every connection serving that disk to that client. Not
 /// waited for.
-pub(crate) fn disconnect(inner: &Inner, resource: &str, client: &str) {
-    let still =
-        inner.table.grants.values().any(|g| {
-            g.segment == resource && g.grantee == client && g.state == GrantState::Accepted
-        });
-    let Some(block) = inner.table.blocks.get(resource) else {
+pub(crate) fn disconnect(
+    partitions: &PartitionTable,
+    grants: &GrantTable,
+    resource: &str,
+    client: &str,
+) {
+    let still = matches!(
+        grants.block_access(resource, client),
+        BlockAccess::Accepted(_)
+    );
+    let Some(block) = grants.block(resource) else {
         return;
     };
     if still {
         return;
     }
-    let Some(writer) = inner
-        .parts
-        .get(&block.owner)
-        .and_then(|p| p.run.as_ref())
-        .and_then(|r| r.writer.as_ref())
-    else {
+    let Some(writer) = partitions.writer(&block.owner) else {
         return;
     };
     let msg = ManagerToVios::ViosDisconnect {
@@ -160,7 +131,8 @@ pub(crate) fn disconnect(inner: &Inner, resource: &str, client: &str) {
 /// ends, to be inherited as those fds. Called with the manager's lock held,
 /// before the client's VMM is spawned.
 pub(crate) fn broker(
-    inner: &mut Inner,
+    partitions: &PartitionTable,
+    grants: &GrantTable,
     client: &str,
     definition: &mut PartitionDefinition,
 ) -> Result<Vec<OwnedFd>, ManagerError> {
@@ -175,31 +147,28 @@ pub(crate) fn broker(
         };
         let path = disk.source.to_string();
         let fail = |m: String| ManagerError::StartFailed(client.to_string(), m);
-        let part = inner
-            .parts
-            .get(vios_name)
+        let vios_definition = partitions
+            .definition(vios_name)
             .ok_or_else(|| fail(format!("disk `{path}`: no partition named `{vios_name}`")))?;
-        let Definition::Vios(vios_def) = &part.rec.definition else {
+        let Definition::Vios(vios_def) = vios_definition else {
             return Err(fail(format!(
                 "disk `{path}`: partition `{vios_name}` is not a VIOS"
             )));
         };
         let read_only =
-            check_block_grant(inner, vios_def, export, client).map_err(|e| match e {
+            check_block_grant(grants, vios_def, export, client).map_err(|e| match e {
                 ManagerError::PermissionDenied(m) => ManagerError::PermissionDenied(format!(
                     "partition `{client}` did not start: {m}"
                 )),
                 other => fail(other.to_string()),
             })?;
-        let writer = match (
-            &part.rec.state,
-            part.run.as_ref().and_then(|r| r.writer.as_ref()),
-        ) {
-            (PartitionState::Running, Some(w)) => w,
+        let writer = match (partitions.state(vios_name), partitions.writer(vios_name)) {
+            (Some(PartitionState::Running), Some(w)) => w,
             (state, _) => {
+                let state = state.unwrap_or(PartitionState::Defined);
                 return Err(fail(format!(
                     "disk `{path}`: VIOS `{vios_name}` is {state}, not running"
-                )))
+                )));
             }
         };
         let (client_end, vios_end) = UnixStream::pair().map_err(|source| ManagerError::Io {
@@ -228,54 +197,43 @@ pub(crate) fn broker(
 /// process. Broker a new socketpair for every disk of every running client
 /// that names it, and hand the client's VMM its end with
 /// `vhost_user_reconnect` (the VMM replays the in-flight requests).
-pub(crate) fn on_ready(inner: &mut Inner, vios_name: &str) {
-    let Some(Definition::Vios(vios_def)) = inner.parts.get(vios_name).map(|p| &p.rec.definition)
-    else {
+pub(crate) fn on_ready(partitions: &PartitionTable, grants: &GrantTable, vios_name: &str) {
+    let Some(Definition::Vios(vios_def)) = partitions.definition(vios_name) else {
         return;
     };
     // (client, client disk id, export)
     let mut wanted = Vec::new();
-    for (client, part) in &inner.parts {
-        let live = part.run.as_ref().is_some_and(|r| r.writer.is_some())
-            && matches!(
-                part.rec.state,
-                PartitionState::Running | PartitionState::Paused
-            );
-        let Definition::Partition(def) = &part.rec.definition else {
-            continue;
-        };
-        if !live || client == vios_name {
+    for (client, def) in partitions.attached_partitions() {
+        if client == vios_name {
             continue;
         }
         for disk in def.disks.iter().flatten() {
             if let DiskSource::Vios { vios, disk: export } = &disk.source {
                 if vios == vios_name {
-                    wanted.push((client.clone(), disk.id.clone(), export.clone()));
+                    wanted.push((client.to_string(), disk.id.clone(), export.clone()));
                 }
             }
         }
     }
     for (client, disk_id, export) in wanted {
-        if let Err(e) = rebroker(inner, vios_def, &client, &disk_id, &export) {
+        if let Err(e) = rebroker(partitions, grants, vios_def, &client, &disk_id, &export) {
             tracing::warn!(partition = %client, vios = %vios_name, disk = %disk_id, error = %e, "VIOS disk not re-brokered");
         }
     }
 }
 
 fn rebroker(
-    inner: &Inner,
+    partitions: &PartitionTable,
+    grants: &GrantTable,
     vios: &ViosDefinition,
     client: &str,
     disk_id: &str,
     export: &str,
 ) -> Result<(), ManagerError> {
-    let read_only = check_block_grant(inner, vios, export, client)?;
+    let read_only = check_block_grant(grants, vios, export, client)?;
     let writer = |name: &str| {
-        inner
-            .parts
-            .get(name)
-            .and_then(|p| p.run.as_ref())
-            .and_then(|r| r.writer.as_ref())
+        partitions
+            .writer(name)
             .ok_or_else(|| ManagerError::Control(name.to_string(), "not attached".into()))
     };
     let (client_end, vios_end) = UnixStream::pair().map_err(|source| ManagerError::Io {

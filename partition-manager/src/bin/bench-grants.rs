@@ -22,7 +22,9 @@
 
 use anyhow::{anyhow, bail};
 use clap::Parser;
-use partition_manager::bench::{self, ScratchManager};
+#[path = "common/scratch.rs"]
+mod bench;
+use bench::ScratchManager;
 use partition_manager::client::Client;
 use partition_manager::protocol::{GrantCookie, Request, Response, RestartPolicy, Rights};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

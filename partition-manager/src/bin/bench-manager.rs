@@ -9,7 +9,11 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use partition_manager::bench::{self, ScratchManager};
+// (`keep_if_asked` is for bench-grants.)
+#[allow(dead_code)]
+#[path = "common/scratch.rs"]
+mod bench;
+use bench::ScratchManager;
 use partition_manager::client::Client;
 use partition_manager::protocol::{Request, RestartPolicy};
 use std::path::{Path, PathBuf};

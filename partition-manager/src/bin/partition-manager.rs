@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use partition_manager::daemon;
-use partition_manager::supervisor::{Manager, ManagerConfig};
+use partition_manager::{Manager, ManagerConfig};
 use std::path::PathBuf;
 use std::time::Duration;
 

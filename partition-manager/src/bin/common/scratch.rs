@@ -1,10 +1,11 @@
-//! What the benchmark binaries (`bench-manager`, `bench-grants`) share: a
+//! What the benchmark binaries (`bench-manager`, `bench-grants`) share
+//! (included by each with `#[path]`; not part of the library): a
 //! real `partition-manager` daemon started in a scratch directory, driven
 //! through its socket and torn down with its partitions.
 
-use crate::client::Client;
-use crate::protocol::{Request, Response};
 use anyhow::{bail, Context};
+use partition_manager::client::Client;
+use partition_manager::protocol::{Request, Response};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

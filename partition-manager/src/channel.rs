@@ -1,0 +1,93 @@
+//! Reading a VMM's (or VIOS's) control channel: one thread per live
+//! process receives its [`ToManager`] messages and hands each to the
+//! [`ControlEvents`] of the manager by kind, until the channel closes; then
+//! it reaps the process if the manager spawned it and reports the end.
+//!
+//! - lifecycle reports (`Hello`, `Ready`, `Paused`, `Resumed`, `Exit`,
+//!   `Failed`) → [`ControlEvents::lifecycle`];
+//! - answers to `Map`/`Unmap` and fault reports (`Mapped`, `MapFailed`,
+//!   `Unmapped`, `Fault`) → [`ControlEvents::mapping`];
+//! - what a re-attached VMM still holds (`Holding`, with the fd) →
+//!   [`ControlEvents::holding`];
+//! - guest hcalls → [`ControlEvents::hcall`], each on a thread of its own
+//!   (an hcall may wait for this very channel's answers);
+//! - the end of the channel → [`ControlEvents::closed`] with the `Exit`
+//!   status the process reported, if any, and how it ended.
+
+use crate::process::spawn_thread;
+use parvm_protocol::{Channel, ExitStatus, Hcall, ProtocolError, ToManager};
+use std::os::fd::OwnedFd;
+use std::process::Child;
+use std::sync::Arc;
+
+/// What the manager does with the messages of one control channel; every
+/// call names the partition and the generation (run) of its process.
+pub(crate) trait ControlEvents: Send + Sync + 'static {
+    fn lifecycle(self: &Arc<Self>, partition: &str, generation: u64, msg: ToManager);
+    fn mapping(&self, partition: &str, generation: u64, msg: ToManager);
+    fn holding(&self, partition: &str, key: &str, gpa: Option<u64>, fds: Vec<OwnedFd>);
+    fn hcall(self: &Arc<Self>, partition: &str, generation: u64, seq: u64, call: Hcall);
+    fn closed(
+        self: &Arc<Self>,
+        partition: &str,
+        generation: u64,
+        reported: Option<ExitStatus>,
+        process: Option<std::process::ExitStatus>,
+    );
+}
+
+/// Reads `chan` until it closes (see the module documentation).
+pub(crate) fn read<E: ControlEvents>(
+    events: &Arc<E>,
+    name: &str,
+    generation: u64,
+    chan: Channel,
+    child: Option<Child>,
+) {
+    let mut reported = None;
+    loop {
+        match chan.recv::<ToManager>() {
+            Ok((ToManager::Holding { key, gpa }, fds)) => {
+                events.holding(name, &key, gpa, fds);
+            }
+            Ok((ToManager::Hcall { seq, call }, _)) => {
+                let events = events.clone();
+                let name = name.to_string();
+                spawn_thread("hcall", move || events.hcall(&name, generation, seq, call));
+            }
+            Ok((
+                msg @ (ToManager::Mapped { .. }
+                | ToManager::MapFailed { .. }
+                | ToManager::Unmapped { .. }
+                | ToManager::Fault { .. }),
+                _fds,
+            )) => events.mapping(name, generation, msg),
+            Ok((msg, _fds)) => {
+                if let ToManager::Exit { status, .. } = &msg {
+                    reported = Some(status.clone());
+                }
+                events.lifecycle(name, generation, msg);
+            }
+            Err(ProtocolError::Json(e)) => {
+                tracing::warn!(partition = %name, error = %e, "malformed message from the VMM ignored");
+            }
+            Err(e) if !e.is_fatal() => {
+                tracing::warn!(partition = %name, error = %e, "message from the VMM refused");
+            }
+            Err(e) => {
+                tracing::debug!(partition = %name, error = %e, "control channel closed");
+                break;
+            }
+        }
+    }
+    let process = child.map(|mut c| c.wait());
+    let process = match process {
+        Some(Ok(st)) => Some(st),
+        Some(Err(e)) => {
+            tracing::warn!(partition = %name, error = %e, "cannot reap the VMM");
+            None
+        }
+        None => None,
+    };
+    events.closed(name, generation, reported, process);
+}
