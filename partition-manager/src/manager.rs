@@ -325,6 +325,12 @@ impl Manager {
             }
             let now = Instant::now();
             if now >= deadline {
+                // The request stays queued on the channel: a stopped or
+                // slow VMM would carry it out when it gets to it, after
+                // the operator was told it failed. Cancel it behind it.
+                if pause {
+                    state.partitions.cancel_pause(name, generation);
+                }
                 return Err(ManagerError::Control(
                     name.into(),
                     "the VMM did not answer".into(),

@@ -1,6 +1,7 @@
 //! Attacks on the real `partition-manager` that once worked: a state
 //! directory others could read, unbounded idle and trickling clients, and
-//! a connection flood that flooded the log.
+//! a connection flood that flooded the log, a timed-out pause that a stopped
+//! VMM carried out later.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -215,4 +216,29 @@ fn a_connection_flood_does_not_flood_the_log() {
         counted > 1000,
         "only {counted} connections counted as suppressed"
     );
+}
+
+#[test]
+fn a_pause_that_timed_out_does_not_take_effect_later() {
+    let env = Env::new("pause-timeout");
+    let def = env.hang_definition("p", "never");
+    env.ok(&["define", &def]);
+    env.ok(&["start", "p"]);
+    let pid = pid_of(&env.wait_state("p", "running", Duration::from_secs(20)));
+    // A stopped VMM cannot answer: the pause times out.
+    // SAFETY: kill(2) on the test's own VMM.
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    let e = env.fails(&["pause", "p"]);
+    assert!(e.contains("did not answer"), "{e}");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    // Woken, the VMM must not end up paused behind the operator's back,
+    // and what the manager reports is what the VMM does.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(env.status("p")["state"], "running");
+    env.ok(&["pause", "p"]);
+    assert_eq!(env.status("p")["state"], "paused");
+    env.ok(&["resume", "p"]);
+    assert_eq!(env.status("p")["state"], "running");
+    env.ok(&["stop", "p"]);
 }

@@ -292,6 +292,22 @@ impl PartitionTable {
         Ok((p.rec.state == want).then(|| status_of(&self.cfg, p)))
     }
 
+    /// A pause of run `generation` timed out: `Resume` is sent behind it,
+    /// so that a VMM that carries out the pause late resumes at once (its
+    /// `Paused`, then `Resumed`, keep the reported state in step).
+    pub(crate) fn cancel_pause(&self, name: &str, generation: u64) {
+        if let Some(w) = self.writer_of(name, generation) {
+            match w.send(&ManagerToVmm::Resume, &[]) {
+                Ok(()) => {
+                    tracing::warn!(partition = %name, "pause timed out; resume sent behind it")
+                }
+                Err(e) => {
+                    tracing::warn!(partition = %name, error = %e, "pause timed out; cannot cancel it")
+                }
+            }
+        }
+    }
+
     /// Bytes for the guest console (none for a VIOS).
     pub(crate) fn console_input(&mut self, name: &str, data: Vec<u8>) -> Result<(), ManagerError> {
         let p = self.active(name, "it is not running")?;
