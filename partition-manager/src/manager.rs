@@ -49,6 +49,11 @@ struct State {
 }
 
 impl State {
+    /// The three parts at once, each borrowed on its own.
+    fn parts(&mut self) -> (&mut Store, &mut PartitionTable, &mut GrantEngine) {
+        (&mut self.store, &mut self.partitions, &mut self.grants)
+    }
+
     /// Grants of VIOS disks ended: the broker disconnects their clients.
     fn after_ended(&self, ended: &Ended) {
         for (resource, client) in &ended.disconnects {
@@ -58,11 +63,7 @@ impl State {
 
     /// A partition's process ended: the grants it held are released.
     fn partition_exited(&mut self, name: &str) {
-        let State {
-            store,
-            partitions,
-            grants,
-        } = self;
+        let (store, partitions, grants) = self.parts();
         let ended = grants.release_held(store, partitions, name);
         self.after_ended(&ended);
     }
@@ -190,11 +191,7 @@ impl Manager {
             }
         };
         let mut state = self.lock();
-        let State {
-            store,
-            partitions,
-            grants,
-        } = &mut *state;
+        let (store, partitions, grants) = state.parts();
         partitions.check_new(&name)?;
         let created = grants.create_declared(&name, segments)?;
         grants.register_blocks(&definition);
@@ -206,11 +203,7 @@ impl Manager {
 
     pub fn undefine(&self, name: &str) -> Result<(), ManagerError> {
         let mut state = self.lock();
-        let State {
-            store,
-            partitions,
-            grants,
-        } = &mut *state;
+        let (store, partitions, grants) = state.parts();
         partitions.undefine(store, name)?;
         let ended = grants.forget_owner(store, partitions, name)?;
         state.after_ended(&ended);
@@ -446,11 +439,7 @@ impl Manager {
 impl ControlEvents for Manager {
     fn lifecycle(self: &Arc<Self>, name: &str, generation: u64, msg: ToManager) {
         let mut state = self.lock();
-        let State {
-            store,
-            partitions,
-            grants,
-        } = &mut *state;
+        let (store, partitions, grants) = state.parts();
         let became_ready = partitions.on_report(store, name, generation, msg);
         if became_ready {
             // A partition became ready: its segments, doorbells and
@@ -485,11 +474,7 @@ impl ControlEvents for Manager {
 
     fn holding(&self, name: &str, key: &str, gpa: Option<u64>, fds: Vec<OwnedFd>) {
         let mut state = self.lock();
-        let State {
-            store,
-            partitions,
-            grants,
-        } = &mut *state;
+        let (store, partitions, grants) = state.parts();
         grants.adopt(store, partitions, name, key, gpa, fds);
     }
 

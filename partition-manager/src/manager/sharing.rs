@@ -36,11 +36,7 @@ impl Manager {
         gpa: Option<u64>,
     ) -> Result<SegmentInfo, ManagerError> {
         let mut state = self.lock();
-        let State {
-            store,
-            partitions,
-            grants,
-        } = &mut *state;
+        let (store, partitions, grants) = state.parts();
         let info = grants.segment_create(store, partitions, owner, id, size, gpa)?;
         if gpa.is_some() {
             grants.map_into_owner(partitions, owner, &info.name);
@@ -57,11 +53,7 @@ impl Manager {
         rights: Rights,
     ) -> Result<GrantInfo, ManagerError> {
         let mut state = self.lock();
-        let State {
-            store,
-            partitions,
-            grants,
-        } = &mut *state;
+        let (store, partitions, grants) = state.parts();
         let g = grants.grant(store, partitions, caller, segment, grantee, rights)?;
         tracing::info!(grant = g.id, %segment, grantor = caller, grantee, %rights, "granted");
         Ok(g)
@@ -75,11 +67,7 @@ impl Manager {
         rights: Rights,
     ) -> Result<GrantInfo, ManagerError> {
         let mut state = self.lock();
-        let State {
-            store,
-            partitions,
-            grants,
-        } = &mut *state;
+        let (store, partitions, grants) = state.parts();
         let g = grants.regrant(store, partitions, caller, cookie, grantee, rights)?;
         tracing::info!(grant = g.id, segment = %g.segment, grantor = caller, grantee, %rights, "regranted");
         Ok(g)
@@ -171,11 +159,7 @@ impl Manager {
         gpa: Option<u64>,
     ) -> Result<(u64, Option<u64>), ManagerError> {
         let mut state = self.lock();
-        let State {
-            store,
-            partitions,
-            grants,
-        } = &mut *state;
+        let (store, partitions, grants) = state.parts();
         let info = grants.segment_create(store, partitions, owner, id, size, gpa)?;
         tracing::info!(segment = %info.name, size, "segment created by its owner's guest");
         let index = grants.segment_index(owner, &info.name);
@@ -196,11 +180,7 @@ impl Manager {
     ) -> Result<Vec<GrantInfo>, ManagerError> {
         let mut state = self.lock();
         let started = Instant::now();
-        let State {
-            store,
-            partitions,
-            grants,
-        } = &mut *state;
+        let (store, partitions, grants) = state.parts();
         let (ids, caller, ended) = grants.begin_revoke(store, partitions, caller, cookie)?;
         state.after_ended(&ended);
         let mut waiters = ended.waiters;
@@ -284,11 +264,7 @@ impl Manager {
     pub fn share(self: &Arc<Self>, config: &SharedConfig) -> Result<Shared, ManagerError> {
         let (mut out, pending) = {
             let mut state = self.lock();
-            let State {
-                store,
-                partitions,
-                grants,
-            } = &mut *state;
+            let (store, partitions, grants) = state.parts();
             grants.share(store, partitions, config)?
         };
         for (partition, cookie, gpa) in pending {
