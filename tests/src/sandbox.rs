@@ -66,6 +66,22 @@ pub fn wait_for_threads(pid: u32, names: &[&str], timeout: Duration) -> Option<V
     None
 }
 
+/// Waits until every thread of `pid` runs under at least `filters` seccomp
+/// filters (threads install their own as they start, so a snapshot taken
+/// as a thread appears may catch it before or between its filters);
+/// returns the last snapshot either way, for the caller to assert on.
+pub fn wait_until_filtered(pid: u32, filters: u32, timeout: Duration) -> Vec<ThreadState> {
+    let start = Instant::now();
+    loop {
+        let now = threads(pid);
+        let done = !now.is_empty() && now.iter().all(|t| t.seccomp == 2 && t.filters >= filters);
+        if done || start.elapsed() >= timeout {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Makes thread `tid` (of a child of this process, or any process when
 /// root) issue system call `nr` with `args`: attaches with ptrace, waits
 /// until the thread is stopped right after a `syscall` instruction (it

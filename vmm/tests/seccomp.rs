@@ -8,7 +8,9 @@
 use parvm_sandbox::test_support::{child_calls, killed_by_sigsys};
 use parvm_sandbox::Role as _;
 use parvm_tests::guests::guest_path;
-use parvm_tests::sandbox::{inject_syscall, is_root, threads, wait_for_threads};
+use parvm_tests::sandbox::{
+    inject_syscall, is_root, threads, wait_for_threads, wait_until_filtered,
+};
 use parvm_tests::scratch_dir;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
@@ -109,11 +111,11 @@ fn every_vmm_thread_runs_filtered_and_a_forbidden_call_is_fatal() {
     for victim in ["vmm", "vcpu0", "virtio"] {
         let vmm = start_hanging_vmm(&dir);
         let pid = vmm.id();
-        let all = wait_for_threads(pid, &["vcpu0", "vcpu1", "virtio"], Duration::from_secs(20))
+        wait_for_threads(pid, &["vcpu0", "vcpu1", "virtio"], Duration::from_secs(20))
             .unwrap_or_else(|| panic!("vmm threads never started: {:?}", threads(pid)));
-        // Let the main thread install its filter (after it started the others).
-        std::thread::sleep(Duration::from_millis(200));
-        let all = threads(pid).into_iter().chain(all).collect::<Vec<_>>();
+        // Each thread installs its filters as it starts (the main thread
+        // after it started the others): every one of them, soon.
+        let all = wait_until_filtered(pid, 2, Duration::from_secs(20));
         for t in &all {
             assert_eq!(t.seccomp, 2, "thread {} unfiltered: {all:?}", t.name);
             // The allow-list and the clone3 refusal.
