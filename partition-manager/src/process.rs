@@ -6,12 +6,14 @@
 //! A spawned process gets its own session (it survives the manager), the
 //! control socket as fd 3, brokered VIOS disk sockets as fds 4, 5, ...
 //! ([`FIRST_DISK_FD`]), its definition as a file
-//! (`--config`) and the reconnect token in `TOKEN_ENV`.
+//! (`--config`); the reconnect token is the first message on the control
+//! channel (`Token`), never in its environment or command line (both
+//! readable in `/proc`).
 
 use crate::config::ManagerConfig;
 use crate::error::ManagerError;
 use parvm_config::{Console, Definition};
-use parvm_protocol::{Channel, TOKEN_ENV};
+use parvm_protocol::{Channel, ManagerToVios, ManagerToVmm};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -184,7 +186,6 @@ pub(crate) fn spawn(
         .arg("3")
         .arg("--manager-socket")
         .arg(&cfg.socket)
-        .env(TOKEN_ENV, &token)
         .stdin(Stdio::null())
         .stdout(vmm_log)
         .stderr(vmm_log2);
@@ -228,6 +229,26 @@ pub(crate) fn spawn(
     let _ = writer
         .stream()
         .set_write_timeout(Some(Duration::from_secs(2)));
+    // The token goes first on the channel (the socket buffers it until the
+    // process reads); a process that never gets it cannot re-attach.
+    let sent = if definition.is_vios() {
+        writer.send(
+            &ManagerToVios::Token {
+                token: token.clone(),
+            },
+            &[],
+        )
+    } else {
+        writer.send(
+            &ManagerToVmm::Token {
+                token: token.clone(),
+            },
+            &[],
+        )
+    };
+    if let Err(e) = sent {
+        tracing::warn!(partition = %name, error = %e, "cannot send the reconnect token");
+    }
     Ok(Spawned {
         child,
         pid,

@@ -242,3 +242,89 @@ fn a_pause_that_timed_out_does_not_take_effect_later() {
     assert_eq!(env.status("p")["state"], "running");
     env.ok(&["stop", "p"]);
 }
+
+/// The reconnect tokens of running partitions, from the manager's store.
+fn stored_tokens(env: &Env) -> Vec<(String, String)> {
+    let db = rusqlite::Connection::open_with_flags(
+        env.state.join("partitions.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut q = db
+        .prepare("SELECT name, token FROM partitions WHERE token IS NOT NULL")
+        .unwrap();
+    let rows = q
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<Vec<(String, String)>, _>>()
+        .unwrap();
+    rows
+}
+
+/// Every 32-hex-digit word of `bytes` (a token's shape).
+fn hex32_words(bytes: &[u8]) -> Vec<String> {
+    bytes
+        .split(|b| !b.is_ascii_hexdigit())
+        .filter(|w| w.len() == 32)
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect()
+}
+
+/// The reconnect token once sat in `PARVM_CONTROL_TOKEN`, readable in
+/// `/proc/PID/environ` for the process's lifetime (removing it from Rust's
+/// environment does not change that page). It now travels on the control
+/// channel: neither a VMM's nor a VIOS's environment or command line holds
+/// it, and both still re-attach to a restarted manager with it.
+#[test]
+fn the_reconnect_token_is_not_in_the_environment() {
+    let mut env = Env::new("token-env");
+    ensure_vios(&env.vmm);
+    std::fs::write(env.dir.join("data.img"), vec![0u8; 1 << 20]).unwrap();
+    let vios_def = env.dir.join("vios1.json");
+    let def = serde_json::json!({
+        "kind": "vios", "name": "vios1",
+        "disks": [{"id": "data", "path": "data.img"}],
+    });
+    std::fs::write(&vios_def, def.to_string()).unwrap();
+    env.ok(&["define", &vios_def.display().to_string()]);
+    env.ok(&["start", "vios1"]);
+    let def = env.hang_definition("p", "never");
+    env.ok(&["define", &def]);
+    env.ok(&["start", "p"]);
+    env.wait_state("p", "running", Duration::from_secs(20));
+    env.wait_state("vios1", "running", Duration::from_secs(20));
+    let tokens = stored_tokens(&env);
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
+    for name in ["p", "vios1"] {
+        let token = &tokens.iter().find(|(n, _)| n == name).unwrap().1;
+        assert_eq!(token.len(), 32, "{token}");
+        let pid = pid_of(&env.status(name));
+        for file in ["environ", "cmdline"] {
+            let bytes = std::fs::read(format!("/proc/{pid}/{file}")).unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                !text.contains("PARVM_CONTROL_TOKEN"),
+                "{name} {file}: {text}"
+            );
+            assert!(
+                !text.contains(token.as_str()),
+                "{name} {file} holds the token"
+            );
+            let words = hex32_words(&bytes);
+            assert!(words.is_empty(), "{name} {file}: token-like {words:?}");
+        }
+    }
+    // The token came on the channel: both re-attach with it.
+    let pids = [pid_of(&env.status("p")), pid_of(&env.status("vios1"))];
+    env.kill_manager();
+    env.start_manager();
+    for (name, pid) in ["p", "vios1"].into_iter().zip(pids) {
+        let s = env.wait_for(name, Duration::from_secs(10), "re-attached", |s| {
+            s["attached"] == true
+        });
+        assert_eq!(pid_of(&s), pid);
+        assert_eq!(s["state"], "running");
+    }
+    env.ok(&["stop", "p"]);
+    env.ok(&["stop", "vios1"]);
+}

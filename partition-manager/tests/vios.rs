@@ -6,37 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use parvm_tests::guests::{fnv1a64, guest_path};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 mod common;
 use common::*;
 
 const PATTERN_BYTES: usize = 64 * 512;
-
-/// The `vios` binary next to `vmm` (where the manager looks for it); built
-/// if this test run did not build it.
-fn ensure_vios(vmm: &Path) -> PathBuf {
-    let vios = vmm.with_file_name("vios");
-    if !vios.exists() {
-        let release = vmm
-            .parent()
-            .and_then(|p| p.file_name())
-            .is_some_and(|n| n == "release");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", "vios", "--bin", "vios"]);
-        if release {
-            cmd.arg("--release");
-        }
-        assert!(
-            cmd.status().unwrap().success(),
-            "cargo build -p vios failed"
-        );
-    }
-    assert!(vios.exists(), "{} missing", vios.display());
-    vios
-}
 
 fn pattern() -> Vec<u8> {
     (0..PATTERN_BYTES)

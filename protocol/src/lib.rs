@@ -46,10 +46,6 @@ pub use grant::{
 pub use parvm_config::{Definition, RestartPolicy};
 use serde::{Deserialize, Serialize};
 
-/// Environment variable through which the manager gives a VMM its reconnect
-/// token (not a flag: flags are visible to every user in `/proc`).
-pub const TOKEN_ENV: &str = "PARVM_CONTROL_TOKEN";
-
 /// Lifecycle state of a partition, as stored and shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -475,6 +471,12 @@ impl Message for ToManager {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ManagerToVmm {
+    /// The reconnect token (docs/protocol.md, "Re-attaching"): the first
+    /// message the manager sends on a spawned VMM's channel. Not a flag nor
+    /// an environment variable: both are readable in `/proc`.
+    Token {
+        token: String,
+    },
     /// Orderly shutdown: the VMM stops its vCPUs and exits 0.
     Stop,
     Pause,
@@ -538,6 +540,8 @@ impl Message for ManagerToVmm {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ManagerToVios {
+    /// The reconnect token, as [`ManagerToVmm::Token`].
+    Token { token: String },
     /// Orderly shutdown: the VIOS answers `Exit` and exits 0.
     Stop,
     /// Serve export `disk` to partition `client` on the socket beside this
@@ -561,7 +565,9 @@ impl Message for ManagerToVios {
     fn fds(&self) -> Fds {
         match self {
             ManagerToVios::ViosConnect { .. } => Fds::One("socket"),
-            ManagerToVios::Stop | ManagerToVios::ViosDisconnect { .. } => Fds::None,
+            ManagerToVios::Token { .. }
+            | ManagerToVios::Stop
+            | ManagerToVios::ViosDisconnect { .. } => Fds::None,
         }
     }
 }

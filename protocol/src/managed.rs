@@ -2,12 +2,16 @@
 //!
 //! The manager spawns them with one end of a socketpair on an inherited fd
 //! (`--control-fd N`: the connection is the partition's identity), the
-//! manager's socket (`--manager-socket PATH`) and a reconnect token in the
-//! environment ([`TOKEN_ENV`]). Here:
+//! manager's socket (`--manager-socket PATH`); the reconnect token comes
+//! as the first message on that channel (`ManagerToVmm::Token`,
+//! `ManagerToVios::Token`), never in the environment or on the command line,
+//! which other processes can read in `/proc/PID/environ` and `cmdline`.
+//! Here:
 //!
 //! - [`control_socket`] takes the inherited fd (checked to be a socket,
-//!   close-on-exec from then on); [`take_token`] takes the token out of the
-//!   environment, so nothing the process starts inherits it;
+//!   close-on-exec from then on);
+//! - [`TokenSlot`] keeps the token the manager sent, whenever it arrives
+//!   (one code path for the VMM and the VIOS);
 //! - [`hello`] is the first message on the channel;
 //! - when the manager goes away, [`reattach`] dials its socket every
 //!   [`RECONNECT_INTERVAL`] and, through [`try_attach`], sends `Attach` with
@@ -16,10 +20,12 @@
 //!   checked with `SO_PEERCRED` ([`check_peer`]): someone else who bound the
 //!   manager's socket path while the manager was down never sees the token.
 
-use crate::{Channel, ErrorKind, ProtocolError, Request, Response, ToManager, TOKEN_ENV, VERSION};
+use crate::{Channel, ErrorKind, ProtocolError, Request, Response, ToManager, VERSION};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// How often a partition whose manager went away tries to reach it again.
@@ -53,11 +59,46 @@ pub fn control_socket(fd: RawFd) -> Result<UnixStream, ManagedError> {
     Ok(stream)
 }
 
-/// The reconnect token, taken out of the environment.
-pub fn take_token() -> Option<String> {
-    let token = std::env::var(TOKEN_ENV).ok();
-    std::env::remove_var(TOKEN_ENV);
-    token
+/// The reconnect token the manager sent on the control channel (a `Token`
+/// message, normally the first one, but any time is accepted). Until one
+/// arrives the process cannot re-attach to a restarted manager.
+#[derive(Debug, Default)]
+pub struct TokenSlot {
+    token: Mutex<Option<String>>,
+    missing_logged: AtomicBool,
+}
+
+impl TokenSlot {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps `token` (a later one replaces it: only the manager on the
+    /// partition's own channel can send one). An empty token is ignored.
+    pub fn set(&self, name: &str, token: String) {
+        if token.is_empty() {
+            tracing::warn!(partition = %name, "empty reconnect token ignored");
+            return;
+        }
+        let mut slot = self.token.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.replace(token).is_some() {
+            tracing::debug!(partition = %name, "reconnect token replaced");
+        }
+    }
+
+    /// The token, if one arrived.
+    pub fn get(&self) -> Option<String> {
+        self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The token for a re-attach; `None` (logged once) before one arrived.
+    fn for_attach(&self, name: &str) -> Option<String> {
+        let token = self.get();
+        if token.is_none() && !self.missing_logged.swap(true, Ordering::SeqCst) {
+            tracing::warn!(partition = %name, "the manager went away before sending the reconnect token: cannot re-attach");
+        }
+        token
+    }
 }
 
 /// The first message on a spawned partition's channel.
@@ -162,23 +203,25 @@ pub fn try_attach(who: &Attach<'_>, paused: bool) -> Result<Channel, String> {
 
 /// The manager went away: dial its socket every [`RECONNECT_INTERVAL`]
 /// until one takes the partition back. `None` when there is nowhere to
-/// reconnect (no socket or token) or once `give_up` says so; `paused` tells
-/// the manager the partition's state.
+/// reconnect (no socket, or no token arrived on the channel before the
+/// manager went away) or once `give_up` says so; `paused` tells the
+/// manager the partition's state.
 pub fn reattach(
     name: &str,
     socket: Option<&Path>,
-    token: Option<&str>,
+    token: &TokenSlot,
     paused: &dyn Fn() -> bool,
     give_up: &dyn Fn() -> bool,
 ) -> Option<Channel> {
-    let (Some(socket), Some(token)) = (socket, token) else {
-        tracing::warn!(partition = %name, "no manager socket or token: running without a manager");
+    let Some(socket) = socket else {
+        tracing::warn!(partition = %name, "no manager socket: running without a manager");
         return None;
     };
+    let token = token.for_attach(name)?;
     let who = Attach {
         name,
         socket,
-        token,
+        token: &token,
     };
     let mut logged = false;
     while !give_up() {
@@ -216,6 +259,24 @@ mod tests {
             control_socket(fd),
             Err(ManagedError::NotASocket(_))
         ));
+    }
+
+    #[test]
+    fn a_token_is_kept_whenever_it_arrives_and_none_means_no_reattach() {
+        let slot = TokenSlot::new();
+        assert_eq!(slot.get(), None);
+        // No token yet: re-attaching is impossible, whatever the socket.
+        let sock = Path::new("/nonexistent/pm.sock");
+        assert!(reattach("p", Some(sock), &slot, &|| false, &|| false).is_none());
+        assert!(reattach("p", Some(sock), &slot, &|| false, &|| false).is_none());
+        slot.set("p", String::new());
+        assert_eq!(slot.get(), None);
+        slot.set("p", "abc".into());
+        assert_eq!(slot.get().as_deref(), Some("abc"));
+        slot.set("p", "def".into());
+        assert_eq!(slot.get().as_deref(), Some("def"));
+        // With a token, `give_up` ends the loop.
+        assert!(reattach("p", Some(sock), &slot, &|| false, &|| true).is_none());
     }
 
     #[test]

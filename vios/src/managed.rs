@@ -19,7 +19,9 @@
 //!    died) the VIOS keeps serving its connected clients and, like a VMM,
 //!    connects to `--manager-socket` every 100 ms with `Attach` and its
 //!    token until a restarted manager takes it back
-//!    ([`parvm_protocol::managed`], shared with the VMM).
+//!    ([`parvm_protocol::managed`], shared with the VMM). The token comes on
+//!    the channel (`Token`, normally the first message; kept whenever it
+//!    arrives), never in the environment.
 
 use std::collections::BTreeMap;
 use std::net::Shutdown;
@@ -28,7 +30,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use parvm_protocol::managed::{self, ManagedError as ControlFdError};
+use parvm_protocol::managed::{self, ManagedError as ControlFdError, TokenSlot};
 use parvm_protocol::{Channel, ExitStatus, ManagerToVios, ProtocolError, ToManager};
 use tracing::{info, warn};
 
@@ -72,7 +74,7 @@ pub fn open_exports(def: &ViosDefinition) -> Result<BTreeMap<String, Arc<Export>
 /// The manager went away: keep serving the connected clients and dial the
 /// manager's socket until one takes the partition back. Without a socket or
 /// token, serve until terminated.
-fn reattach(name: &str, socket: Option<&Path>, token: Option<&str>) -> Channel {
+fn reattach(name: &str, socket: Option<&Path>, token: &TokenSlot) -> Channel {
     match managed::reattach(name, socket, token, &|| false, &|| false) {
         Some(chan) => chan,
         None => {
@@ -92,9 +94,9 @@ pub fn run(
     manager_socket: Option<&Path>,
 ) -> Result<i32, ManagedError> {
     let stream = managed::control_socket(control_fd)?;
-    // The token proves the partition's identity when re-attaching; keep it
-    // out of the environment.
-    let token = managed::take_token();
+    // The token proves the partition's identity when re-attaching; the
+    // manager sends it on the channel.
+    let token = TokenSlot::new();
     let exports = open_exports(&def)?;
     let options = ServeOptions {
         queues: def.queues(),
@@ -126,11 +128,12 @@ pub fn run(
                 // Partitions outlive the manager: keep serving the clients
                 // already connected, and come back to a restarted manager.
                 warn!(vios = %def.name, error = %e, "vios: control channel closed; re-attaching");
-                channel = reattach(&def.name, manager_socket, token.as_deref());
+                channel = reattach(&def.name, manager_socket, &token);
                 continue;
             }
         };
         match msg {
+            ManagerToVios::Token { token: t } => token.set(&def.name, t),
             ManagerToVios::Stop => {
                 info!(vios = %def.name, "vios: stop requested by the manager");
                 let _ = channel.send(

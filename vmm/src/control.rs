@@ -1,12 +1,14 @@
 //! The VMM side of the control channel to the partition manager.
 //!
 //! The manager spawns `vmm --control-fd N --manager-socket PATH` with one end
-//! of a socketpair on fd N (the connection is the partition's identity) and a
-//! reconnect token in the environment ([`parvm_protocol::TOKEN_ENV`]). One
-//! thread, started by [`Control::attach`] once the partition is built:
+//! of a socketpair on fd N (the connection is the partition's identity); the
+//! reconnect token arrives on that channel (`Token`, normally its first
+//! message), never in the environment. One thread, started by
+//! [`Control::attach`] once the partition is built:
 //!
 //! 1. sends `Hello`, then `Ready` once every vCPU thread runs;
-//! 2. carries out `Stop` (an exit request), `Pause`/`Resume` (the
+//! 2. keeps the `Token` ([`managed::TokenSlot`]), carries out `Stop` (an
+//!    exit request), `Pause`/`Resume` (the
 //!    [`PauseGate`] vCPU barrier), `ConsoleInput` (bytes for the serial
 //!    port), `Map`/`Unmap` of shared segments ([`GrantMaps`]) and hands
 //!    `HcallDone` answers to the waiting hcall device;
@@ -24,7 +26,7 @@ use crate::devices::exit::{ExitReason, ExitSignal};
 use crate::devices::serial::SerialPort;
 use crate::grants::GrantMaps;
 use crate::Vmm;
-use parvm_protocol::managed::{self, ManagedError};
+use parvm_protocol::managed::{self, ManagedError, TokenSlot};
 use parvm_protocol::{Channel, ExitStatus, ManagerToVmm, ProtocolError, ToManager, VERSION};
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -181,7 +183,7 @@ struct Shared {
     name: String,
     pid: u32,
     vcpus: usize,
-    token: Option<String>,
+    token: TokenSlot,
     manager_socket: Option<PathBuf>,
     /// The current connection to the manager (a clone used for writing).
     writer: Mutex<Option<Channel>>,
@@ -218,7 +220,7 @@ pub struct Control {
 impl Control {
     /// Takes over the inherited control socket `fd` (if any) and starts the
     /// control thread. `manager_socket` is where to reconnect; the token
-    /// comes from the environment.
+    /// comes on the channel.
     pub fn attach(
         fd: Option<RawFd>,
         manager_socket: Option<PathBuf>,
@@ -233,8 +235,7 @@ impl Control {
             name: vmm.config.name.clone(),
             pid: std::process::id(),
             vcpus: usize::from(vmm.config.vcpus),
-            // The token must not leak to anything this process might start.
-            token: managed::take_token(),
+            token: TokenSlot::new(),
             manager_socket,
             writer: Mutex::new(Some(chan.try_clone().map_err(|e| ControlError::Fd(fd, e))?)),
             exit: vmm.exit_signal(),
@@ -403,6 +404,7 @@ fn handle(s: &Shared, msg: ManagerToVmm, fds: Vec<OwnedFd>) {
 
 fn handle_plain(s: &Shared, msg: ManagerToVmm) {
     match msg {
+        ManagerToVmm::Token { token } => s.token.set(&s.name, token),
         ManagerToVmm::Unmap { key } => match s.grants.unmap(&key) {
             Ok(()) => {
                 s.send(&ToManager::Unmapped { key });
@@ -464,7 +466,7 @@ fn reconnect(s: &Shared) -> Option<Channel> {
     let chan = managed::reattach(
         &s.name,
         s.manager_socket.as_deref(),
-        s.token.as_deref(),
+        &s.token,
         &|| s.pause.is_paused(),
         &|| s.finished.load(Ordering::SeqCst) || s.exit.requested(),
     )?;

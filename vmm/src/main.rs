@@ -51,7 +51,7 @@ struct Args {
     #[arg(long, value_name = "N")]
     control_fd: Option<i32>,
     /// The manager's socket, to reconnect to if the manager restarts (set by
-    /// the manager; the token comes from PARVM_CONTROL_TOKEN).
+    /// the manager; the token comes on the control channel).
     #[arg(long, value_name = "PATH", requires = "control_fd")]
     manager_socket: Option<PathBuf>,
     /// System-call filters per thread (docs/security.md): `kill` ends the

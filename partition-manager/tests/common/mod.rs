@@ -8,7 +8,7 @@ use parvm_tests::guests::guest_path;
 use parvm_tests::{run, scratch_dir, Finished};
 use serde_json::Value;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -202,6 +202,29 @@ impl Env {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// The `vios` binary next to `vmm` (where the manager looks for it); built
+/// if this test run did not build it.
+pub fn ensure_vios(vmm: &Path) -> PathBuf {
+    let vios = vmm.with_file_name("vios");
+    if !vios.exists() {
+        let release = vmm
+            .parent()
+            .and_then(|p| p.file_name())
+            .is_some_and(|n| n == "release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "vios", "--bin", "vios"]);
+        if release {
+            cmd.arg("--release");
+        }
+        assert!(
+            cmd.status().unwrap().success(),
+            "cargo build -p vios failed"
+        );
+    }
+    assert!(vios.exists(), "{} missing", vios.display());
+    vios
 }
 
 pub fn pid_of(s: &Value) -> u32 {
