@@ -14,6 +14,7 @@
 use crate::error::ManagerError;
 use crate::manager::Manager;
 use crate::process::spawn_thread;
+use crate::ratelimit::{LogLimiter, OPERATOR};
 use parvm_protocol::{Channel, ErrorKind, ProtocolError, Request, Response};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
@@ -21,7 +22,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Default of [`Limits::client_timeout`].
@@ -51,40 +52,8 @@ impl Default for Limits {
     }
 }
 
-/// Lets through at most [`LOG_BURST`] events a second and counts the rest,
-/// so a flood of connections cannot flood the log.
-#[derive(Debug, Default)]
-pub struct LogLimiter {
-    state: Mutex<(Option<Instant>, u32, u64)>,
-}
-
-impl LogLimiter {
-    /// `Some(n)` when this event may be logged, `n` events having been
-    /// suppressed since the last one logged; `None` to stay quiet.
-    pub fn allow(&self) -> Option<u64> {
-        let mut st = match self.state.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        let (window, count, suppressed) = &mut *st;
-        let now = Instant::now();
-        if window.is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1)) {
-            *window = Some(now);
-            *count = 0;
-        }
-        if *count < LOG_BURST {
-            *count += 1;
-            Some(std::mem::take(suppressed))
-        } else {
-            *suppressed += 1;
-            None
-        }
-    }
-}
-
-static CONNECT_LOG: LogLimiter = LogLimiter {
-    state: Mutex::new((None, 0, 0)),
-};
+/// Connection events: at most [`LOG_BURST`] lines a second.
+static CONNECT_LOG: LogLimiter = LogLimiter::new(LOG_BURST, Duration::from_secs(1));
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -305,9 +274,7 @@ impl Drop for ClientSlot {
 /// Accepts connections forever, one thread each, within `limits`.
 pub fn serve(mgr: Arc<Manager>, listener: UnixListener, limits: Limits) {
     let active = Arc::new(AtomicUsize::new(0));
-    static ACCEPT_LOG: LogLimiter = LogLimiter {
-        state: Mutex::new((None, 0, 0)),
-    };
+    static ACCEPT_LOG: LogLimiter = LogLimiter::new(LOG_BURST, Duration::from_secs(1));
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
@@ -515,6 +482,14 @@ fn serve_connection(
     }
 }
 
+/// Counts a failed cookie guess of the operator (`parctl`) in `op`.
+fn guessed<T>(mgr: &Manager, op: &str, r: Result<T, ManagerError>) -> Result<T, ManagerError> {
+    if let Err(e) = &r {
+        mgr.failed_guess(OPERATOR, op, e);
+    }
+    r
+}
+
 /// One request, one answer (with the log file's descriptor for `Logs`).
 pub fn handle(mgr: &Arc<Manager>, request: Request) -> (Response, Option<File>) {
     let status = |r: Result<_, ManagerError>| match r {
@@ -578,17 +553,23 @@ pub fn handle(mgr: &Arc<Manager>, request: Request) -> (Response, Option<File>) 
             cookie,
             partition,
             gpa,
-        } => grant(mgr.accept(&partition, &cookie, gpa)),
+        } => grant(guessed(mgr, "accept", mgr.accept(&partition, &cookie, gpa))),
         Request::Regrant {
             cookie,
             partition,
             grantee,
             rights,
-        } => grant(mgr.regrant(&partition, &cookie, &grantee, rights)),
-        Request::Revoke { cookie, partition } => match mgr.revoke(partition.as_deref(), &cookie) {
-            Ok(revoked) => Response::Revoked { revoked },
-            Err(e) => error_response(&e),
-        },
+        } => grant(guessed(
+            mgr,
+            "regrant",
+            mgr.regrant(&partition, &cookie, &grantee, rights),
+        )),
+        Request::Revoke { cookie, partition } => {
+            match guessed(mgr, "revoke", mgr.revoke(partition.as_deref(), &cookie)) {
+                Ok(revoked) => Response::Revoked { revoked },
+                Err(e) => error_response(&e),
+            }
+        }
         Request::Copy {
             partition,
             src,
@@ -596,7 +577,11 @@ pub fn handle(mgr: &Arc<Manager>, request: Request) -> (Response, Option<File>) 
             dst,
             dst_offset,
             len,
-        } => match mgr.copy(&partition, &src, src_offset, &dst, dst_offset, len) {
+        } => match guessed(
+            mgr,
+            "copy",
+            mgr.copy(&partition, &src, src_offset, &dst, dst_offset, len),
+        ) {
             Ok(bytes) => Response::Copied { bytes },
             Err(e) => error_response(&e),
         },

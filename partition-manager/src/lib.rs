@@ -16,6 +16,8 @@
 //!   [`ManagerError`].
 //! - [`process`]: spawning a `vmm`/`vios` with a socketpair as its control
 //!   channel; pids, signals, tokens, helper threads.
+//! - [`ratelimit`]: bounded logging ([`ratelimit::LogLimiter`]) and the
+//!   per-caller count of failed cookie guesses.
 //! - [`restart`]: restart policy (how a run ended, backoff, giving up).
 //! - [`channel`]: reading a control channel and dispatching its messages
 //!   to the manager's `ControlEvents`.
@@ -50,6 +52,7 @@ pub mod grants;
 pub mod manager;
 pub mod partitions;
 pub mod process;
+pub mod ratelimit;
 pub mod restart;
 pub mod store;
 pub mod vios;

@@ -30,6 +30,7 @@ use crate::error::ManagerError;
 use crate::grant_engine::{Ended, GrantEngine};
 use crate::partitions::{PartitionTable, Recovered, StartProgress};
 use crate::process::{process_alive, send_signal, spawn_thread};
+use crate::ratelimit::FailedGuesses;
 use crate::restart::backoff;
 use crate::store::Store;
 use parvm_config::Definition;
@@ -73,6 +74,8 @@ pub struct Manager {
     pub cfg: ManagerConfig,
     state: Mutex<State>,
     changed: Condvar,
+    /// Failed cookie guesses per caller.
+    guesses: FailedGuesses,
 }
 
 impl Manager {
@@ -100,6 +103,7 @@ impl Manager {
                 grants,
             }),
             changed: Condvar::new(),
+            guesses: FailedGuesses::new(),
         });
         mgr.recover()?;
         Ok(mgr)

@@ -328,3 +328,93 @@ fn the_reconnect_token_is_not_in_the_environment() {
     env.ok(&["stop", "p"]);
     env.ok(&["stop", "vios1"]);
 }
+
+/// Guessing grant cookies once went unnoticed: a forged cookie got a quiet
+/// `unknown_cookie`. Failed guesses are now counted per caller and logged
+/// at a bounded rate, each line carrying the count so far.
+#[test]
+fn failed_cookie_guesses_are_counted_and_logged_at_a_bounded_rate() {
+    use partition_manager::client::{Client, ClientError};
+    use partition_manager::protocol::{ErrorKind, GrantCookie, Request};
+    let env = Env::new("guesses");
+    let def = env.hang_definition("web", "never");
+    env.ok(&["define", &def]);
+    let before = env.manager_log().lines().count();
+    let client = Client::connect(&env.socket).unwrap();
+    let started = Instant::now();
+    for i in 0..2000u32 {
+        let cookie: GrantCookie = format!("pvg1-{:032x}", 0xdead_0000_u64 + u64::from(i))
+            .parse()
+            .unwrap();
+        let request = match i % 4 {
+            0 => Request::Accept {
+                cookie,
+                partition: "web".into(),
+                gpa: None,
+            },
+            1 => Request::Revoke {
+                cookie,
+                partition: Some("web".into()),
+            },
+            2 => Request::Regrant {
+                cookie,
+                partition: "web".into(),
+                grantee: "web".into(),
+                rights: "ro".parse().unwrap(),
+            },
+            _ => Request::Copy {
+                partition: "web".into(),
+                src: cookie,
+                src_offset: 0,
+                dst: cookie,
+                dst_offset: 0,
+                len: 1,
+            },
+        };
+        match client.call(&request) {
+            Err(ClientError::Manager { kind, .. }) => {
+                assert_eq!(kind, ErrorKind::UnknownCookie, "{i}")
+            }
+            other => panic!("a forged cookie answered {other:?}"),
+        }
+    }
+    let elapsed = started.elapsed();
+    // The next guess after the window reports the total.
+    std::thread::sleep(Duration::from_millis(1100));
+    let f = env.parctl(&[
+        "accept",
+        "pvg1-0123456789abcdef0123456789abcdef",
+        "--as",
+        "web",
+    ]);
+    assert_eq!(f.code(), Some(1), "{}{}", f.stdout, f.stderr);
+    let log = env.manager_log();
+    let new: Vec<&str> = log.lines().skip(before).collect();
+    let guesses: Vec<&str> = new
+        .iter()
+        .copied()
+        .filter(|l| l.contains("failed grant cookie guess"))
+        .collect();
+    // 3 lines a second at most, per caller.
+    let bound = 3 * (elapsed.as_secs() as usize + 3);
+    assert!(
+        !guesses.is_empty() && guesses.len() <= bound,
+        "{} guess lines in {elapsed:?} (bound {bound})",
+        guesses.len()
+    );
+    assert!(new.len() < 100, "{} log lines for 2001 guesses", new.len());
+    let counts: Vec<u64> = guesses
+        .iter()
+        .filter_map(|l| l.split("failed_guesses=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(counts.len(), guesses.len(), "{guesses:?}");
+    assert!(counts.windows(2).all(|w| w[0] < w[1]), "{counts:?}");
+    assert_eq!(counts.last(), Some(&2001), "{guesses:?}");
+    assert!(
+        guesses.iter().all(|l| l.contains("caller=operator")),
+        "{guesses:?}"
+    );
+    let last = guesses.last().unwrap();
+    assert!(last.contains("suppressed="), "{last}");
+}

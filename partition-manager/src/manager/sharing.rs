@@ -253,6 +253,18 @@ impl Manager {
         Ok(len)
     }
 
+    /// Counts `e` if it answers a cookie guess (`unknown_cookie`,
+    /// `wrong_partition`) of `caller` (`operator` or a partition's guest)
+    /// in `op`; logged at a bounded rate per caller.
+    pub fn failed_guess(&self, caller: &str, op: &str, e: &ManagerError) {
+        self.guesses.note(caller, op, e.kind(), e);
+    }
+
+    /// How many failed cookie guesses `caller` made.
+    pub fn failed_guesses(&self, caller: &str) -> u64 {
+        self.guesses.count(caller)
+    }
+
     pub fn grant_table(&self) -> (Vec<SegmentInfo>, Vec<GrantInfo>, Vec<DoorbellInfo>) {
         self.lock().grants.listing()
     }
@@ -299,6 +311,13 @@ impl Manager {
             result1: r1,
             cookie,
         };
+        let op = match &call {
+            Hcall::Accept { .. } => Some("accept"),
+            Hcall::Regrant { .. } => Some("regrant"),
+            Hcall::Revoke { .. } => Some("revoke"),
+            Hcall::Copy { .. } => Some("copy"),
+            Hcall::Grant { .. } | Hcall::SegmentCreate { .. } => None,
+        };
         let result: Result<HcallOutcome, ManagerError> = match call {
             Hcall::Grant {
                 segment,
@@ -340,7 +359,12 @@ impl Manager {
                 .map(|n| ok(n, 0, None)),
         };
         let outcome = result.unwrap_or_else(|e| {
-            tracing::info!(partition, seq, error = %e, "hcall refused");
+            match op {
+                Some(op) if crate::ratelimit::is_failed_guess(e.kind()) => {
+                    self.failed_guess(partition, op, &e)
+                }
+                _ => tracing::info!(partition, seq, error = %e, "hcall refused"),
+            }
             HcallOutcome {
                 status: hcall_status(e.kind()),
                 result0: 0,
