@@ -39,10 +39,11 @@ fn impostor() {
         let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
         let mut got = Vec::new();
         let _ = conn.read_to_end(&mut got);
-        let mut all = std::fs::read(&out).unwrap_or_default();
-        all.extend_from_slice(format!("[connection: {} bytes]", got.len()).as_bytes());
-        all.extend_from_slice(&got);
-        std::fs::write(&out, all).unwrap();
+        // Appended, never rewritten: the test may read at any moment.
+        let mut record = format!("[connection: {} bytes]", got.len()).into_bytes();
+        record.extend_from_slice(&got);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&out).unwrap();
+        std::io::Write::write_all(&mut f, &record).unwrap();
     }
 }
 
