@@ -15,6 +15,7 @@ use crate::error::ManagerError;
 use crate::manager::Manager;
 use crate::process::spawn_thread;
 use crate::ratelimit::{LogLimiter, OPERATOR};
+use parvm_protocol::managed::{euid, peer_allowed, peer_cred};
 use parvm_protocol::{Channel, ErrorKind, ProtocolError, Request, Response};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
@@ -82,47 +83,6 @@ pub fn default_socket() -> PathBuf {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("parvm/pm.sock"),
         _ => PathBuf::from("/run/parvm/pm.sock"),
     }
-}
-
-/// Peer credentials of a Unix socket.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerCred {
-    pub pid: u32,
-    pub uid: u32,
-    pub gid: u32,
-}
-
-pub fn peer_cred(s: &UnixStream) -> std::io::Result<PeerCred> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a local of
-    // that size.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(PeerCred {
-        pid: cred.pid as u32,
-        uid: cred.uid,
-        gid: cred.gid,
-    })
-}
-
-fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
 }
 
 /// Makes the state directory private: created 0700 when missing; an
@@ -370,7 +330,7 @@ fn serve_connection(
     };
     let chan = Channel::new(stream);
     let me = euid();
-    if cred.uid != me && cred.uid != 0 {
+    if !peer_allowed(cred.uid, me) {
         if let Some(suppressed) = CONNECT_LOG.allow() {
             tracing::warn!(
                 uid = cred.uid,

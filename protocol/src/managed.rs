@@ -119,8 +119,16 @@ pub fn peer_allowed(peer_uid: u32, own_euid: u32) -> bool {
     peer_uid == own_euid || peer_uid == 0
 }
 
-/// Checks the peer of a connected socket with `SO_PEERCRED`.
-pub fn check_peer(stream: &UnixStream) -> Result<(), String> {
+/// Peer credentials of a Unix socket (`SO_PEERCRED`).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerCred {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The credentials of the process at the other end of `stream`.
+pub fn peer_cred(stream: &UnixStream) -> std::io::Result<PeerCred> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -139,13 +147,25 @@ pub fn check_peer(stream: &UnixStream) -> Result<(), String> {
         )
     };
     if rc != 0 {
-        return Err(format!(
-            "cannot check the peer: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(std::io::Error::last_os_error());
     }
+    Ok(PeerCred {
+        pid: cred.pid as u32,
+        uid: cred.uid,
+        gid: cred.gid,
+    })
+}
+
+/// This process's effective uid.
+pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    unsafe { libc::geteuid() }
+}
+
+/// Checks the peer of a connected socket with `SO_PEERCRED`.
+pub fn check_peer(stream: &UnixStream) -> Result<(), String> {
+    let cred = peer_cred(stream).map_err(|e| format!("cannot check the peer: {e}"))?;
+    let euid = euid();
     if !peer_allowed(cred.uid, euid) {
         return Err(format!(
             "the socket is served by uid {} (pid {}), neither this process's uid {euid} nor root: not the partition manager",
