@@ -11,6 +11,8 @@
 //!   memory, kernel, disks with a typed [`DiskSource`], console), its limits
 //!   and defaults, and [`PartitionDefinition::validate`] into the
 //!   [`PartitionConfig`] a VMM boots.
+//! - [`memory`]: the `memory` section ([`MemorySpec`]): dedicated or
+//!   shared (Active Memory Sharing) memory, checked into [`SharedMemory`].
 //! - [`vios`]: a VIOS partition ([`ViosDefinition`]: the images it exports).
 //! - [`manager`]: the fields only the partition manager acts on:
 //!   [`RestartPolicy`] (`restart`) and [`SegmentSpec`] (`segments`).
@@ -18,6 +20,7 @@
 //! See docs/manager.md and docs/vios.md for the JSON schema.
 
 pub mod manager;
+pub mod memory;
 pub mod partition;
 pub mod vios;
 
@@ -25,6 +28,7 @@ pub use manager::{
     check_segment_size, check_segments, valid_segment_id, RestartPolicy, SegmentSpec,
     MAX_SEGMENT_SIZE, SEGMENT_PAGE,
 };
+pub use memory::{MemoryMode, MemorySpec, SharedMemory, DEFAULT_MEMORY_WEIGHT, MIN_RESIDENT_MIB};
 pub use partition::{
     Console, DiskConfig, DiskSource, PartitionConfig, PartitionDefinition, DEFAULT_CMDLINE,
     DEFAULT_MEMORY_MIB, DEFAULT_NAME, DEFAULT_VCPUS, MAX_CMDLINE_LEN, MAX_DISKS, MAX_DISK_ID_LEN,
@@ -80,6 +84,8 @@ pub enum ConfigError {
     Queues(usize),
     #[error("cmdline is {0} bytes; at most {MAX_CMDLINE_LEN}")]
     CmdlineTooLong(usize),
+    #[error("memory: {0}")]
+    MemorySpec(String),
 }
 
 /// Whether `name` is 1 to `max` characters from `[A-Za-z0-9._-]` (partition

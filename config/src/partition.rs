@@ -3,6 +3,7 @@
 //! [`PartitionConfig`].
 
 use crate::manager::{RestartPolicy, SegmentSpec};
+use crate::memory::{MemorySpec, SharedMemory};
 use crate::{valid_name, ConfigError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -224,6 +225,9 @@ pub struct PartitionDefinition {
     /// them; the manager creates and maps them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segments: Option<Vec<SegmentSpec>>,
+    /// Dedicated (default) or shared memory (Active Memory Sharing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Box<MemorySpec>>,
 }
 
 impl PartitionDefinition {
@@ -272,6 +276,7 @@ impl PartitionDefinition {
             disks: over.disks.or(self.disks),
             restart: over.restart.or(self.restart),
             segments: over.segments.or(self.segments),
+            memory: over.memory.or(self.memory),
         }
     }
 
@@ -297,9 +302,17 @@ impl PartitionDefinition {
         if vcpus == 0 || vcpus > u64::from(MAX_VCPUS) {
             return Err(ConfigError::Vcpus(vcpus));
         }
-        let memory_mib = self.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
+        let (memory_mib, shared) = MemorySpec::resolve(self.memory.as_deref(), self.memory_mib)?;
+        let memory_mib = memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
         if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&memory_mib) {
             return Err(ConfigError::Memory(memory_mib));
+        }
+        if let Some(r) = shared.as_ref().and_then(|s| s.resident_mib) {
+            if r > memory_mib {
+                return Err(ConfigError::MemorySpec(format!(
+                    "resident_mib {r} is above the logical size of {memory_mib} MiB"
+                )));
+            }
         }
         if let Some(cmdline) = &self.cmdline {
             if cmdline.len() > MAX_CMDLINE_LEN {
@@ -315,6 +328,7 @@ impl PartitionDefinition {
             cmdline: self.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
             console: self.console.unwrap_or(Console::Stdout),
             disks,
+            shared,
         })
     }
 }
@@ -330,4 +344,6 @@ pub struct PartitionConfig {
     pub cmdline: String,
     pub console: Console,
     pub disks: Vec<DiskConfig>,
+    /// Shared memory (Active Memory Sharing); `None`: dedicated.
+    pub shared: Option<SharedMemory>,
 }

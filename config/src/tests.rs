@@ -21,10 +21,10 @@ fn full_definition_parses_and_paths_are_relative_to_the_file() {
 
 #[test]
 fn unknown_field_is_named() {
-    let e = parse(r#"{"kernel":"k","memory":5}"#)
+    let e = parse(r#"{"kernel":"k","memroy":5}"#)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("memory"), "{e}");
+    assert!(e.contains("memroy"), "{e}");
     assert!(e.contains("unknown field"), "{e}");
 }
 
@@ -302,4 +302,93 @@ fn a_command_line_longer_than_the_vmm_takes_is_refused() {
         ..Default::default()
     };
     assert!(d.validate().is_ok());
+}
+
+#[test]
+fn shared_memory_section_parses_and_defaults() {
+    let c = parse(r#"{"kernel":"k","memory":{"mode":"shared","logical_mib":256}}"#)
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(c.memory_mib, 256);
+    let s = c.shared.unwrap();
+    assert_eq!(s.weight, DEFAULT_MEMORY_WEIGHT);
+    assert_eq!((s.paging, s.resident_mib), (None, None));
+
+    // memory_mib stands for the logical size; paging and the target as the
+    // manager writes them.
+    let d = parse(
+        r#"{"kernel":"k","memory_mib":64,"memory":{"mode":"shared","weight":4,
+            "paging":"vhost-user-fd:7","resident_mib":16}}"#,
+    )
+    .unwrap();
+    let text = serde_json::to_string(&d).unwrap();
+    assert!(text.contains(r#""paging":"vhost-user-fd:7""#), "{text}");
+    let c = d.validate().unwrap();
+    assert_eq!(c.memory_mib, 64);
+    let s = c.shared.unwrap();
+    assert_eq!(s.weight, 4);
+    assert_eq!(s.paging, Some(DiskSource::VhostUserFd(7)));
+    assert_eq!(s.resident_mib, Some(16));
+
+    // Dedicated, spelled out, is today's behaviour.
+    let c = parse(r#"{"kernel":"k","memory_mib":8,"memory":{"mode":"dedicated"}}"#)
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!((c.memory_mib, c.shared), (8, None));
+}
+
+#[test]
+fn broken_memory_sections_are_named() {
+    let field = |json: &str| parse(json).unwrap_err().to_string();
+    for (json, says) in [
+        (r#"{"kernel":"k","memory":{"mode":"lent"}}"#, "mode"),
+        (
+            r#"{"kernel":"k","memory":{"mode":"shared","weight":256}}"#,
+            "weight",
+        ),
+        (
+            r#"{"kernel":"k","memory":{"mode":"shared","paging":"/tmp/disk.img"}}"#,
+            "VIOS",
+        ),
+        (
+            r#"{"kernel":"k","memory":{"mode":"shared","paging":"vios:nope"}}"#,
+            "vios:<vios-name>",
+        ),
+        (
+            r#"{"kernel":"k","memory":{"mode":"shared","logical":5}}"#,
+            "logical",
+        ),
+        (r#"{"kernel":"k","memory":7}"#, "memory"),
+    ] {
+        let e = field(json);
+        assert!(e.contains(says), "{json}: {e}");
+    }
+    let invalid = |json: &str| parse(json).unwrap().validate().unwrap_err().to_string();
+    for (json, says) in [
+        (
+            r#"{"kernel":"k","memory":{"weight":3}}"#,
+            "need \"mode\": \"shared\"",
+        ),
+        (
+            r#"{"kernel":"k","memory_mib":64,"memory":{"mode":"shared","logical_mib":32}}"#,
+            "differ",
+        ),
+        (
+            r#"{"kernel":"k","memory":{"mode":"shared","logical_mib":32,"resident_mib":64}}"#,
+            "above the logical size",
+        ),
+        (
+            r#"{"kernel":"k","memory":{"mode":"shared","logical_mib":32,"resident_mib":1}}"#,
+            "below the minimum",
+        ),
+        (
+            r#"{"kernel":"k","memory":{"mode":"shared","logical_mib":1}}"#,
+            "memory_mib must be",
+        ),
+    ] {
+        let e = invalid(json);
+        assert!(e.contains(says), "{json}: {e}");
+    }
 }

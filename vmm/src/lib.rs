@@ -7,6 +7,8 @@
 //!   for the legacy devices, grants, virtio disks, ACPI tables, the kernel
 //!   and the vCPUs).
 //! - [`memory`]: the guest physical layout and guest RAM as a memfd.
+//! - [`pager`]: the pager of a shared-memory partition (userfaultfd faults
+//!   served from a paging device, eviction down to a resident target).
 //! - [`acpi`]: RSDP/XSDT/FADT/MADT/DSDT so Linux finds every vCPU and device.
 //! - [`boot`]: kernel/initrd/cmdline loading, boot_params or PVH start info,
 //!   the boot vCPU's GDT, page tables and registers.
@@ -38,6 +40,7 @@ pub mod devices;
 pub mod grants;
 pub mod interrupts;
 pub mod memory;
+pub mod pager;
 pub mod seccomp;
 pub mod vcpu;
 
@@ -139,6 +142,14 @@ impl Vmm {
     /// Builds the partition, step by step, up to the first KVM_RUN (each
     /// step is in [`builder`]).
     pub fn new(config: PartitionConfig, kvm_path: &Path) -> Result<Self, VmmError> {
+        if config.shared.is_some() {
+            // The pager (`pager`) exists; its paging device connection is
+            // the next step (docs/ams.md).
+            return Err(VmmError::Setup(
+                "shared memory",
+                "\"mode\": \"shared\" is not supported by this vmm yet".into(),
+            ));
+        }
         let (kvm, vm) = builder::create_vm(&config, kvm_path)?;
         let ram = builder::attach_memory(&vm, config.memory_mib)?;
         let interrupts = builder::attach_irqchip(&vm)?;

@@ -16,6 +16,9 @@
 //! - [`Role::Control`]: the control channel (SCM_RIGHTS messages, mapping of
 //!   granted segments as KVM memory slots, doorbells as ioeventfd/irqfd,
 //!   re-attaching to a restarted manager);
+//! - [`Role::Pager`]: the pager of a shared-memory partition (userfaultfd
+//!   ioctls, punching pages out of the guest-RAM memfd, vhost-user messages
+//!   to its paging device and re-dialling it);
 //! - [`Role::Main`]: the main thread once the others run (console input,
 //!   kicking vCPUs out of KVM_RUN, the exit report).
 //!
@@ -27,6 +30,7 @@
 //! creates afterwards: the vhost-user call relay a vCPU starts when the
 //! guest activates a vhost-user disk runs under the vCPU filter.
 
+use crate::pager::uffd;
 pub use parvm_sandbox::{
     apply, build, install, syscalls, Allow, RoleFilter, SeccompError, SeccompMode,
 };
@@ -39,6 +43,7 @@ pub enum Role {
     Vcpu,
     Device,
     Control,
+    Pager,
 }
 
 // KVM ioctls the threads make after set-up (kvm-ioctls keeps its numbers
@@ -95,7 +100,13 @@ fn unix_connect() -> Vec<Allow> {
 }
 
 impl parvm_sandbox::Role for Role {
-    const ALL: &'static [Role] = &[Role::Main, Role::Vcpu, Role::Device, Role::Control];
+    const ALL: &'static [Role] = &[
+        Role::Main,
+        Role::Vcpu,
+        Role::Device,
+        Role::Control,
+        Role::Pager,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -103,6 +114,7 @@ impl parvm_sandbox::Role for Role {
             Role::Vcpu => "vcpu",
             Role::Device => "device",
             Role::Control => "control",
+            Role::Pager => "pager",
         }
     }
 
@@ -170,6 +182,26 @@ impl parvm_sandbox::Role for Role {
                 list.extend(unix_messages());
                 list.extend(unix_connect());
                 list.extend(parvm_sandbox::thread_spawning());
+            }
+            Role::Pager => {
+                list.push(ArgIn(
+                    libc::SYS_ioctl,
+                    1,
+                    vec![
+                        uffd::UFFDIO_WAKE(),
+                        uffd::UFFDIO_COPY(),
+                        uffd::UFFDIO_ZEROPAGE(),
+                        uffd::UFFDIO_WRITEPROTECT(),
+                    ],
+                ));
+                // Evicted pages leave the guest-RAM memfd.
+                list.push(Any(libc::SYS_fallocate));
+                // A new connection to the paging device: its private
+                // memory (rings and buffers) and eventfds.
+                list.push(Any(libc::SYS_memfd_create));
+                list.push(Any(libc::SYS_ftruncate));
+                list.extend(unix_messages());
+                list.extend(unix_connect());
             }
         }
         list

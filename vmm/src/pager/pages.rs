@@ -1,0 +1,175 @@
+//! The pager's bookkeeping: where every page of guest RAM is, and the
+//! clock that picks what to evict. Pure logic, no memory touched.
+//!
+//! A page is identified by its index in the guest-RAM memfd (file offset /
+//! [`PAGE_SIZE`]); its copy on the paging device lives at the same offset,
+//! so the device needs at least the logical size and no allocation map.
+
+/// The pager's page size (x86 base pages).
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Where a page's contents are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageState {
+    /// Not in memory, and all zeros: never touched since start, or zero
+    /// when it was evicted. A fault maps a zero page; the device is not read.
+    Zero,
+    /// In the memfd.
+    Resident,
+    /// Not in memory; its contents are on the paging device.
+    Out,
+}
+
+/// Every page's state, the resident count and the eviction clock.
+pub struct PageTable {
+    state: Vec<PageState>,
+    /// Reference bits for the clock: set when a page comes in, cleared as
+    /// the hand passes.
+    referenced: Vec<bool>,
+    /// Pages that must stay resident (virtqueue rings a VIOS writes).
+    pinned: Vec<bool>,
+    resident: u64,
+    hand: usize,
+}
+
+impl PageTable {
+    /// `pages` pages, none resident.
+    pub fn new(pages: usize) -> Self {
+        PageTable {
+            state: vec![PageState::Zero; pages],
+            referenced: vec![false; pages],
+            pinned: vec![false; pages],
+            resident: 0,
+            hand: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.state.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.state.is_empty()
+    }
+
+    pub fn resident(&self) -> u64 {
+        self.resident
+    }
+
+    pub fn state(&self, page: usize) -> Option<PageState> {
+        self.state.get(page).copied()
+    }
+
+    /// The page is in memory now (a fault was served).
+    pub fn paged_in(&mut self, page: usize) {
+        if let Some(s) = self.state.get_mut(page) {
+            if *s != PageState::Resident {
+                *s = PageState::Resident;
+                self.resident += 1;
+            }
+            self.referenced[page] = true;
+        }
+    }
+
+    /// The page left memory; `zero`: it held only zeros (nothing written).
+    pub fn paged_out(&mut self, page: usize, zero: bool) {
+        if let Some(s) = self.state.get_mut(page) {
+            if *s == PageState::Resident {
+                self.resident -= 1;
+            }
+            *s = if zero {
+                PageState::Zero
+            } else {
+                PageState::Out
+            };
+        }
+    }
+
+    /// Keeps `page` resident from now on (or lets it go again).
+    pub fn set_pinned(&mut self, page: usize, pinned: bool) {
+        if let Some(p) = self.pinned.get_mut(page) {
+            *p = pinned;
+        }
+    }
+
+    /// Marks `page` recently used (the clock passes it over once).
+    pub fn touch(&mut self, page: usize) {
+        if let Some(r) = self.referenced.get_mut(page) {
+            *r = true;
+        }
+    }
+
+    /// Up to `max` resident, unpinned pages to evict, in ascending order,
+    /// chosen by the clock (second chance): a page referenced since the
+    /// hand last passed is spared once. Looks at each page at most twice,
+    /// so it ends even if everything is pinned.
+    pub fn victims(&mut self, max: usize) -> Vec<usize> {
+        let n = self.state.len();
+        let mut out = Vec::with_capacity(max);
+        if n == 0 {
+            return out;
+        }
+        for _ in 0..2 * n {
+            if out.len() >= max {
+                break;
+            }
+            let p = self.hand;
+            self.hand = (self.hand + 1) % n;
+            if self.state[p] != PageState::Resident || self.pinned[p] {
+                continue;
+            }
+            if self.referenced[p] {
+                self.referenced[p] = false;
+                continue;
+            }
+            out.push(p);
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn residency_is_counted_once_per_page() {
+        let mut t = PageTable::new(8);
+        t.paged_in(3);
+        t.paged_in(3);
+        t.paged_in(100); // out of range: ignored
+        assert_eq!(t.resident(), 1);
+        t.paged_out(3, false);
+        t.paged_out(3, false);
+        assert_eq!(t.resident(), 0);
+        assert_eq!(t.state(3), Some(PageState::Out));
+        t.paged_in(4);
+        t.paged_out(4, true);
+        assert_eq!(t.state(4), Some(PageState::Zero));
+    }
+
+    #[test]
+    fn the_clock_spares_referenced_pages_once_and_never_pinned_ones() {
+        let mut t = PageTable::new(6);
+        for p in 0..6 {
+            t.paged_in(p);
+        }
+        t.set_pinned(2, true);
+        // All referenced: the first lap clears the bits, the second picks.
+        assert_eq!(t.victims(2), vec![0, 1]);
+        for &p in &[0, 1] {
+            t.paged_out(p, false);
+        }
+        t.touch(3);
+        assert_eq!(t.victims(2), vec![4, 5]);
+        // Only 3 is left unpinned and resident.
+        for &p in &[4, 5] {
+            t.paged_out(p, false);
+        }
+        assert_eq!(t.victims(8), vec![3]);
+        t.paged_out(3, false);
+        assert!(t.victims(8).is_empty(), "a pinned page is never a victim");
+    }
+}
