@@ -4,7 +4,7 @@
 //! one part to it. Firecracker's `build_microvm_for_boot` has the same
 //! shape.
 
-use crate::config::{Console, DiskConfig, PartitionConfig};
+use crate::config::{Console, DiskConfig, DiskSource, PartitionConfig};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::exit::ExitSignal;
 use crate::devices::legacy::{AcpiPowerPort, ResetTrigger, I8042};
@@ -62,6 +62,43 @@ pub fn attach_memory(vm: &VmFd, memory_mib: u64) -> Result<GuestRam, VmmError> {
     ram.register(vm)
         .map_err(|e| VmmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
     Ok(ram)
+}
+
+/// The pager of a shared-memory partition, on its paging device, before
+/// anything touches guest RAM (so every page that comes in is counted);
+/// `None` for dedicated memory.
+pub fn attach_pager(
+    ram: &GuestRam,
+    config: &PartitionConfig,
+) -> Result<Option<crate::pager::Pager>, VmmError> {
+    let Some(shared) = &config.shared else {
+        return Ok(None);
+    };
+    if let Some(d) = config.disks.iter().find(|d| {
+        matches!(
+            d.source,
+            DiskSource::VhostUser(_) | DiskSource::VhostUserFd(_)
+        )
+    }) {
+        // The VIOS would map guest RAM the pager punches pages out of.
+        return Err(crate::pager::PagerError::VhostUserDisk(d.id.clone()).into());
+    }
+    let Some(source) = &shared.paging else {
+        return Err(crate::pager::PagerError::NoPagingDevice.into());
+    };
+    let store = crate::pager::device::connect(source)?;
+    let logical_pages = ram.size / crate::pager::pages::PAGE_SIZE;
+    let target = shared
+        .resident_mib
+        .map(|m| (m << 20) / crate::pager::pages::PAGE_SIZE)
+        .unwrap_or(logical_pages);
+    tracing::info!(partition = %config.name, logical_pages, target, paging = %source, "shared memory: pager starts");
+    Ok(Some(crate::pager::Pager::start(
+        &ram.memory,
+        &ram.memfd,
+        store,
+        target,
+    )?))
 }
 
 /// IO-APIC, PICs and local APICs in the kernel, the PIT, and the GSI

@@ -90,6 +90,8 @@ pub enum VmmError {
     Console(PathBuf, std::io::Error),
     #[error("cannot set up {0}: {1}")]
     Setup(&'static str, String),
+    #[error("shared memory: {0}")]
+    Pager(#[from] pager::PagerError),
 }
 
 const REQUIRED_CAPS: &[(Cap, &str)] = &[
@@ -136,22 +138,16 @@ pub struct Vmm {
     serial: Arc<Mutex<SerialPort>>,
     pause: Arc<control::PauseGate>,
     virtio: VirtioDevices,
+    pager: Option<Arc<pager::Pager>>,
 }
 
 impl Vmm {
     /// Builds the partition, step by step, up to the first KVM_RUN (each
     /// step is in [`builder`]).
     pub fn new(config: PartitionConfig, kvm_path: &Path) -> Result<Self, VmmError> {
-        if config.shared.is_some() {
-            // The pager (`pager`) exists; its paging device connection is
-            // the next step (docs/ams.md).
-            return Err(VmmError::Setup(
-                "shared memory",
-                "\"mode\": \"shared\" is not supported by this vmm yet".into(),
-            ));
-        }
         let (kvm, vm) = builder::create_vm(&config, kvm_path)?;
         let ram = builder::attach_memory(&vm, config.memory_mib)?;
+        let pager = builder::attach_pager(&ram, &config)?;
         let interrupts = builder::attach_irqchip(&vm)?;
         let mut machine = Machine::new(kvm, vm, ram, interrupts)?;
         let serial = machine.attach_legacy_devices(&config.console)?;
@@ -171,6 +167,7 @@ impl Vmm {
             serial,
             pause,
             virtio,
+            pager: pager.map(Arc::new),
         })
     }
 
@@ -187,6 +184,11 @@ impl Vmm {
     /// The grant mappings and the hcall link, for the control channel.
     pub fn grants(&self) -> Arc<grants::GrantMaps> {
         self.grants.clone()
+    }
+
+    /// The pager of a shared-memory partition.
+    pub fn pager(&self) -> Option<Arc<pager::Pager>> {
+        self.pager.clone()
     }
 
     /// The serial console, for input from the control channel.
@@ -233,6 +235,9 @@ impl Vmm {
         }
         if devices.join().is_err() {
             tracing::error!("the device thread panicked");
+        }
+        if let Some(pager) = &self.pager {
+            eprintln!("vmm: pager: {}", pager.report());
         }
         Ok(self.exit.reason().unwrap_or(ExitReason::PowerOff))
     }

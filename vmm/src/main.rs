@@ -4,7 +4,7 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Arc;
-use vmm::config::{Console, DiskConfig, PartitionDefinition};
+use vmm::config::{Console, DiskConfig, DiskSource, MemoryMode, MemorySpec, PartitionDefinition};
 use vmm::devices::exit::{ExitReason, ExitSignal};
 
 /// parvm's per-partition virtual machine monitor: boots one partition on KVM.
@@ -44,6 +44,16 @@ struct Args {
     /// name (default diskN). Repeat for several disks; replaces the file's.
     #[arg(long, value_name = "PATH[,ro][,id=ID]")]
     disk: Vec<String>,
+    /// Shared memory (Active Memory Sharing, docs/ams.md): the paging
+    /// device, a vhost-user-blk export (`vhost-user:SOCKET`, or
+    /// `vhost-user-fd:N` as the partition manager passes it). Puts the
+    /// partition in shared memory mode; `--memory-mib` is its logical size.
+    #[arg(long, value_name = "vhost-user:SOCKET|vhost-user-fd:N")]
+    paging: Option<String>,
+    /// Shared memory: at most this much guest RAM stays resident (default:
+    /// all of it until the partition manager sets a target).
+    #[arg(long, value_name = "N")]
+    resident_mib: Option<u64>,
     /// KVM device to use.
     #[arg(long, value_name = "PATH", default_value = vmm::KVM_DEVICE)]
     kvm_device: PathBuf,
@@ -84,6 +94,11 @@ fn run(args: Args) -> anyhow::Result<i32> {
         Some(path) => PartitionDefinition::from_file(path)?,
         None => PartitionDefinition::default(),
     };
+    let memory = shared_memory_flags(
+        file.memory.as_deref(),
+        args.paging.as_deref(),
+        args.resident_mib,
+    )?;
     let flags = PartitionDefinition {
         name: args.name,
         vcpus: args.vcpus,
@@ -103,6 +118,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
                     .collect::<Result<_, _>>()?,
             )
         },
+        memory,
         ..Default::default()
     };
     let config = file.overridden_by(flags).validate()?;
@@ -130,6 +146,34 @@ fn run(args: Args) -> anyhow::Result<i32> {
         other => tracing::info!(reason = ?other, "guest stopped"),
     }
     Ok(reason.exit_code())
+}
+
+/// The file's memory section with `--paging` and `--resident-mib` applied
+/// (either puts the partition in shared mode); `None` without either flag.
+fn shared_memory_flags(
+    file: Option<&MemorySpec>,
+    paging: Option<&str>,
+    resident_mib: Option<u64>,
+) -> anyhow::Result<Option<Box<MemorySpec>>> {
+    if paging.is_none() && resident_mib.is_none() {
+        return Ok(None);
+    }
+    let mut spec = file.cloned().unwrap_or_default();
+    spec.mode = MemoryMode::Shared;
+    if let Some(p) = paging {
+        let source = DiskSource::parse(p).map_err(|m| anyhow::anyhow!("--paging {p}: {m}"))?;
+        if !matches!(
+            source,
+            DiskSource::VhostUser(_) | DiskSource::VhostUserFd(_)
+        ) {
+            anyhow::bail!("--paging {p}: use vhost-user:SOCKET or vhost-user-fd:N");
+        }
+        spec.paging = Some(source);
+    }
+    if resident_mib.is_some() {
+        spec.resident_mib = resident_mib;
+    }
+    Ok(Some(Box::new(spec)))
 }
 
 fn main() {

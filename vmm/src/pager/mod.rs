@@ -28,6 +28,7 @@
 //! guest RAM too and is not covered yet: [`crate::Vmm::new`] refuses
 //! vhost-user disks on a shared-memory partition (docs/ams.md).
 
+pub mod device;
 pub mod pages;
 pub mod uffd;
 
@@ -85,6 +86,15 @@ pub enum PagerError {
     DeviceTooSmall { device: u64, logical: u64 },
     #[error("cannot start the pager thread: {0}")]
     Thread(std::io::Error),
+    #[error("no paging device: give \"paging\" in the memory section (or --paging); under the partition manager it is assigned from the pool")]
+    NoPagingDevice,
+    #[error("paging device {source_text}: {message}")]
+    Device {
+        source_text: String,
+        message: String,
+    },
+    #[error("disk `{0}` is served by a vhost-user backend (a VIOS), which would map guest RAM the pager releases; a shared-memory partition's disks are images for now (docs/ams.md)")]
+    VhostUserDisk(String),
 }
 
 /// What the pager has done, for `parctl status` (the figures `lparstat -m`
@@ -214,6 +224,24 @@ impl Pager {
             zero_fills: c.zero_fills.load(Ordering::Relaxed),
             stalled: c.stalled.load(Ordering::Relaxed),
         }
+    }
+}
+
+impl std::fmt::Display for PagerReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "logical={} target={} resident={} page_ins={} page_in_us={} page_outs={} zero_outs={} zero_fills={}{}",
+            self.logical_pages,
+            self.target_pages,
+            self.resident_pages,
+            self.page_ins,
+            self.page_in_ns / 1000,
+            self.page_outs,
+            self.zero_outs,
+            self.zero_fills,
+            if self.stalled { " stalled" } else { "" }
+        )
     }
 }
 
