@@ -7,6 +7,11 @@
  *                        capacity/ro/serial, write a pattern to sectors
  *                        0..63, flush, read them back, compare, print the
  *                        statuses and the FNV-1a 64 of what was read.
+ *   parvm.test=blkswap   parvm.test=blk, with a sweep over the RAM from
+ *                        8 MiB up (mem_sweep, mem.S) after filling the
+ *                        write buffer and after zeroing the read buffer, so
+ *                        a host pager has evicted them when the device
+ *                        uses them; result lines say "blkswap".
  *   parvm.test=blkbench  the same initialisation, then 4 KiB random reads at
  *                        queue depth 32 and 1 MiB sequential reads and
  *                        writes, each phase framed by start/done lines that
@@ -92,6 +97,9 @@
         .set BLK_DATA_SIZE,         0x100000
         .set BLK_PATTERN_SECTORS,   64          /* parvm.test=blk: sectors 0..63 */
         .set BLK_PATTERN_BYTES,     (BLK_PATTERN_SECTORS * 512)
+        .set BLK_READ,              (BLK_DATA + BLK_PATTERN_BYTES)  /* the read buffer */
+        .set BLKSWAP_SWEEP,         0x800000    /* parvm.test=blkswap sweeps from 8 MiB */
+        .set BLKSWAP_MIN_END,       0x1000000   /* ... and needs RAM up to 16 MiB */
         .set BLK_BENCH_READS,       65536       /* default parvm.bench= */
         .set BLK_BENCH_MIB,         512         /* default parvm.benchmib= */
 
@@ -637,6 +645,7 @@ blk_hello:
         movl    $20, %r8d
         call    blk_sync
         movl    %eax, %ebx
+        call    blk_put_label                   /* "parvm-guest: blk" */
         leaq    msg_blk_capacity(%rip), %rsi
         movq    blk_capacity(%rip), %rax
         call    puts_dec_then
@@ -703,8 +712,73 @@ blk_test:
         testl   %eax, %eax
         jz      poweroff
         call    blk_hello
+        call    blk_fill_pattern
+        call    blk_zero_readbuf
+        call    blk_write_flush
+        call    blk_read_back
+        jmp     blk_finish
 
-        movl    $BLK_DATA, %edi            /* pattern -> blk_data[0, 32K) */
+/* ----------------------------------------------------------------------
+ * parvm.test=blkswap: parvm.test=blk with a sweep over the RAM from 8 MiB
+ * to ram_end (one write per 4 KiB page, mem_sweep in mem.S) after filling
+ * the write buffer and after zeroing the read buffer, so that under a small
+ * resident target the host has paged both buffers out by the time the
+ * device reads / writes them. Order: fill, sweep, write, flush, zero,
+ * sweep, read, compare. The buffers (2 MiB + 0 / + 32 KiB) lie below the
+ * swept range.
+ * ---------------------------------------------------------------------- */
+blk_swap:
+        cmpq    $BLKSWAP_MIN_END, ram_end(%rip) /* RAM from 2 MiB to >= 16 MiB */
+        jb      8f
+        leaq    msg_blkswap_label(%rip), %rax
+        movq    %rax, blk_label(%rip)
+        call    blk_find
+        testl   %eax, %eax
+        jz      poweroff
+        call    blk_room
+        testl   %eax, %eax
+        jz      poweroff
+        call    blk_init
+        testl   %eax, %eax
+        jz      poweroff
+        call    blk_hello
+        call    blk_fill_pattern
+        call    blk_swap_sweep
+        call    blk_write_flush
+        call    blk_zero_readbuf
+        call    blk_swap_sweep
+        call    blk_read_back
+        jmp     blk_finish
+8:      leaq    msg_blkswap_small(%rip), %rsi
+        call    puts
+        jmp     poweroff
+
+/* blk_swap_sweep: one write per page of [BLKSWAP_SWEEP, ram_end), then
+ * "parvm-guest: blkswap swept=<MiB>MiB". */
+blk_swap_sweep:
+        movl    $BLKSWAP_SWEEP, %edi
+        movq    ram_end(%rip), %rsi
+        call    mem_sweep
+        leaq    msg_blkswap_swept(%rip), %rsi
+        movq    ram_end(%rip), %rax
+        subq    $BLKSWAP_SWEEP, %rax
+        shrq    $20, %rax
+        call    puts_dec_then
+        leaq    msg_mib_nl(%rip), %rsi
+        jmp     puts
+
+/* blk_put_label: prints "parvm-guest: " and the name of the running test
+ * (blk_label: "blk", or "blkswap"). */
+blk_put_label:
+        leaq    msg_guest_prefix(%rip), %rsi
+        call    puts
+        movq    blk_label(%rip), %rsi
+        jmp     puts
+
+/* blk_fill_pattern: byte i (0..511) of sector s (0..63) of the write
+ * buffer [BLK_DATA, BLK_DATA + 32 KiB) = (s * 31 + i * 7) & 0xff. */
+blk_fill_pattern:
+        movl    $BLK_DATA, %edi
         xorl    %ecx, %ecx
 1:      movl    %ecx, %eax                      /* s = offset >> 9 */
         shrl    $9, %eax
@@ -717,56 +791,76 @@ blk_test:
         incl    %ecx
         cmpl    $BLK_PATTERN_BYTES, %ecx
         jb      1b
-        movl    $(BLK_DATA + BLK_PATTERN_BYTES), %edi  /* zero the read buffer */
+        ret
+
+/* blk_zero_readbuf: zeroes the read buffer [BLK_READ, BLK_READ + 32 KiB). */
+blk_zero_readbuf:
+        movl    $BLK_READ, %edi
         movl    $(BLK_PATTERN_BYTES / 8), %ecx
         xorl    %eax, %eax
+        cld
         rep stosq
+        ret
 
+/* blk_write_flush: writes the write buffer to sectors 0..63, then FLUSH if
+ * negotiated. Sets blk_st_write and blk_st_flush (-1: FLUSH not offered). */
+blk_write_flush:
         movl    $BLK_T_OUT, %esi                /* write sectors 0..63 */
         xorl    %edx, %edx
         movl    $BLK_DATA, %ecx
         movl    $BLK_PATTERN_BYTES, %r8d
         call    blk_sync
-        movl    %eax, %r12d
-        movl    $-1, %r13d                      /* flush, if negotiated */
+        movl    %eax, blk_st_write(%rip)
+        movl    $-1, blk_st_flush(%rip)         /* flush, if negotiated */
         testl   $F_FLUSH, blk_features(%rip)
-        jz      3f
+        jz      1f
         movl    $BLK_T_FLUSH, %esi
         xorl    %edx, %edx
         xorl    %ecx, %ecx
         xorl    %r8d, %r8d
         call    blk_sync
-        movl    %eax, %r13d
-3:
-        movl    $BLK_T_IN, %esi                 /* read them back */
+        movl    %eax, blk_st_flush(%rip)
+1:      ret
+
+/* blk_read_back: reads sectors 0..63 into the read buffer; sets
+ * blk_st_read. */
+blk_read_back:
+        movl    $BLK_T_IN, %esi
         xorl    %edx, %edx
-        movl    $(BLK_DATA + BLK_PATTERN_BYTES), %ecx
+        movl    $BLK_READ, %ecx
         movl    $BLK_PATTERN_BYTES, %r8d
         call    blk_sync
-        movl    %eax, %r14d
+        movl    %eax, blk_st_read(%rip)
+        ret
 
-        movl    $BLK_DATA, %esi            /* compare */
-        movl    $(BLK_DATA + BLK_PATTERN_BYTES), %edi
+/* blk_finish: compares the two buffers, prints "parvm-guest: <label>
+ * write=<n> flush=<n|none> read=<n> match=<yes|no> fnv1a64=<hash of the
+ * read buffer>" and powers off. */
+blk_finish:
+        movl    $BLK_DATA, %esi                 /* compare */
+        movl    $BLK_READ, %edi
         movl    $BLK_PATTERN_BYTES, %ecx
+        cld
         repe cmpsb
         setz    %r15b
         movzbl  %r15b, %r15d
 
+        call    blk_put_label
         leaq    msg_blk_write(%rip), %rsi
-        movl    %r12d, %eax
+        movl    blk_st_write(%rip), %eax
         call    puts_dec_then
         leaq    msg_blk_flush(%rip), %rsi
         call    puts
-        cmpl    $-1, %r13d
+        cmpl    $-1, blk_st_flush(%rip)
         jne     4f
         leaq    msg_blk_none(%rip), %rsi        /* FLUSH not offered */
         call    puts
         jmp     5f
-4:      movl    %r13d, %eax
+4:      movl    blk_st_flush(%rip), %eax
         call    put_dec
 5:
         leaq    msg_blk_read(%rip), %rsi
-        movl    %r14d, %eax
+        movl    blk_st_read(%rip), %eax
         call    puts_dec_then
         leaq    msg_blk_match_yes(%rip), %rsi
         testl   %r15d, %r15d
@@ -775,7 +869,7 @@ blk_test:
 2:      call    puts
         leaq    msg_fnv(%rip), %rsi
         call    puts
-        movl    $(BLK_DATA + BLK_PATTERN_BYTES), %esi
+        movl    $BLK_READ, %esi
         movl    $BLK_PATTERN_BYTES, %ecx
         call    fnv1a64_buf
         call    put_hex16
@@ -1022,6 +1116,10 @@ blk_base:       .quad 0         /* MMIO base of the device */
 blk_capacity:   .quad 0         /* sectors */
 blk_kicks:      .quad 0         /* QueueNotify writes in this phase */
 blk_lcg:        .quad 0
+blk_label:      .quad msg_blk_label     /* test name in the result lines */
+blk_st_write:   .long 0                 /* parvm.test=blk statuses */
+blk_st_flush:   .long 0
+blk_st_read:    .long 0
 blk_features:   .long 0         /* accepted feature bits 0-31 */
 blk_segmax:     .long 0
 blk_qsize:      .long 0         /* queue size in use (power of two) */
@@ -1037,6 +1135,11 @@ bp_span:        .quad 0         /* random: 4 KiB blocks; sequential: bytes */
 bp_errors:      .quad 0
 
 tok_virtio_mmio:   .asciz "virtio_mmio.device="
+msg_guest_prefix:  .asciz "parvm-guest: "
+msg_blk_label:     .asciz "blk"
+msg_blkswap_label: .asciz "blkswap"
+msg_blkswap_swept: .asciz "parvm-guest: blkswap swept="
+msg_blkswap_small: .asciz "parvm-guest: blkswap needs at least 16 MiB of RAM\n"
 tok_bench:         .asciz "parvm.bench="
 tok_benchmib:      .asciz "parvm.benchmib="
 msg_blk_nodev:     .asciz "parvm-guest: blk no virtio_mmio.device= on the command line\n"
@@ -1055,11 +1158,11 @@ msg_blkf_queue:    .asciz "queue 0 unusable"
 msg_blkf_driver_ok: .asciz "DRIVER_OK refused"
 msg_blk_timeout:   .asciz "parvm-guest: blk timeout: no answer from the device (used="
 msg_blk_timeout2:  .asciz " avail="
-msg_blk_capacity:  .asciz "parvm-guest: blk capacity="
+msg_blk_capacity:  .asciz " capacity="
 msg_blk_ro:        .asciz " ro="
 msg_blk_serial:    .asciz " serial="
 msg_blk_idstatus:  .asciz "(status "
-msg_blk_write:     .asciz "parvm-guest: blk write="
+msg_blk_write:     .asciz " write="
 msg_blk_flush:     .asciz " flush="
 msg_blk_none:      .asciz "none"
 msg_blk_read:      .asciz " read="

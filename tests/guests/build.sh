@@ -10,7 +10,7 @@
 #   tiny.bzImage  bzImage: 2 KiB setup + the same code as a flat binary at
 #                 1 MiB whose offset 0x200 is the 64-bit entry
 # plus the intermediate objects. tiny.S includes blk.S (the virtio-blk
-# driver). See docs/guests.md.
+# driver), grant.S (grant roles) and mem.S (memtest). See docs/guests.md.
 set -euo pipefail
 
 if [ $# -ne 1 ]; then
@@ -44,7 +44,7 @@ tmp="$out/.build.$$"
 mkdir -p "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 
-"$AS" --64 -I "$src" -o "$tmp/tiny.o" "$src/tiny.S"     # .include "blk.S"
+"$AS" --64 -I "$src" -o "$tmp/tiny.o" "$src/tiny.S"     # .include blk.S grant.S mem.S
 "$AS" --64 -o "$tmp/pvh-note.o" "$src/pvh-note.S"
 "$AS" --64 -o "$tmp/bzsetup.o" "$src/bzsetup.S"
 

@@ -36,6 +36,9 @@
  *   parvm-guest: blk ... / blkbench ... (cmdline tokens parvm.test=blk and
  *                                       parvm.test=blkbench: the virtio-blk
  *                                       driver in blk.S, then poweroff)
+ *   parvm-guest: blkswap ...           (parvm.test=blkswap: blk with RAM
+ *                                       sweeps in between, blk.S/mem.S)
+ *   parvm-guest: memtest ...           (parvm.test=memtest: mem.S)
  *   parvm-guest: poweroff              (default: i8042 reset, then triple fault)
  * and on any CPU exception:
  *   parvm-guest: exception <vector, decimal> rip=0x<16 hex digits>
@@ -533,6 +536,16 @@ user_main:
         call    has_token
         testl   %eax, %eax
         jnz     blk_bench                       /* ends in poweroff */
+        leaq    cmdline_buf(%rip), %rdi
+        leaq    tok_blkswap(%rip), %rsi
+        call    has_token
+        testl   %eax, %eax
+        jnz     blk_swap                        /* ends in poweroff */
+        leaq    cmdline_buf(%rip), %rdi
+        leaq    tok_memtest(%rip), %rsi
+        call    has_token
+        testl   %eax, %eax
+        jnz     memtest                         /* ends in poweroff */
         call    grant_dispatch                  /* parvm.grant=...: no return */
 poweroff:
         leaq    msg_poweroff(%rip), %rsi
@@ -580,6 +593,7 @@ collect_boot_info:
         cmpl    $1, 16(%rdx)                    /* type 1 = RAM */
         jne     3f
         addq    8(%rdx), %rax
+        call    note_ram_entry
 3:      addq    $24, %rdx
         decl    %ecx
         jmp     1b
@@ -611,6 +625,7 @@ collect_boot_info:
         cmpl    $1, 16(%rdx)
         jne     3f
         addq    8(%rdx), %rax
+        call    note_ram_entry
 3:      addq    $20, %rdx
         decl    %ecx
         jmp     7b
@@ -634,6 +649,25 @@ collect_boot_info:
         movq    %rax, initrd_size(%rip)
 9:      popq    %rbx
         ret
+
+/* note_ram_entry: rdx = a RAM entry of the memory map (u64 address at +0,
+ * u64 size at +8, in both formats). If it contains the address 2 MiB,
+ * ram_end = its end, clipped to 4 GiB (the end of the identity map): the
+ * RAM from 2 MiB up that mem.S and blk.S may use. Preserves rax, rcx, rdx. */
+note_ram_entry:
+        movq    0(%rdx), %r8                    /* start <= 2 MiB */
+        cmpq    $0x200000, %r8
+        ja      9f
+        addq    8(%rdx), %r8                    /* end > 2 MiB */
+        jc      1f                              /* (wrapped: beyond 4 GiB) */
+        cmpq    $0x200000, %r8
+        jbe     9f
+        movq    $0x100000000, %r9
+        cmpq    %r9, %r8
+        jbe     2f
+1:      movq    $0x100000000, %r8
+2:      movq    %r8, ram_end(%rip)
+9:      ret
 
 /* copy_cmdline: rsi = guest-physical address of the command line (0 = none).
  * Copies at most CMDLINE_MAX-1 bytes to cmdline_buf, NUL-terminated. */
@@ -977,6 +1011,9 @@ initrd_report:
 /* Grant cookies: shared segments and the hcall page (parvm.grant=...). */
         .include "grant.S"
 
+/* Memory exercisers (parvm.test=memtest; the sweeps of parvm.test=blkswap). */
+        .include "mem.S"
+
 /* ======================================================================
  * Data. Initialised explicitly (nothing relies on zeroed memory).
  * ====================================================================== */
@@ -992,6 +1029,7 @@ irq_count:      .quad 0         /* interrupts (vectors >= 32) taken */
 ap_user_entry:  .quad 0         /* if set, the first AP runs it at CPL3 */
 triple_requested: .byte 0       /* CPL3 asked for a triple fault */
 mem_bytes:      .quad 0
+ram_end:        .quad 0         /* end of the RAM entry holding 2 MiB (<= 4 GiB) */
 rsdp_addr:      .quad 0
 initrd_addr:    .quad 0
 initrd_size:    .quad 0
@@ -1021,6 +1059,8 @@ tok_hang:         .asciz "parvm.test=hang"
 tok_exception:    .asciz "parvm.test=exception"
 tok_blk:          .asciz "parvm.test=blk"
 tok_blkbench:     .asciz "parvm.test=blkbench"
+tok_blkswap:      .asciz "parvm.test=blkswap"
+tok_memtest:      .asciz "parvm.test=memtest"
 
 /* GDT. 64-bit code/data for CPL0 and CPL3, a 32-bit code segment for the AP
  * trampoline, and the 64-bit TSS (descriptor built from the TSS's link
