@@ -15,9 +15,32 @@ pub fn fnv1a64(data: &[u8]) -> u64 {
     })
 }
 
+/// First address `parvm.test=memtest` writes (4 MiB); it runs to the end of
+/// the RAM entry holding 2 MiB (at most 4 GiB), see docs/guests.md.
+pub const MEMTEST_START: u64 = 0x40_0000;
+
+/// The qword `parvm.test=memtest` writes at guest-physical address `addr`
+/// (a multiple of 8) with `parvm.seed=seed`:
+/// `addr * 0x9e3779b97f4a7c15 ^ seed * 0xd1b54a32d192ed03` (mod 2^64).
+pub fn memtest_qword(addr: u64, seed: u64) -> u64 {
+    addr.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed.wrapping_mul(0xd1b5_4a32_d192_ed03)
+}
+
 #[cfg(test)]
 mod tests {
     use super::guest_path;
+
+    /// The value the guest itself printed as `want=` when a test build
+    /// corrupted the qword at 0x1234560 under `parvm.seed=7`.
+    #[test]
+    fn memtest_qword_matches_the_guest() {
+        assert_eq!(super::memtest_qword(0x123_4560, 7), 0x1d8d_51ea_603b_4bf5);
+        assert_eq!(super::memtest_qword(0, 0), 0);
+        assert_ne!(
+            super::memtest_qword(super::MEMTEST_START, 1),
+            super::memtest_qword(super::MEMTEST_START, 2)
+        );
+    }
 
     fn read(name: &str) -> Vec<u8> {
         let p = guest_path(name);

@@ -305,3 +305,72 @@ fn blkbench_phases_complete_without_errors() {
     assert_eq!(std::fs::metadata(&img).unwrap().len(), 8 << 20);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `parvm.test=blkswap`: the blk sequence with a sweep over the RAM from
+/// 8 MiB to the end (here 24 MiB of it) after filling the write buffer and
+/// after zeroing the read buffer. Same pattern on the disk, same result.
+#[test]
+fn blkswap_writes_the_pattern_and_reads_it_back_after_the_sweeps() {
+    let dir = scratch_dir("blkswap");
+    let img = image(&dir, "swap.img", &filler(1 << 20));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmm"));
+    cmd.arg("--kernel")
+        .arg(guest_path("tiny.elf"))
+        .args(["--memory-mib", "32", "--cmdline", "parvm.test=blkswap"])
+        .arg("--disk")
+        .arg(disk_arg(&img, ",id=swap-0"));
+    let f = run(cmd, Duration::from_secs(60));
+    assert_eq!(f.code(), Some(0), "{}\n{}", f.stdout, f.stderr);
+    let on_host = std::fs::read(&img).unwrap();
+    assert_eq!(&on_host[..PATTERN_BYTES], &pattern()[..], "pattern on disk");
+    assert_eq!(&on_host[PATTERN_BYTES..], &filler(1 << 20)[PATTERN_BYTES..]);
+    let tail: Vec<&str> = f
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("parvm-guest: initrd"))
+        .skip(1)
+        .collect();
+    let result = format!(
+        "parvm-guest: blkswap write=0 flush=0 read=0 match=yes fnv1a64={:016x}",
+        fnv1a64(&pattern())
+    );
+    assert_eq!(
+        tail,
+        [
+            "parvm-guest: blkswap capacity=2048 ro=0 serial=swap-0",
+            "parvm-guest: blkswap swept=24MiB",
+            "parvm-guest: blkswap swept=24MiB",
+            result.as_str(),
+            "parvm-guest: poweroff",
+        ],
+        "{}",
+        f.stdout
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn blkswap_needs_16_mib() {
+    let dir = scratch_dir("blkswap-small");
+    let before = filler(64 << 10);
+    let img = image(&dir, "small.img", &before);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmm"));
+    cmd.arg("--kernel")
+        .arg(guest_path("tiny.elf"))
+        .args(["--memory-mib", "8", "--cmdline", "parvm.test=blkswap"])
+        .arg("--disk")
+        .arg(&img);
+    let f = run(cmd, Duration::from_secs(60));
+    assert_eq!(f.code(), Some(0), "{}\n{}", f.stdout, f.stderr);
+    assert!(
+        f.stdout.contains(
+            "parvm-guest: initrd none\n\
+             parvm-guest: blkswap needs at least 16 MiB of RAM\n\
+             parvm-guest: poweroff\n"
+        ),
+        "{}",
+        f.stdout
+    );
+    assert_eq!(std::fs::read(&img).unwrap(), before, "image untouched");
+    let _ = std::fs::remove_dir_all(&dir);
+}
