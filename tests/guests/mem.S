@@ -198,12 +198,41 @@ pit_read:
         movzwl  %ax, %eax
         ret
 
-/* tsc_per_10ms: calibrates the TSC against the PIT (1.193182 MHz): channel
- * 0 in mode 0 (one shot, its interrupt is masked at the PICs and the
- * IO-APIC) from 0xffff, TSC cycles until it has counted 11932 ticks. rax =
- * cycles per 10 ms, or 0 when the count does not move within 2^32 cycles
- * (no PIT, e.g. QEMU microvm). */
+/* tsc_per_10ms: rax = TSC cycles per 10 ms, the median of 5 measurements
+ * (tsc_measure_10ms; single ones were seen off by up to 4x on a busy
+ * nested host), or 0 without a PIT. */
 tsc_per_10ms:
+        subq    $40, %rsp
+        xorl    %esi, %esi                      /* rsi = measurements taken */
+1:      pushq   %rsi
+        call    tsc_measure_10ms
+        popq    %rsi
+        testq   %rax, %rax
+        jz      9f                              /* no PIT */
+        movl    %esi, %edi                      /* insertion sort, ascending */
+2:      testl   %edi, %edi
+        jz      3f
+        movq    -8(%rsp, %rdi, 8), %rcx
+        cmpq    %rax, %rcx
+        jbe     3f
+        movq    %rcx, (%rsp, %rdi, 8)
+        decl    %edi
+        jmp     2b
+3:      movq    %rax, (%rsp, %rdi, 8)
+        incl    %esi
+        cmpl    $5, %esi
+        jb      1b
+        movq    16(%rsp), %rax                  /* the median */
+9:      addq    $40, %rsp
+        ret
+
+/* tsc_measure_10ms: calibrates the TSC against the PIT (1.193182 MHz):
+ * channel 0 in mode 0 (one shot, its interrupt is masked at the PICs and
+ * the IO-APIC) from 0xffff, TSC cycles until it has counted 11932 ticks.
+ * rax = cycles per 10 ms, or 0 when the count does not move within 2^32
+ * cycles (no PIT, e.g. QEMU microvm,pit=off). Clobbers rax, rcx, rdx,
+ * r10, r11. */
+tsc_measure_10ms:
         movb    $0x30, %al                      /* channel 0, lo/hi, mode 0 */
         outb    %al, $0x43
         movb    $0xff, %al
