@@ -11,6 +11,8 @@
 //!   memory, kernel, disks with a typed [`DiskSource`], console), its limits
 //!   and defaults, and [`PartitionDefinition::validate`] into the
 //!   [`PartitionConfig`] a VMM boots.
+//! - [`source`]: where a disk's or paging device's blocks come from
+//!   ([`DiskSource`]: image, vhost-user socket or fd, `vios:` export).
 //! - [`memory`]: the `memory` section ([`MemorySpec`]): dedicated or
 //!   shared (Active Memory Sharing) memory, checked into [`SharedMemory`].
 //! - [`vios`]: a VIOS partition ([`ViosDefinition`]: the images it exports).
@@ -22,6 +24,7 @@
 pub mod manager;
 pub mod memory;
 pub mod partition;
+pub mod source;
 pub mod vios;
 
 pub use manager::{
@@ -30,11 +33,11 @@ pub use manager::{
 };
 pub use memory::{MemoryMode, MemorySpec, SharedMemory, DEFAULT_MEMORY_WEIGHT, MIN_RESIDENT_MIB};
 pub use partition::{
-    Console, DiskConfig, DiskSource, PartitionConfig, PartitionDefinition, DEFAULT_CMDLINE,
-    DEFAULT_MEMORY_MIB, DEFAULT_NAME, DEFAULT_VCPUS, MAX_CMDLINE_LEN, MAX_DISKS, MAX_DISK_ID_LEN,
-    MAX_MEMORY_MIB, MAX_NAME_LEN, MAX_VCPUS, MIN_MEMORY_MIB, VHOST_USER_FD_PREFIX,
-    VHOST_USER_PREFIX, VIOS_PREFIX,
+    Console, DiskConfig, PartitionConfig, PartitionDefinition, DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB,
+    DEFAULT_NAME, DEFAULT_VCPUS, MAX_CMDLINE_LEN, MAX_DISKS, MAX_MEMORY_MIB, MAX_VCPUS,
+    MIN_MEMORY_MIB,
 };
+pub use source::{DiskSource, VHOST_USER_FD_PREFIX, VHOST_USER_PREFIX, VIOS_PREFIX};
 pub use vios::{ViosDefinition, ViosDisk, DEFAULT_VIOS_QUEUES, MAX_VIOS_QUEUES, VIOS_KIND};
 
 use serde::{Deserialize, Serialize};
@@ -87,6 +90,11 @@ pub enum ConfigError {
     #[error("memory: {0}")]
     MemorySpec(String),
 }
+
+/// Longest partition name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Longest disk id (the virtio-blk serial is 20 bytes).
+pub const MAX_DISK_ID_LEN: usize = 20;
 
 /// Whether `name` is 1 to `max` characters from `[A-Za-z0-9._-]` (partition
 /// names, disk ids, segment ids).

@@ -13,7 +13,7 @@
 //! target) in the definition it hands the VMM; a `vmm` run by hand takes
 //! them from the file or from `--paging` / `--resident-mib`.
 
-use crate::partition::DiskSource;
+use crate::source::DiskSource;
 use crate::ConfigError;
 use serde::{Deserialize, Serialize};
 
@@ -62,7 +62,7 @@ pub struct MemorySpec {
 }
 
 mod paging_source {
-    use crate::partition::DiskSource;
+    use crate::source::DiskSource;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     pub fn serialize<S: Serializer>(v: &Option<DiskSource>, s: S) -> Result<S::Ok, S::Error> {

@@ -2,8 +2,7 @@
 //! exports and how it serves them (docs/vios.md).
 
 use crate::manager::RestartPolicy;
-use crate::partition::{MAX_DISK_ID_LEN, MAX_NAME_LEN};
-use crate::{valid_name, ConfigError};
+use crate::{valid_name, ConfigError, MAX_DISK_ID_LEN, MAX_NAME_LEN};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

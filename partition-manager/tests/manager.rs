@@ -316,9 +316,9 @@ fn bad_operator_input_gets_one_line_errors() {
     let e = env.fails(&["define", &write("broken.json", "{\"name\": \"x\",")]);
     assert!(e.contains("broken.json") && e.contains("line 1"), "{e}");
     let kernel = guest_path("tiny.elf").display().to_string();
-    let unknown = format!(r#"{{"name":"x","kernel":"{kernel}","memory":16}}"#);
+    let unknown = format!(r#"{{"name":"x","kernel":"{kernel}","memroy":16}}"#);
     let e = env.fails(&["define", &write("unknown.json", &unknown)]);
-    assert!(e.contains("unknown field `memory`"), "{e}");
+    assert!(e.contains("unknown field `memroy`"), "{e}");
     let e = env.fails(&[
         "define",
         &write(

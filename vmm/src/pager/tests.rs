@@ -151,9 +151,13 @@ fn a_lower_target_is_reached_and_a_small_device_is_refused() {
     for a in (0..ram.size).step_by(PAGE_SIZE as usize) {
         ram.memory.write_obj(a | 1, GuestAddress(a)).unwrap();
     }
+    // The figures are published after the faulting thread is woken.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pager.report().resident_pages < 1024 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert_eq!(pager.report().resident_pages, 1024);
     pager.set_target(100);
-    let deadline = Instant::now() + Duration::from_secs(10);
     while pager.report().resident_pages > 100 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
