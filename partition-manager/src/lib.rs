@@ -12,8 +12,11 @@
 //! - [`grants`]: the grant table (segments, block resources, cookies, the
 //!   checks of each operation; private fields, queries and transitions as
 //!   methods).
-//! - [`config`]: [`ManagerConfig`], paths and timeouts; [`error`]:
-//!   [`ManagerError`].
+//! - [`run_as`]: the user VMMs and VIOS partitions run as (`--run-as`):
+//!   ids resolved once, file access checked as that user, the privilege
+//!   drop a spawned child makes before `exec`.
+//! - [`config`]: [`ManagerConfig`], paths, timeouts, the run-as user;
+//!   [`error`]: [`ManagerError`].
 //! - [`process`]: spawning a `vmm`/`vios` with a socketpair as its control
 //!   channel; pids, signals, tokens, helper threads.
 //! - [`ratelimit`]: bounded logging ([`ratelimit::LogLimiter`]) and the
@@ -54,6 +57,7 @@ pub mod partitions;
 pub mod process;
 pub mod ratelimit;
 pub mod restart;
+pub mod run_as;
 pub mod store;
 pub mod vios;
 
