@@ -1,8 +1,12 @@
 //! [`ManagerConfig`]: where the manager keeps its state and logs, which
-//! binaries it runs, and how long it waits for them.
+//! binaries it runs, as which user, and how long it waits for them.
 
-use std::path::PathBuf;
+use crate::run_as::RunAs;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The KVM device a VMM opens unless told otherwise (`vmm --kvm-device`).
+pub const DEFAULT_KVM_DEVICE: &str = "/dev/kvm";
 
 /// Where the manager keeps things and how long it waits.
 #[derive(Debug, Clone)]
@@ -16,9 +20,21 @@ pub struct ManagerConfig {
     pub ready_timeout: Duration,
     /// How long a stop may take before the VMM is killed.
     pub stop_timeout: Duration,
+    /// The user every VMM and VIOS runs as (`--run-as`); `None`: the
+    /// manager's own.
+    pub run_as: Option<RunAs>,
+    /// The KVM device node handed to every VMM (`--kvm-device`); `None`:
+    /// the VMM's default, [`DEFAULT_KVM_DEVICE`].
+    pub kvm_device: Option<PathBuf>,
 }
 
 impl ManagerConfig {
+    /// The KVM device node the VMMs open.
+    pub fn kvm_device(&self) -> &Path {
+        self.kvm_device
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_KVM_DEVICE))
+    }
     pub fn logs_dir(&self) -> PathBuf {
         self.state_dir.join("logs")
     }

@@ -391,6 +391,13 @@ impl Manager {
             .definition(name)
             .cloned()
             .ok_or_else(|| ManagerError::NotFound(name.into()))?;
+        // Run as another user: that user must reach the partition's files,
+        // checked before anything is brokered or spawned.
+        if let Some(user) = &self.cfg.run_as {
+            let files = crate::process::files_needed(&self.cfg, &definition);
+            user.check(&files)
+                .map_err(|e| ManagerError::StartFailed(name.into(), e.to_string()))?;
+        }
         let disk_fds = match &mut definition {
             Definition::Partition(def) => {
                 crate::vios::broker(&state.partitions, state.grants.table(), name, def)?

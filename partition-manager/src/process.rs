@@ -6,13 +6,15 @@
 //! A spawned process gets its own session (it survives the manager), the
 //! control socket as fd 3, brokered VIOS disk sockets as fds 4, 5, ...
 //! ([`FIRST_DISK_FD`]), its definition as a file
-//! (`--config`); the reconnect token is the first message on the control
+//! (`--config`; run as another user, an inherited descriptor too:
+//! [`spawn`]); the reconnect token is the first message on the control
 //! channel (`Token`), never in its environment or command line (both
 //! readable in `/proc`).
 
 use crate::config::ManagerConfig;
 use crate::error::ManagerError;
-use parvm_config::{Console, Definition};
+use crate::run_as::Access;
+use parvm_config::{Console, Definition, DiskSource};
 use parvm_protocol::{Channel, ManagerToVios, ManagerToVmm};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -117,8 +119,76 @@ pub(crate) struct Spawned {
     pub(crate) reader: Channel,
 }
 
+/// What the process of `definition` opens by path, and how: what the
+/// `--run-as` user must be able to reach before the manager starts it.
+/// (Its definition, console and logs come from the manager as inherited
+/// descriptors; `vios:` disks as brokered sockets.)
+pub(crate) fn files_needed(cfg: &ManagerConfig, definition: &Definition) -> Vec<(PathBuf, Access)> {
+    let disk = |read_only: bool| {
+        if read_only {
+            Access::Read
+        } else {
+            Access::ReadWrite
+        }
+    };
+    let mut files = Vec::new();
+    // A bare `vmm` is looked up on PATH by exec itself.
+    let mut binary = |path: PathBuf| {
+        if path.is_absolute() {
+            files.push((path, Access::Execute));
+        }
+    };
+    match definition {
+        Definition::Partition(_) => binary(cfg.vmm.clone()),
+        Definition::Vios(_) => binary(vios_binary(&cfg.vmm)),
+    }
+    match definition {
+        Definition::Partition(def) => {
+            files.push((cfg.kvm_device().to_path_buf(), Access::ReadWrite));
+            for path in [&def.kernel, &def.initrd].into_iter().flatten() {
+                files.push((path.clone(), Access::Read));
+            }
+            for d in def.disks.iter().flatten() {
+                match &d.source {
+                    DiskSource::Image(path) => files.push((path.clone(), disk(d.read_only))),
+                    DiskSource::VhostUser(socket) => files.push((socket.clone(), Access::Connect)),
+                    DiskSource::VhostUserFd(_) | DiskSource::Vios { .. } => {}
+                }
+            }
+        }
+        Definition::Vios(def) => {
+            for d in &def.disks {
+                files.push((d.path.clone(), disk(d.read_only)));
+            }
+        }
+    }
+    files
+}
+
+/// `fd` duplicated to a number of at least 64 (close-on-exec), out of the
+/// way of the numbers the child gets its descriptors on.
+fn dup_high(fd: &impl AsRawFd, what: &str) -> Result<OwnedFd, ManagerError> {
+    // SAFETY: F_DUPFD_CLOEXEC duplicates a valid fd we own; the copy is
+    // owned by the OwnedFd built from it.
+    let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
+    if high < 0 {
+        return Err(ManagerError::Io {
+            what: format!("cannot duplicate {what}"),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `high` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(high) })
+}
+
 /// Spawns the process of partition `name` running `definition` (its
 /// `vios:` disks already resolved to `disk_fds` by the VIOS broker).
+///
+/// With `--run-as`, the child cannot reach the state directory (private to
+/// the operator): its definition and console log are given to that user
+/// (`fchown`) and inherited as descriptors after the disk sockets, which
+/// the child opens as `/proc/self/fd/N`; its own log is its stdout and
+/// stderr, as always.
 pub(crate) fn spawn(
     cfg: &ManagerConfig,
     name: &str,
@@ -153,23 +223,39 @@ pub(crate) fn spawn(
     let (ours, theirs) = UnixStream::pair().map_err(io("socketpair".into()))?;
     let token = random_token().map_err(io("getrandom".into()))?;
     let theirs_fd = theirs.as_raw_fd();
-    // The brokered disk sockets, moved above the numbers they go to.
-    let mut high_fds = Vec::with_capacity(disk_fds.len());
+    // What the child inherits on 4, 5, ...: the brokered disk sockets,
+    // then (run as another user) its definition and console log; each
+    // moved above the numbers they go to.
+    let mut inherited = Vec::with_capacity(disk_fds.len() + 2);
     for fd in &disk_fds {
-        // SAFETY: F_DUPFD_CLOEXEC duplicates a valid fd we own; the copy
-        // is owned by the OwnedFd built from it.
-        let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
-        if high < 0 {
-            return Err(ManagerError::Io {
-                what: "cannot duplicate a VIOS disk socket".into(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: `high` is a fresh descriptor nobody else owns.
-        high_fds.push(unsafe { OwnedFd::from_raw_fd(high) });
+        inherited.push(dup_high(fd, "a VIOS disk socket")?);
     }
     drop(disk_fds);
-    let high_raw: Vec<i32> = high_fds.iter().map(|f| f.as_raw_fd()).collect();
+    let mut config_arg = def_path.clone();
+    let mut console_arg = cfg.console_log(name);
+    if let Some(user) = &cfg.run_as {
+        let mut own = |path: &Path, file: File| -> Result<PathBuf, ManagerError> {
+            std::os::unix::fs::fchown(&file, Some(user.uid), Some(user.gid)).map_err(io(
+                format!("cannot give {} to {}", path.display(), user.who()),
+            ))?;
+            let n = FIRST_DISK_FD + inherited.len() as i32;
+            inherited.push(dup_high(&file, "a partition file")?);
+            Ok(PathBuf::from(format!("/proc/self/fd/{n}")))
+        };
+        let def_file =
+            File::open(&def_path).map_err(io(format!("cannot open {}", def_path.display())))?;
+        config_arg = own(&def_path, def_file)?;
+        if !definition.is_vios() {
+            let console = cfg.console_log(name);
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&console)
+                .map_err(io(format!("cannot open {}", console.display())))?;
+            console_arg = own(&console, file)?;
+        }
+    }
+    let inherited_raw: Vec<i32> = inherited.iter().map(|f| f.as_raw_fd()).collect();
     // A VIOS partition runs the `vios` binary next to `vmm`, with the
     // same flags.
     let program: PathBuf = if definition.is_vios() {
@@ -179,9 +265,9 @@ pub(crate) fn spawn(
     };
     let mut cmd = Command::new(&program);
     cmd.arg("--config")
-        .arg(&def_path)
+        .arg(&config_arg)
         .arg("--console")
-        .arg(cfg.console_log(name))
+        .arg(&console_arg)
         .arg("--control-fd")
         .arg("3")
         .arg("--manager-socket")
@@ -189,8 +275,18 @@ pub(crate) fn spawn(
         .stdin(Stdio::null())
         .stdout(vmm_log)
         .stderr(vmm_log2);
+    if let (Some(kvm), false) = (&cfg.kvm_device, definition.is_vios()) {
+        cmd.arg("--kvm-device").arg(kvm);
+    }
+    let run_as = cfg.run_as.clone();
+    if run_as.is_some() {
+        // Nothing of the operator's: no runtime directory, no working
+        // directory the user may not enter.
+        cmd.env_remove("XDG_RUNTIME_DIR").current_dir("/");
+    }
     // SAFETY: the closure runs in the forked child before exec and only
-    // makes async-signal-safe calls (setsid, dup2, fcntl).
+    // makes async-signal-safe calls (setsid, dup2, fcntl, and those of
+    // RunAs::drop_privileges) on memory allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
             // Its own session: the VMM survives the manager and its
@@ -205,11 +301,16 @@ pub(crate) fn spawn(
             } else if libc::dup2(theirs_fd, 3) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // VIOS disk sockets on 4, 5, ... (dup2 clears close-on-exec).
-            for (i, high) in high_raw.iter().enumerate() {
+            // Disk sockets and files on 4, 5, ... (dup2 clears
+            // close-on-exec).
+            for (i, high) in inherited_raw.iter().enumerate() {
                 if libc::dup2(*high, FIRST_DISK_FD + i as i32) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            // Last, once nothing else needs the manager's rights.
+            if let Some(user) = &run_as {
+                user.drop_privileges()?;
             }
             Ok(())
         });
@@ -219,7 +320,7 @@ pub(crate) fn spawn(
         source,
     })?;
     drop(theirs);
-    drop(high_fds);
+    drop(inherited);
     let pid = child.id();
     let pid_start = process_start_time(pid);
     let writer = Channel::new(

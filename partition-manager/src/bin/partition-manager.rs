@@ -1,9 +1,12 @@
 //! `partition-manager`: the daemon. See docs/manager.md.
 
+use anyhow::Context;
 use clap::Parser;
+use partition_manager::config::DEFAULT_KVM_DEVICE;
 use partition_manager::daemon;
+use partition_manager::run_as::{Access, RunAs};
 use partition_manager::{Manager, ManagerConfig};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// parvm's partition manager: keeps the registry of partitions (SQLite under
@@ -42,6 +45,16 @@ struct Args {
     /// Seconds a client may take to send its next whole request.
     #[arg(long, value_name = "SECS", default_value_t = daemon::DEFAULT_CLIENT_TIMEOUT.as_secs())]
     client_timeout: u64,
+    /// Start every VMM and VIOS as this user: USER or USER:GROUP, names or
+    /// numbers (e.g. nobody:nogroup). Needs root. The user must be able to
+    /// open the KVM device, the kernels, initrds and disk images, and to
+    /// connect to --socket (checked at start; docs/security.md).
+    #[arg(long, value_name = "USER[:GROUP]")]
+    run_as: Option<String>,
+    /// The KVM device node every VMM opens [default: /dev/kvm], e.g. a
+    /// node only the --run-as user may open.
+    #[arg(long, value_name = "PATH")]
+    kvm_device: Option<PathBuf>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -88,6 +101,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     } else {
         vmm
     };
+    let kvm_device = args.kvm_device.map(absolute).transpose()?;
+    let run_as = match &args.run_as {
+        Some(spec) => Some(partition_user(
+            spec,
+            kvm_device
+                .as_deref()
+                .unwrap_or(Path::new(DEFAULT_KVM_DEVICE)),
+        )?),
+        None => None,
+    };
     warn_if_others_can_write(&socket);
     let _lock = daemon::lock_state_dir(&state_dir)?;
     let mgr = Manager::open(ManagerConfig {
@@ -96,8 +119,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         vmm,
         ready_timeout: Duration::from_secs(args.ready_timeout),
         stop_timeout: Duration::from_secs(args.stop_timeout),
+        run_as: run_as.clone(),
+        kvm_device,
     })?;
     let listener = daemon::listen(&socket)?;
+    if let Some(user) = &run_as {
+        tracing::info!(uid = user.uid, gid = user.gid, groups = ?user.groups, "partitions run as {}", user.who());
+    }
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "partition manager listening");
     daemon::serve(
         mgr,
@@ -108,6 +136,24 @@ fn run(args: Args) -> anyhow::Result<()> {
         },
     );
     Ok(())
+}
+
+/// The `--run-as` user, resolved before anything starts: the manager must
+/// be root to switch to it, and it must be able to use the KVM device.
+fn partition_user(spec: &str, kvm_device: &Path) -> anyhow::Result<RunAs> {
+    let user = RunAs::resolve(spec, kvm_device)?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!("--run-as {spec}: only root can start processes as another user");
+    }
+    user.check(&[(kvm_device.to_path_buf(), Access::ReadWrite)])
+        .with_context(|| {
+            format!(
+                "--run-as {spec}: no VMM could start (give the user a group or ACL on {}, or --kvm-device a node it may open)",
+                kvm_device.display()
+            )
+        })?;
+    Ok(user)
 }
 
 /// A socket in a directory others can write (like /tmp) lets them bind the
