@@ -2,10 +2,11 @@
 //! turning [`Request`]s into [`Manager`] calls.
 //!
 //! The socket is created with mode 0600 in a directory the manager creates
-//! with mode 0700; every connection's peer credentials (`SO_PEERCRED`) are
-//! logged and only the manager's own uid and root are served. A connection
-//! that sends garbage, another protocol version or half a frame gets an
-//! error answer (when one can still be sent) and is closed; other
+//! with mode 0700 (0660 and 0710 of the `--run-as` group, with that
+//! option); every connection's peer credentials (`SO_PEERCRED`) are logged
+//! and only the manager's own uid and root are served, and the `--run-as`
+//! user for `Attach` only. A connection that sends garbage, another
+//! protocol version or half a frame gets an error answer (when one can still be sent) and is closed; other
 //! connections are not affected. At most [`Limits::max_clients`] client
 //! connections are served at once (a VMM's attached control channel does
 //! not count), each next request must arrive whole within
@@ -165,14 +166,27 @@ pub fn lock_state_dir(dir: &Path) -> Result<File, DaemonError> {
 
 /// Binds the listening socket with mode 0600 (its directory is created
 /// 0700 if missing). A stale socket file nobody listens on is replaced.
-pub fn listen(path: &Path) -> Result<UnixListener, DaemonError> {
+/// With `partition_group` (the `--run-as` group, whose processes
+/// re-attach here after a manager restart) the socket is 0660 and a
+/// directory it creates 0710, both of that group.
+pub fn listen(path: &Path, partition_group: Option<u32>) -> Result<UnixListener, DaemonError> {
+    let listen_err = |source| DaemonError::Listen {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(|source| DaemonError::Dir {
+            let dir_err = |source| DaemonError::Dir {
                 path: dir.to_path_buf(),
                 source,
-            })?;
+            };
+            std::fs::create_dir_all(dir).map_err(dir_err)?;
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+            if let Some(gid) = partition_group {
+                std::os::unix::fs::chown(dir, None, Some(gid)).map_err(dir_err)?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710))
+                    .map_err(dir_err)?;
+            }
         }
     }
     if path.exists() {
@@ -187,16 +201,15 @@ pub fn listen(path: &Path) -> Result<UnixListener, DaemonError> {
     let bound = UnixListener::bind(path);
     // SAFETY: as above, restoring the previous mask.
     unsafe { libc::umask(old) };
-    let listener = bound.map_err(|source| DaemonError::Listen {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-        DaemonError::Listen {
-            path: path.to_path_buf(),
-            source,
+    let listener = bound.map_err(listen_err)?;
+    let mode = match partition_group {
+        Some(gid) => {
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(listen_err)?;
+            0o660
         }
-    })?;
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(listen_err)?;
     Ok(listener)
 }
 
@@ -330,7 +343,11 @@ fn serve_connection(
     };
     let chan = Channel::new(stream);
     let me = euid();
-    if !peer_allowed(cred.uid, me) {
+    // The `--run-as` user's processes may come back after a manager
+    // restart (`Attach`, proven by the token), and do nothing else.
+    let partition_user =
+        !peer_allowed(cred.uid, me) && mgr.cfg.run_as.as_ref().is_some_and(|u| u.uid == cred.uid);
+    if !peer_allowed(cred.uid, me) && !partition_user {
         if let Some(suppressed) = CONNECT_LOG.allow() {
             tracing::warn!(
                 uid = cred.uid,
@@ -403,6 +420,22 @@ fn serve_connection(
                 return;
             }
         };
+        if partition_user && !matches!(request, Request::Attach { .. }) {
+            tracing::warn!(
+                uid = cred.uid,
+                pid = cred.pid,
+                "request refused: the partitions' uid may only re-attach"
+            );
+            let answer = Response::error(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "uid {} runs the partitions: it may only re-attach one",
+                    cred.uid
+                ),
+            );
+            close_with(&chan, &answer);
+            return;
+        }
         match request {
             Request::Attach {
                 name,

@@ -122,8 +122,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         run_as: run_as.clone(),
         kvm_device,
     })?;
-    let listener = daemon::listen(&socket)?;
+    let listener = daemon::listen(&socket, run_as.as_ref().map(|u| u.gid))?;
     if let Some(user) = &run_as {
+        // A partition that cannot dial the socket would run on, but never
+        // come back to a restarted manager.
+        user.check(&[(socket.clone(), Access::Connect)])
+            .map_err(|e| {
+                anyhow::anyhow!("{e} (its partitions could not re-attach after a manager restart: put --socket in a directory that user can search)")
+            })?;
         tracing::info!(uid = user.uid, gid = user.gid, groups = ?user.groups, "partitions run as {}", user.who());
     }
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "partition manager listening");
