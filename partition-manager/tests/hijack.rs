@@ -9,6 +9,7 @@
 mod common;
 
 use common::*;
+use parvm_tests::sandbox::{chown_tree, is_root, private_device_node, NOBODY};
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
@@ -49,12 +50,45 @@ fn impostor() {
 
 #[test]
 fn a_vmm_does_not_attach_to_another_user_on_the_manager_socket() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("not root: cannot run the impostor as another uid; skipping");
         return;
     }
-    let mut env = Env::new("hijack");
+    hijack(Env::new("hijack"));
+}
+
+/// The same impostor (uid 65534) against a VMM the manager started as
+/// uid 65534 (`--run-as`): the VMM's own uid is not the manager's either.
+#[test]
+fn a_vmm_run_as_nobody_does_not_attach_to_its_own_uid_on_the_manager_socket() {
+    if !is_root() || !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("not root or no /dev/kvm; skipping");
+        return;
+    }
+    // A KVM node only nobody may open, in a directory only it reaches.
+    let kvm_dir = parvm_tests::scratch_dir("hijack-kvm");
+    chown_tree(&kvm_dir, NOBODY).unwrap();
+    std::fs::set_permissions(&kvm_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let kvm = kvm_dir.join("kvm");
+    private_device_node(std::path::Path::new("/dev/kvm"), &kvm, NOBODY).unwrap();
+    let env = Env::with(
+        "runas-hijack",
+        vmm_binary(),
+        &[
+            "--run-as",
+            "nobody",
+            "--kvm-device",
+            &kvm.display().to_string(),
+        ],
+    );
+    hijack(env);
+    let _ = std::fs::remove_dir_all(&kvm_dir);
+}
+
+/// Starts a VMM, stops the manager, lets the impostor bind its socket
+/// path: the VMM sends it nothing and re-attaches to the real manager
+/// once the impostor is gone.
+fn hijack(mut env: Env) {
     env.ok(&["define", &env.hang_definition("victim", "never")]);
     env.ok(&["start", "victim"]);
     let pid = pid_of(&env.status("victim"));
@@ -102,7 +136,8 @@ fn a_vmm_does_not_attach_to_another_user_on_the_manager_socket() {
         .arg("--state-dir")
         .arg(&env.state)
         .arg("--vmm")
-        .arg(&env.vmm);
+        .arg(&env.vmm)
+        .args(&env.extra);
     let f = parvm_tests::run(cmd, Duration::from_secs(10));
     assert_eq!(f.code(), Some(1), "{}", f.stderr);
     assert!(f.stderr.contains("already listens"), "{}", f.stderr);

@@ -19,13 +19,16 @@
 //!   back. Before anything is sent on a connected socket, its peer is
 //!   checked with `SO_PEERCRED` ([`check_peer`]): someone else who bound the
 //!   manager's socket path while the manager was down never sees the token.
+//!   The manager's uid is the one its control socket came from (root for a
+//!   process it started as another user, `--run-as`: never the process's
+//!   own uid then).
 
 use crate::{Channel, ErrorKind, ProtocolError, Request, Response, ToManager, VERSION};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// How often a partition whose manager went away tries to reach it again.
@@ -56,8 +59,17 @@ pub fn control_socket(fd: RawFd) -> Result<UnixStream, ManagedError> {
     let stream = unsafe { UnixStream::from_raw_fd(fd) };
     // SAFETY: F_SETFD on a descriptor we own: keep it out of any child.
     unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // A socketpair carries its creator's credentials: the manager's uid,
+    // the only one (with root) a re-attach may go to.
+    if let Ok(cred) = peer_cred(&stream) {
+        let _ = MANAGER_UID.set(cred.uid);
+    }
     Ok(stream)
 }
+
+/// The uid of the manager that started this process, from the peer
+/// credentials of its inherited control socket ([`control_socket`]).
+static MANAGER_UID: OnceLock<u32> = OnceLock::new();
 
 /// The reconnect token the manager sent on the control channel (a `Token`
 /// message, normally the first one, but any time is accepted). Until one
@@ -119,6 +131,15 @@ pub fn peer_allowed(peer_uid: u32, own_euid: u32) -> bool {
     peer_uid == own_euid || peer_uid == 0
 }
 
+/// Whether a peer running as `peer_uid` may be taken for a restarted
+/// manager: root, or the uid of the manager that started this process
+/// (`manager_uid`; when unknown, this process's own uid). A VMM the manager
+/// started as another user (`--run-as`) so never takes a process of its own
+/// uid (another partition, say) for its manager.
+pub fn manager_allowed(peer_uid: u32, manager_uid: Option<u32>, own_euid: u32) -> bool {
+    peer_uid == 0 || peer_uid == manager_uid.unwrap_or(own_euid)
+}
+
 /// Peer credentials of a Unix socket (`SO_PEERCRED`).
 #[derive(Debug, Clone, Copy)]
 pub struct PeerCred {
@@ -162,13 +183,15 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Checks the peer of a connected socket with `SO_PEERCRED`.
+/// Checks the peer of a connected socket with `SO_PEERCRED`: root or the
+/// manager's uid ([`manager_allowed`]).
 pub fn check_peer(stream: &UnixStream) -> Result<(), String> {
     let cred = peer_cred(stream).map_err(|e| format!("cannot check the peer: {e}"))?;
-    let euid = euid();
-    if !peer_allowed(cred.uid, euid) {
+    let manager = MANAGER_UID.get().copied();
+    let expected = manager.unwrap_or_else(euid);
+    if !manager_allowed(cred.uid, manager, euid()) {
         return Err(format!(
-            "the socket is served by uid {} (pid {}), neither this process's uid {euid} nor root: not the partition manager",
+            "the socket is served by uid {} (pid {}), neither the manager's uid {expected} nor root: not the partition manager",
             cred.uid, cred.pid
         ));
     }
@@ -310,6 +333,19 @@ mod tests {
         // A real socketpair: the peer is this process.
         let (a, _b) = UnixStream::pair().unwrap();
         assert!(check_peer(&a).is_ok());
+    }
+
+    #[test]
+    fn only_root_or_the_managers_uid_is_taken_for_the_manager() {
+        // Started by a manager of the same user (or not told): as before.
+        assert!(manager_allowed(1000, Some(1000), 1000));
+        assert!(manager_allowed(1000, None, 1000));
+        assert!(manager_allowed(0, None, 1000));
+        assert!(!manager_allowed(65534, None, 1000));
+        // Started by root as another user: root only, never its own uid.
+        assert!(manager_allowed(0, Some(0), 65534));
+        assert!(!manager_allowed(65534, Some(0), 65534));
+        assert!(!manager_allowed(1000, Some(0), 65534));
     }
 
     #[test]
