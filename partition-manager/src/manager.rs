@@ -394,8 +394,7 @@ impl Manager {
         // Run as another user: that user must reach the partition's files,
         // checked before anything is brokered or spawned.
         if let Some(user) = &self.cfg.run_as {
-            let files = crate::process::files_needed(&self.cfg, &definition);
-            user.check(&files)
+            crate::process::check_run_as(&self.cfg, user, &definition)
                 .map_err(|e| ManagerError::StartFailed(name.into(), e.to_string()))?;
         }
         let disk_fds = match &mut definition {

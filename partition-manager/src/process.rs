@@ -13,8 +13,8 @@
 
 use crate::config::ManagerConfig;
 use crate::error::ManagerError;
-use crate::run_as::Access;
-use parvm_config::{Console, Definition, DiskSource};
+use crate::run_as::{Access, RunAs, RunAsError};
+use parvm_config::{Console, Definition, DiskSource, MemoryMode};
 use parvm_protocol::{Channel, ManagerToVios, ManagerToVmm};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -119,11 +119,32 @@ pub(crate) struct Spawned {
     pub(crate) reader: Channel,
 }
 
+/// Whether `user` can run the process of `definition`: reach every file it
+/// opens by path ([`files_needed`]) and, for a shared-memory partition,
+/// have its pager.
+pub(crate) fn check_run_as(
+    cfg: &ManagerConfig,
+    user: &RunAs,
+    definition: &Definition,
+) -> Result<(), RunAsError> {
+    user.check(&files_needed(cfg, definition))?;
+    if let Definition::Partition(def) = definition {
+        if def
+            .memory
+            .as_deref()
+            .is_some_and(|m| m.mode == MemoryMode::Shared)
+        {
+            user.check_userfaultfd()?;
+        }
+    }
+    Ok(())
+}
+
 /// What the process of `definition` opens by path, and how: what the
 /// `--run-as` user must be able to reach before the manager starts it.
 /// (Its definition, console and logs come from the manager as inherited
 /// descriptors; `vios:` disks as brokered sockets.)
-pub(crate) fn files_needed(cfg: &ManagerConfig, definition: &Definition) -> Vec<(PathBuf, Access)> {
+fn files_needed(cfg: &ManagerConfig, definition: &Definition) -> Vec<(PathBuf, Access)> {
     let disk = |read_only: bool| {
         if read_only {
             Access::Read
@@ -148,9 +169,11 @@ pub(crate) fn files_needed(cfg: &ManagerConfig, definition: &Definition) -> Vec<
             for path in [&def.kernel, &def.initrd].into_iter().flatten() {
                 files.push((path.clone(), Access::Read));
             }
-            for d in def.disks.iter().flatten() {
-                match &d.source {
-                    DiskSource::Image(path) => files.push((path.clone(), disk(d.read_only))),
+            let paging = def.memory.as_deref().and_then(|m| m.paging.as_ref());
+            let sources = def.disks.iter().flatten().map(|d| (&d.source, d.read_only));
+            for (source, read_only) in sources.chain(paging.map(|p| (p, false))) {
+                match source {
+                    DiskSource::Image(path) => files.push((path.clone(), disk(read_only))),
                     DiskSource::VhostUser(socket) => files.push((socket.clone(), Access::Connect)),
                     DiskSource::VhostUserFd(_) | DiskSource::Vios { .. } => {}
                 }

@@ -36,6 +36,10 @@ pub enum RunAsError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{who} cannot page a shared-memory partition: userfaultfd serving KVM's faults needs vm.unprivileged_userfaultfd=1 (it is {value})"
+    )]
+    Userfaultfd { who: String, value: String },
     #[error("cannot check file access as {who}: {source}")]
     Check { who: String, source: std::io::Error },
 }
@@ -298,6 +302,20 @@ impl RunAs {
         unsafe { libc::_exit(0) }
     }
 
+    /// Checks that this user may have a shared-memory partition's pager:
+    /// its userfaultfd serves KVM's (kernel-mode) faults, which a process
+    /// without `CAP_SYS_PTRACE` only gets when the kernel allows it for
+    /// everyone. A kernel without the setting (before 5.11) allows it.
+    pub fn check_userfaultfd(&self) -> Result<(), RunAsError> {
+        match std::fs::read_to_string(UNPRIVILEGED_USERFAULTFD) {
+            Ok(v) if v.trim() != "1" => Err(RunAsError::Userfaultfd {
+                who: self.who.clone(),
+                value: v.trim().to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Becomes this user for good: supplementary groups, group, user, and
     /// no new privileges from set-id binaries or file capabilities. Only
     /// async-signal-safe calls on memory allocated before: for `pre_exec`.
@@ -322,6 +340,10 @@ impl RunAs {
         Ok(())
     }
 }
+
+/// Whether processes without `CAP_SYS_PTRACE` may have userfaultfd handle
+/// kernel-mode faults.
+const UNPRIVILEGED_USERFAULTFD: &str = "/proc/sys/vm/unprivileged_userfaultfd";
 
 /// Calls a reentrant `get*_r` lookup with a growing buffer; `None` when
 /// there is no entry (or the lookup fails).

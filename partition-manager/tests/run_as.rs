@@ -237,7 +237,29 @@ fn a_file_the_user_cannot_open_fails_the_start_naming_it() {
             }),
             format!("cannot read and write {}: Permission denied", img.display()),
         ),
+        (
+            "pg",
+            serde_json::json!({
+                "name": "pg", "memory_mib": 16, "kernel": files.path("tiny.elf"),
+                "memory": {"mode": "shared", "paging": "vhost-user:/nonexistent/pager.sock"},
+            }),
+            "cannot connect to /nonexistent/pager.sock: No such file or directory".to_string(),
+        ),
     ];
+    let mut cases = cases.to_vec();
+    // A pager's userfaultfd serves KVM's faults: as uid 65534 only where
+    // the kernel allows that to everyone.
+    let uffd = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd").unwrap_or_default();
+    if !uffd.is_empty() && uffd.trim() != "1" {
+        cases.push((
+            "sh",
+            serde_json::json!({
+                "name": "sh", "memory_mib": 16, "kernel": files.path("tiny.elf"),
+                "memory": {"mode": "shared"},
+            }),
+            "cannot page a shared-memory partition: userfaultfd serving KVM's faults needs vm.unprivileged_userfaultfd=1".to_string(),
+        ));
+    }
     for (name, def, want) in cases {
         let def = write_json(&env.dir, &format!("{name}.json"), def);
         env.ok(&["define", &def]);
