@@ -90,11 +90,11 @@ pub struct RunAs {
     who: String,
 }
 
-/// One user database entry.
+/// A user: its database entry, or only a number (empty name, no group).
 struct Passwd {
     name: CString,
     uid: u32,
-    gid: u32,
+    gid: Option<u32>,
 }
 
 impl RunAs {
@@ -117,7 +117,7 @@ impl RunAs {
             Ok(uid) => passwd_by_uid(uid).or(Some(Passwd {
                 name: CString::default(),
                 uid,
-                gid: u32::MAX,
+                gid: None,
             })),
             Err(_) => passwd_by_name(user),
         };
@@ -135,13 +135,10 @@ impl RunAs {
                     name: g.into(),
                 })?,
             },
-            None if passwd.gid != u32::MAX => passwd.gid,
-            None => {
-                return Err(RunAsError::NoPrimaryGroup {
-                    spec: spec.into(),
-                    uid: passwd.uid,
-                })
-            }
+            None => passwd.gid.ok_or_else(|| RunAsError::NoPrimaryGroup {
+                spec: spec.into(),
+                uid: passwd.uid,
+            })?,
         };
         if passwd.uid == 0 {
             return Err(invalid(
@@ -376,7 +373,7 @@ fn passwd_from(p: &libc::passwd) -> Passwd {
     Passwd {
         name,
         uid: p.pw_uid,
-        gid: p.pw_gid,
+        gid: Some(p.pw_gid),
     }
 }
 
