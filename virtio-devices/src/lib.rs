@@ -29,6 +29,7 @@ pub mod block;
 pub mod device;
 pub mod transport;
 pub mod vhost_user_blk;
+mod vhost_user_frontend;
 
 pub use device::{ActivateError, Activation, InterruptKind, InterruptSignal, VirtioDevice};
 pub use transport::mmio::{

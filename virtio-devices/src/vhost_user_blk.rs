@@ -34,11 +34,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tracing::{debug, info, warn};
-use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
-};
-use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::vhost_user::Frontend;
+use vhost::VhostBackend;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
     VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
@@ -47,11 +44,15 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend};
+use vm_memory::{GuestAddressSpace, GuestMemoryBackend};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::block::{CONFIG_SPACE_LEN, QUEUE_SIZE};
 use crate::device::{ActivateError, Activation, InterruptKind, InterruptSignal, VirtioDevice};
+pub use crate::vhost_user_frontend::VhostUserBlkError;
+use crate::vhost_user_frontend::{
+    handshake, poll_fds, pollfd, read_config, start_rings, RingSetup, Rings,
+};
 
 /// Feature bits the VMM lets through from the backend to the guest.
 const FORWARDED_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
@@ -63,41 +64,6 @@ const FORWARDED_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
     | (1 << VIRTIO_BLK_F_WRITE_ZEROES)
     | (1 << VIRTIO_RING_F_INDIRECT_DESC)
     | (1 << VIRTIO_RING_F_EVENT_IDX);
-
-/// Errors of connecting to a vhost-user-blk backend.
-#[derive(Debug, thiserror::Error)]
-pub enum VhostUserBlkError {
-    /// A vhost-user request failed.
-    #[error("disk {id}: vhost-user {op} failed: {source}")]
-    Request {
-        /// Disk id.
-        id: String,
-        /// The request.
-        op: &'static str,
-        /// Underlying error.
-        #[source]
-        source: vhost::Error,
-    },
-    /// The backend lacks something a block device needs.
-    #[error("disk {id}: the vhost-user backend {what}")]
-    Backend {
-        /// Disk id.
-        id: String,
-        /// What is missing.
-        what: &'static str,
-    },
-    /// Connecting to the backend's socket failed.
-    #[error("disk {id}: cannot connect to vhost-user socket {path}: {source}")]
-    Connect {
-        /// Disk id.
-        id: String,
-        /// Socket path.
-        path: String,
-        /// Underlying error.
-        #[source]
-        source: io::Error,
-    },
-}
 
 /// How often a lost backend is dialled again.
 pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(100);
@@ -120,137 +86,6 @@ struct Connection {
 
 fn lock(c: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     c.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A ring as the driver configured it, kept to set it up again after a
-/// reconnect.
-#[derive(Clone, Copy)]
-struct RingSetup {
-    index: usize,
-    size: u16,
-    desc: u64,
-    avail: u64,
-    used: u64,
-}
-
-/// Everything needed to (re)start the backend on the driver's rings.
-struct Rings<M> {
-    mem: M,
-    rings: Vec<RingSetup>,
-    kicks: Vec<EventFd>,
-    calls: Vec<EventFd>,
-    acked_features: u64,
-}
-
-/// Negotiate with a fresh connection: owner, features, protocol features.
-/// Returns the backend's features.
-fn handshake(id: &str, frontend: &mut Frontend) -> Result<u64, VhostUserBlkError> {
-    let req = |op: &'static str| {
-        let id = id.to_owned();
-        move |source| VhostUserBlkError::Request { id, op, source }
-    };
-    frontend.set_owner().map_err(req("SET_OWNER"))?;
-    let backend_features = frontend.get_features().map_err(req("GET_FEATURES"))?;
-    if backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0 {
-        return Err(VhostUserBlkError::Backend {
-            id: id.to_owned(),
-            what: "does not offer VHOST_USER_F_PROTOCOL_FEATURES",
-        });
-    }
-    if backend_features & (1 << VIRTIO_F_VERSION_1) == 0 {
-        return Err(VhostUserBlkError::Backend {
-            id: id.to_owned(),
-            what: "does not offer VIRTIO_F_VERSION_1",
-        });
-    }
-    let offered = frontend
-        .get_protocol_features()
-        .map_err(req("GET_PROTOCOL_FEATURES"))?;
-    if !offered.contains(VhostUserProtocolFeatures::CONFIG) {
-        return Err(VhostUserBlkError::Backend {
-            id: id.to_owned(),
-            what: "does not offer VHOST_USER_PROTOCOL_F_CONFIG",
-        });
-    }
-    let wanted = offered
-        & (VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK);
-    frontend
-        .set_protocol_features(wanted)
-        .map_err(req("SET_PROTOCOL_FEATURES"))?;
-    if wanted.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-        // Every request is answered: errors surface where they happen.
-        frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-    }
-    Ok(backend_features)
-}
-
-/// Hand the driver's rings to the backend. With `resume`, each ring starts
-/// at the used index found in guest memory: the backend completes a
-/// queue's requests in order, so every chain between the used and the
-/// available index is in flight and is executed again (block reads and
-/// writes are idempotent).
-fn start_rings<M>(frontend: &mut Frontend, r: &Rings<M>, resume: bool) -> Result<(), String>
-where
-    M: GuestAddressSpace,
-    M::M: GuestMemoryBackend<R = vm_memory::GuestRegionMmap<()>>,
-{
-    let f = frontend;
-    f.set_features(r.acked_features | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits())
-        .map_err(|e| format!("SET_FEATURES: {e}"))?;
-    let mem = r.mem.memory();
-    let mut regions = Vec::new();
-    for region in mem.iter() {
-        regions.push(
-            VhostUserMemoryRegionInfo::from_guest_region(region)
-                .map_err(|e| format!("guest memory is not shareable (not fd-backed): {e}"))?,
-        );
-    }
-    f.set_mem_table(&regions)
-        .map_err(|e| format!("SET_MEM_TABLE: {e}"))?;
-    let host = |gpa: u64| -> Result<u64, String> {
-        mem.get_host_address(GuestAddress(gpa))
-            .map(|p| p as u64)
-            .map_err(|e| format!("queue address {gpa:#x}: {e}"))
-    };
-    for ((ring, kick), call) in r.rings.iter().zip(&r.kicks).zip(&r.calls) {
-        let i = ring.index;
-        f.set_vring_num(i, ring.size)
-            .map_err(|e| format!("SET_VRING_NUM: {e}"))?;
-        f.set_vring_addr(
-            i,
-            &VringConfigData {
-                queue_max_size: QUEUE_SIZE,
-                queue_size: ring.size,
-                flags: 0,
-                desc_table_addr: host(ring.desc)?,
-                used_ring_addr: host(ring.used)?,
-                avail_ring_addr: host(ring.avail)?,
-                log_addr: None,
-            },
-        )
-        .map_err(|e| format!("SET_VRING_ADDR: {e}"))?;
-        let base = if resume {
-            mem.read_obj::<u16>(GuestAddress(ring.used.wrapping_add(2)))
-                .map_err(|e| format!("used index of queue {i}: {e}"))?
-        } else {
-            0
-        };
-        f.set_vring_base(i, base)
-            .map_err(|e| format!("SET_VRING_BASE: {e}"))?;
-        f.set_vring_call(i, call)
-            .map_err(|e| format!("SET_VRING_CALL: {e}"))?;
-        f.set_vring_kick(i, kick)
-            .map_err(|e| format!("SET_VRING_KICK: {e}"))?;
-        f.set_vring_enable(i, true)
-            .map_err(|e| format!("SET_VRING_ENABLE: {e}"))?;
-        if resume {
-            // Chains published while the backend was away.
-            let _ = kick.write(1);
-        }
-    }
-    Ok(())
 }
 
 /// Raises the guest interrupt whenever the backend signals a call eventfd,
@@ -294,27 +129,13 @@ impl Drop for CallRelay {
     }
 }
 
-fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
-}
-
 /// Wait for `fds`; false when `poll` failed for good.
 fn wait(id: &str, fds: &mut [libc::pollfd], timeout_ms: i32) -> bool {
-    loop {
-        // SAFETY: `fds` is a valid array of pollfd of the given length that
-        // lives across the call; poll only writes `revents`.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-        if n >= 0 {
-            return true;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
+    match poll_fds(fds, timeout_ms) {
+        Ok(_) => true,
+        Err(e) => {
             warn!(disk = %id, error = %e, "vhost-user-blk: call relay poll failed; interrupts stop");
-            return false;
+            false
         }
     }
 }
@@ -515,21 +336,7 @@ impl VhostUserBlkDevice {
         let watch = stream.try_clone().ok();
         let mut frontend = Frontend::from_stream(stream, 1);
         let backend_features = handshake(id, &mut frontend)?;
-        let (_, data) = frontend
-            .get_config(
-                0,
-                CONFIG_SPACE_LEN as u32,
-                VhostUserConfigFlags::WRITABLE,
-                &[0u8; CONFIG_SPACE_LEN],
-            )
-            .map_err(|source| VhostUserBlkError::Request {
-                id: id.to_owned(),
-                op: "GET_CONFIG",
-                source,
-            })?;
-        let mut config = [0u8; CONFIG_SPACE_LEN];
-        let n = data.len().min(CONFIG_SPACE_LEN);
-        config[..n].copy_from_slice(&data[..n]);
+        let mut config = read_config(id, &mut frontend)?;
         // One queue: the guest sees num_queues = 1 whatever the backend has.
         config[34..36].copy_from_slice(&1u16.to_le_bytes());
         let device = VhostUserBlkDevice {
@@ -706,6 +513,7 @@ where
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use vhost::vhost_user::message::VhostUserVirtioFeatures;
 
     #[test]
     fn forwarded_features_drop_vhost_bits() {
