@@ -20,6 +20,12 @@
 //!   whose queues a vhost-user backend (the VIOS) serves: the transport
 //!   stays in the VMM, the kick eventfd is the ioeventfd, and a relay thread
 //!   turns the backend's call eventfd into an interrupt with the ISR bit set.
+//! - [`paging`]: [`paging::PagingDisk`], the pager's own virtio-blk driver
+//!   over vhost-user-blk: a private split queue in a memfd shared with the
+//!   backend (not guest RAM), synchronous page batches in and out of a
+//!   bounce area (docs/paging.md).
+//! - `vhost_user_frontend`: what both vhost-user-blk frontends share (the
+//!   handshake, the configuration read, starting the rings, polling).
 //!
 //! Guest input is hostile: bad registers are ignored with a warning, bad
 //! chains complete with VIRTIO_BLK_S_IOERR/UNSUPP (or length 0 when no
@@ -27,6 +33,7 @@
 
 pub mod block;
 pub mod device;
+pub mod paging;
 pub mod transport;
 pub mod vhost_user_blk;
 mod vhost_user_frontend;

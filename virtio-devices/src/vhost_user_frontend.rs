@@ -1,6 +1,7 @@
 //! The frontend half of a vhost-user-blk connection, the same whoever
-//! drives the queue (the guest, through
-//! [`crate::vhost_user_blk::VhostUserBlkDevice`]).
+//! drives the queue: the guest, through
+//! [`crate::vhost_user_blk::VhostUserBlkDevice`], or the VMM's pager, through
+//! its private queue in [`crate::paging::PagingDisk`].
 //!
 //! [`handshake`] negotiates a fresh connection (owner, features, protocol
 //! features), [`read_config`] fetches the virtio-blk configuration space,
