@@ -373,6 +373,40 @@ fn a_killed_vios_gives_disconnected_then_reconnect_and_retry_succeed() {
     assert!(t.elapsed() < Duration::from_secs(5));
 }
 
+/// A VIOS that stops answering (SIGSTOP) fails the batch with `Timeout`
+/// after the timeout, not a hang, and a reconnect to it while stopped fails
+/// the same way; once it runs again, reconnect and retry succeed.
+#[test]
+fn a_stalled_vios_times_out_then_reconnect_and_retry_succeed() {
+    let dir = TempDir::new("paging-stall");
+    let img = image(&dir, 1 << 20);
+    let sock = dir.path("vios.sock");
+    let vios = Vios::spawn(&sock, img.to_str().unwrap());
+    let mut disk = connect("pg5", &sock).unwrap();
+    disk.set_timeout(Duration::from_millis(300));
+    let signal = |sig| {
+        // SAFETY: kill(2) on the pid of a child this test owns.
+        unsafe { libc::kill(vios.child.id() as libc::pid_t, sig) };
+    };
+    let p = page(5);
+    signal(libc::SIGSTOP);
+    let t = Instant::now();
+    let e = disk.write_pages(&[(0x4000, &p)]).unwrap_err();
+    assert!(matches!(e, PagingError::Timeout { .. }), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(!disk.is_connected());
+    let t = Instant::now();
+    let e = disk.reconnect(dial(&sock)).unwrap_err();
+    assert!(matches!(e, PagingError::Timeout { .. }), "{e}");
+    assert!(e.to_string().contains("pg5"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    signal(libc::SIGCONT);
+    disk.reconnect(dial(&sock)).unwrap();
+    disk.write_pages(&[(0x4000, &p)]).unwrap();
+    assert_eq!(file_page(&img, 0x4000), p);
+    assert_eq!(disk.read_pages(&[0x4000]).unwrap(), &p[..]);
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]

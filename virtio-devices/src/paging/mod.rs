@@ -47,9 +47,13 @@ mod queue;
 
 use std::collections::HashSet;
 use std::io;
+use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -180,9 +184,9 @@ pub enum PagingError {
         /// Disk id.
         id: String,
     },
-    /// The backend did not complete the batch in time; the connection is
-    /// dropped.
-    #[error("paging disk {id}: the backend did not complete the batch within {waited:?}")]
+    /// The backend did not complete the batch, or answer the set-up, in
+    /// time; the connection is dropped.
+    #[error("paging disk {id}: the backend did not answer within {waited:?}")]
     Timeout {
         /// Disk id.
         id: String,
@@ -264,8 +268,71 @@ struct Opened {
     flush: bool,
 }
 
-/// Negotiate on `stream` and start the private queue on a fresh memfd.
-fn open(id: &str, stream: UnixStream) -> Result<Opened, PagingError> {
+/// Hangs up a socket whose vhost-user set-up outlives its deadline: the
+/// frontend's requests block on the reply and retry on EAGAIN, so a socket
+/// timeout cannot end them, a shutdown does.
+struct SetupDeadline {
+    done: Option<mpsc::Sender<()>>,
+    fired: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SetupDeadline {
+    fn start(id: &str, stream: &UnixStream, timeout: Duration) -> io::Result<Self> {
+        let socket = stream.try_clone()?;
+        let (done, wait) = mpsc::channel::<()>();
+        let fired = Arc::new(AtomicBool::new(false));
+        let fired2 = fired.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("paging-setup-{id}"))
+            .spawn(move || {
+                if let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(timeout) {
+                    fired2.store(true, Ordering::Release);
+                    let _ = socket.shutdown(Shutdown::Both);
+                }
+            })?;
+        Ok(SetupDeadline {
+            done: Some(done),
+            fired,
+            thread: Some(thread),
+        })
+    }
+
+    fn fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for SetupDeadline {
+    fn drop(&mut self) {
+        // Dropping the sender wakes the thread at once.
+        self.done = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Negotiate on `stream` and start the private queue on a fresh memfd; a
+/// backend that has not answered within `timeout` is hung up on and the
+/// set-up fails with [`PagingError::Timeout`].
+fn open(id: &str, stream: UnixStream, timeout: Duration) -> Result<Opened, PagingError> {
+    let start = Instant::now();
+    let deadline = SetupDeadline::start(id, &stream, timeout).map_err(|e| PagingError::Setup {
+        id: id.to_owned(),
+        reason: format!("cannot start the set-up deadline: {e}"),
+    })?;
+    let result = open_now(id, stream);
+    if result.is_err() && deadline.fired() {
+        return Err(PagingError::Timeout {
+            id: id.to_owned(),
+            waited: start.elapsed(),
+        });
+    }
+    result
+}
+
+fn open_now(id: &str, stream: UnixStream) -> Result<Opened, PagingError> {
     let setup = |reason: String| PagingError::Setup {
         id: id.to_owned(),
         reason,
@@ -337,7 +404,7 @@ impl PagingDisk {
     /// configuration (a read-only export is refused), the private memfd as
     /// the whole memory table, queue 0 with its own kick and call eventfds.
     pub fn connect(id: &str, stream: UnixStream) -> Result<PagingDisk, PagingError> {
-        let opened = open(id, stream)?;
+        let opened = open(id, stream, DEFAULT_TIMEOUT)?;
         info!(
             disk = %id,
             capacity = opened.capacity_sectors,
@@ -366,7 +433,7 @@ impl PagingDisk {
     pub fn reconnect(&mut self, stream: UnixStream) -> Result<(), PagingError> {
         // The old backend is forgotten first, whatever happens next.
         self.conn = None;
-        let opened = open(&self.id, stream)?;
+        let opened = open(&self.id, stream, self.timeout)?;
         if opened.capacity_sectors != self.capacity_sectors {
             return Err(PagingError::CapacityChanged {
                 id: self.id.clone(),
@@ -415,7 +482,9 @@ impl PagingDisk {
         self.conn.is_some()
     }
 
-    /// How long one batch may take (default [`DEFAULT_TIMEOUT`]).
+    /// How long one batch, and each vhost-user request of a
+    /// [`PagingDisk::reconnect`], may take (default [`DEFAULT_TIMEOUT`],
+    /// also the limit of each request during [`PagingDisk::connect`]).
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
     }
