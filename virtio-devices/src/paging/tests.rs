@@ -1,4 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+use super::error::status_name;
 use super::*;
 
 #[test]
