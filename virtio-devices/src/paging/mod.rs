@@ -74,7 +74,8 @@ pub use error::PagingError;
 use queue::{Descriptor, PrivateQueue, QueueError, DESCRIPTORS_PER_REQUEST, DESC_TABLE, USED_RING};
 pub use queue::{MAX_BATCH_PAGES, PAGE_SIZE, QUEUE_SIZE};
 
-/// How long a batch may take before the backend is given up on.
+/// How long a batch (or a connection's set-up) may take before the backend
+/// is given up on.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One virtio-blk request of a batch: `pages` pages (0 for a flush) from
@@ -335,9 +336,9 @@ impl PagingDisk {
         self.conn.is_some()
     }
 
-    /// How long one batch, and each vhost-user request of a
+    /// How long one batch, and the whole set-up of a
     /// [`PagingDisk::reconnect`], may take (default [`DEFAULT_TIMEOUT`],
-    /// also the limit of each request during [`PagingDisk::connect`]).
+    /// which also bounds the set-up of [`PagingDisk::connect`]).
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
     }
