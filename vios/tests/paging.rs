@@ -424,22 +424,39 @@ fn measure_read_latency_and_batch_write_throughput() {
     let mut disk = connect("bench", &sock).unwrap();
     let pages: Vec<Vec<u8>> = (0..MAX_BATCH_PAGES as u64).map(page).collect();
     let batches = 256u64; // 64 MiB
-    let t = Instant::now();
-    for b in 0..batches {
-        let batch: Vec<(u64, &[u8])> = pages
-            .iter()
-            .enumerate()
-            .map(|(i, p)| ((b * 64 + i as u64) * P, p.as_slice()))
-            .collect();
-        disk.write_pages(&batch).unwrap();
+    let total_pages = batches * 64;
+    // Consecutive: one 256 KiB request per batch; scattered: 64 requests.
+    let consecutive = |b: u64, i: u64| (b * 64 + i) * P;
+    let scattered = |b: u64, i: u64| ((i * 256 + b) % total_pages) * P;
+    for (name, at) in [
+        ("consecutive", &consecutive as &dyn Fn(u64, u64) -> u64),
+        ("scattered", &scattered),
+    ] {
+        let t = Instant::now();
+        for b in 0..batches {
+            let batch: Vec<(u64, &[u8])> = pages
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (at(b, i as u64), p.as_slice()))
+                .collect();
+            disk.write_pages(&batch).unwrap();
+        }
+        let w = t.elapsed();
+        let t = Instant::now();
+        for b in 0..batches {
+            let offsets: Vec<u64> = (0..64).map(|i| at(b, i)).collect();
+            disk.read_pages(&offsets).unwrap();
+        }
+        let r = t.elapsed();
+        let mib = (batches * 64 * P) as f64 / (1 << 20) as f64;
+        eprintln!(
+            "64-page batches, {name}: write {:.0} MiB/s ({:.0} us per batch), read {:.0} MiB/s ({:.0} us per batch)",
+            mib / w.as_secs_f64(),
+            w.as_secs_f64() * 1e6 / batches as f64,
+            mib / r.as_secs_f64(),
+            r.as_secs_f64() * 1e6 / batches as f64
+        );
     }
-    let w = t.elapsed();
-    let mib = (batches * 64 * P) as f64 / (1 << 20) as f64;
-    eprintln!(
-        "64-page batch writes: {batches} batches, {mib:.0} MiB in {w:?}: {:.0} MiB/s, {:.0} us per batch",
-        mib / w.as_secs_f64(),
-        w.as_secs_f64() * 1e6 / batches as f64
-    );
     let n = 2000u64;
     let mut lat = Vec::with_capacity(n as usize);
     for i in 0..n {
