@@ -86,7 +86,7 @@ pub fn attach_pager(
     let Some(source) = &shared.paging else {
         return Err(crate::pager::PagerError::NoPagingDevice.into());
     };
-    let store = crate::pager::device::connect(source)?;
+    let (store, reconnector) = crate::pager::device::connect(source)?;
     let logical_pages = ram.size / crate::pager::pages::PAGE_SIZE;
     let target = shared
         .resident_mib
@@ -97,6 +97,7 @@ pub fn attach_pager(
         &ram.memory,
         &ram.memfd,
         store,
+        reconnector,
         target,
     )?))
 }

@@ -202,6 +202,8 @@ impl parvm_sandbox::Role for Role {
                 list.push(Any(libc::SYS_ftruncate));
                 list.extend(unix_messages());
                 list.extend(unix_connect());
+                // The driver's set-up watchdog (a thread per reconnect).
+                list.extend(parvm_sandbox::thread_spawning());
             }
         }
         list

@@ -87,7 +87,7 @@ pub fn reconnect_disk(id: &str, stream: UnixStream) -> Result<(), String> {
 static CLAIMED_FDS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
 /// Take ownership of an inherited, connected Unix stream socket.
-fn inherited_socket(id: &str, fd: i32) -> Result<UnixStream, VirtioError> {
+pub(crate) fn inherited_socket(id: &str, fd: i32) -> Result<UnixStream, VirtioError> {
     let err = |why: String| VirtioError::VhostUserFd(id.to_string(), fd, why);
     let mut claimed = CLAIMED_FDS.lock().unwrap_or_else(|e| e.into_inner());
     if claimed.contains(&fd) {

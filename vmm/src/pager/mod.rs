@@ -135,6 +135,7 @@ struct Counters {
 pub struct Pager {
     counters: Arc<Counters>,
     logical_pages: u64,
+    reconnector: device::Reconnector,
     wake: EventFd,
     thread: Option<JoinHandle<()>>,
 }
@@ -146,6 +147,7 @@ impl Pager {
         memory: &GuestMemoryMmap,
         memfd: &File,
         store: Box<dyn PagingStore>,
+        reconnector: device::Reconnector,
         target_pages: u64,
     ) -> Result<Pager, PagerError> {
         let uffd_err = |e: &dyn std::fmt::Display| PagerError::Uffd(e.to_string());
@@ -199,6 +201,7 @@ impl Pager {
         Ok(Pager {
             counters,
             logical_pages: logical / PAGE_SIZE,
+            reconnector,
             wake,
             thread: Some(thread),
         })
@@ -208,6 +211,14 @@ impl Pager {
     /// partitions start, stop and fault).
     pub fn set_target(&self, pages: u64) {
         self.counters.target.store(pages, Ordering::Relaxed);
+        let _ = self.wake.write(1);
+    }
+
+    /// A new connection to the paging device (the partition manager
+    /// re-brokered it after the VIOS came back); taken at the next
+    /// reconnect attempt.
+    pub fn hand_over_paging_socket(&self, stream: std::os::unix::net::UnixStream) {
+        self.reconnector.hand_over(stream);
         let _ = self.wake.write(1);
     }
 

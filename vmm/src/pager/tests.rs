@@ -18,7 +18,13 @@ fn start(mib: u64, target_pages: u64) -> Option<(GuestRam, Pager, Probe)> {
     let ram = GuestRam::new(mib).unwrap();
     let store = MemStore::new(mib << 20);
     let probe = store.probe();
-    match Pager::start(&ram.memory, &ram.memfd, Box::new(store), target_pages) {
+    match Pager::start(
+        &ram.memory,
+        &ram.memfd,
+        Box::new(store),
+        device::Reconnector::default(),
+        target_pages,
+    ) {
         Ok(p) => Some((ram, p, probe)),
         Err(PagerError::Uffd(e)) => {
             eprintln!("skipped: no userfaultfd with shared-memory write protection here: {e}");
@@ -169,6 +175,7 @@ fn a_lower_target_is_reached_and_a_small_device_is_refused() {
         &small.memory,
         &small.memfd,
         Box::new(MemStore::new(1 << 20)),
+        device::Reconnector::default(),
         64,
     )
     .err()

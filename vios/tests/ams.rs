@@ -1,0 +1,296 @@
+//! Active Memory Sharing end to end (docs/ams.md): a `vmm` in shared memory
+//! mode pages its guest's RAM to a paging device the `vios` binary serves,
+//! while the tiny guest writes a per-address pattern over all of it and
+//! verifies every byte twice (`parvm.test=memtest`, docs/guests.md).
+//! Checked: the guest's own verdict, the VMM's memfd never holding more
+//! than the resident target (sampled from /proc all along), the pager's
+//! figures, and the pages on the paging image holding exactly what the
+//! guest wrote at those addresses.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parvm_tests::guests::{guest_path, memtest_qword, MEMTEST_START};
+use parvm_tests::{scratch_dir, wait, Finished};
+
+const PAGE: u64 = 4096;
+
+/// The `vmm` binary of this build (another package of the workspace).
+fn vmm_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let vmm = profile_dir.join("vmm");
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "-p", "vmm", "--bin", "vmm"]);
+    if release {
+        cmd.arg("--release");
+    }
+    assert!(cmd.status().unwrap().success(), "cargo build -p vmm failed");
+    vmm
+}
+
+struct Vios(Child);
+
+impl Drop for Vios {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_vios(socket: &Path, disk: &Path) -> Vios {
+    let _ = std::fs::remove_file(socket);
+    let child = Command::new(env!("CARGO_BIN_EXE_vios"))
+        .arg("--listen")
+        .arg(socket)
+        .arg("--disk")
+        .arg(format!("{},id=paging0", disk.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !socket.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "vios never listened"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Vios(child)
+}
+
+/// Bytes the VMM's guest-RAM memfd has in memory, or None once it is gone.
+fn guest_ram_bytes(pid: u32) -> Option<u64> {
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()? {
+        let fd = fd.ok()?;
+        let target = std::fs::read_link(fd.path()).ok()?;
+        if target
+            .to_string_lossy()
+            .starts_with("/memfd:parvm-guest-ram")
+        {
+            return Some(std::fs::metadata(fd.path()).ok()?.blocks() * 512);
+        }
+    }
+    None
+}
+
+/// The VMM's `vmm: pager: k=v ...` figures.
+fn pager_figures(stderr: &str) -> Vec<(String, u64)> {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("vmm: pager: "))
+        .unwrap_or_else(|| panic!("no pager line in:\n{stderr}"));
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+        .collect()
+}
+
+fn figure(figures: &[(String, u64)], name: &str) -> u64 {
+    figures
+        .iter()
+        .find(|(k, _)| k == name)
+        .unwrap_or_else(|| panic!("no {name} in {figures:?}"))
+        .1
+}
+
+/// Boots the memtest guest with `logical_mib` of RAM, `resident_mib`
+/// resident at most, paging to `socket`; returns its output and the
+/// largest resident size seen.
+fn boot_shared(
+    socket: &Path,
+    logical_mib: u64,
+    resident_mib: u64,
+    cmdline: &str,
+) -> (Finished, u64) {
+    let mut cmd = Command::new(vmm_binary());
+    cmd.arg("--kernel")
+        .arg(guest_path("tiny.elf"))
+        .args(["--memory-mib", &logical_mib.to_string()])
+        .args(["--resident-mib", &resident_mib.to_string()])
+        .arg("--paging")
+        .arg(format!("vhost-user:{}", socket.display()))
+        .args(["--cmdline", cmdline])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut worst = 0;
+            while !done.load(Ordering::SeqCst) {
+                if let Some(b) = guest_ram_bytes(pid) {
+                    worst = worst.max(b);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            worst
+        })
+    };
+    let f = wait(child, Duration::from_secs(120));
+    done.store(true, Ordering::SeqCst);
+    let worst = sampler.join().unwrap();
+    assert!(!f.timed_out, "vmm timed out:\n{}\n{}", f.stdout, f.stderr);
+    (f, worst)
+}
+
+#[test]
+fn memory_four_times_the_resident_target_comes_back_right_through_the_vios() {
+    let dir = scratch_dir("ams-memtest");
+    let image = dir.join("paging0.img");
+    let file = std::fs::File::create(&image).unwrap();
+    file.set_len(64 << 20).unwrap();
+    drop(file);
+    let socket = dir.join("vios.sock");
+    let _vios = start_vios(&socket, &image);
+
+    let seed = 5;
+    let (f, worst) = boot_shared(
+        &socket,
+        64,
+        16,
+        &format!("parvm.test=memtest parvm.seed={seed}"),
+    );
+    assert_eq!(
+        f.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        f.stdout,
+        f.stderr
+    );
+    for line in [
+        "parvm-guest: memtest written",
+        "parvm-guest: memtest pass 1 ok",
+        "parvm-guest: memtest pass 2 ok",
+    ] {
+        assert!(f.stdout.contains(line), "no `{line}` in:\n{}", f.stdout);
+    }
+    let target = 16u64 << 20;
+    assert!(worst > 0, "the guest-RAM memfd was never seen");
+    assert!(worst <= target, "{worst} bytes resident, target {target}");
+    let figures = pager_figures(&f.stderr);
+    assert_eq!(figure(&figures, "logical"), (64 << 20) / PAGE);
+    assert!(figure(&figures, "resident") <= target / PAGE);
+    // 60 MiB of pattern through 16 MiB: most of it went out and came back.
+    assert!(
+        figure(&figures, "page_outs") > (40 << 20) / PAGE,
+        "{figures:?}"
+    );
+    assert!(
+        figure(&figures, "page_ins") > (40 << 20) / PAGE,
+        "{figures:?}"
+    );
+
+    // What the device holds is what the guest wrote: every non-zero page
+    // of the pattern range is the pattern, and there are many of them.
+    let bytes = std::fs::read(&image).unwrap();
+    let mut pattern_pages = 0;
+    for page in (MEMTEST_START / PAGE)..((64 << 20) / PAGE) {
+        let at = (page * PAGE) as usize;
+        let data = &bytes[at..at + PAGE as usize];
+        if data.iter().all(|b| *b == 0) {
+            continue;
+        }
+        for (i, q) in data.chunks_exact(8).enumerate() {
+            let addr = page * PAGE + i as u64 * 8;
+            let got = u64::from_le_bytes(q.try_into().unwrap());
+            assert_eq!(got, memtest_qword(addr, seed), "paging image at {addr:#x}");
+        }
+        pattern_pages += 1;
+    }
+    assert!(
+        pattern_pages > (40 << 20) / PAGE,
+        "{pattern_pages} pattern pages on the image"
+    );
+}
+
+#[test]
+fn a_shared_memory_partition_with_a_bad_paging_device_says_which() {
+    let dir = scratch_dir("ams-bad");
+    // Too small for 64 MiB.
+    let image = dir.join("small.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let socket = dir.join("vios.sock");
+    let _vios = start_vios(&socket, &image);
+    let mut cmd = Command::new(vmm_binary());
+    cmd.arg("--kernel")
+        .arg(guest_path("tiny.elf"))
+        .args(["--memory-mib", "64", "--resident-mib", "16", "--paging"])
+        .arg(format!("vhost-user:{}", socket.display()));
+    let f = parvm_tests::run(cmd, Duration::from_secs(30));
+    assert_eq!(f.code(), Some(1), "{}", f.stderr);
+    assert!(
+        f.stderr.contains("paging device holds 8388608 bytes"),
+        "{}",
+        f.stderr
+    );
+    assert_eq!(f.stderr.trim().lines().count(), 1, "{}", f.stderr);
+
+    // No backend at all, and a paging source that is not a VIOS.
+    for (paging, says) in [
+        (
+            format!("vhost-user:{}", dir.join("nobody.sock").display()),
+            "nobody.sock",
+        ),
+        ("/tmp/x.img".to_string(), "--paging /tmp/x.img"),
+    ] {
+        let mut cmd = Command::new(vmm_binary());
+        cmd.arg("--kernel").arg(guest_path("tiny.elf")).args([
+            "--memory-mib",
+            "64",
+            "--paging",
+            &paging,
+        ]);
+        let f = parvm_tests::run(cmd, Duration::from_secs(30));
+        assert_eq!(f.code(), Some(1), "{}", f.stderr);
+        assert!(f.stderr.contains(says), "{paging}: {}", f.stderr);
+    }
+}
+
+#[test]
+fn the_guest_stalls_while_its_paging_vios_is_gone_and_resumes_with_every_byte() {
+    let dir = scratch_dir("ams-vios-kill");
+    let image = dir.join("paging0.img");
+    std::fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
+    let socket = dir.join("vios.sock");
+    let vios = start_vios(&socket, &image);
+    let seed = 11;
+    let run = {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            boot_shared(
+                &socket,
+                64,
+                16,
+                &format!("parvm.test=memtest parvm.seed={seed} parvm.passes=3"),
+            )
+        })
+    };
+    // Let it page for a while, then take the paging VIOS away.
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(vios);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(!run.is_finished(), "the guest finished without its paging device");
+    let _vios = start_vios(&socket, &image);
+    let (f, worst) = run.join().unwrap();
+    assert_eq!(f.code(), Some(0), "stdout:\n{}\nstderr:\n{}", f.stdout, f.stderr);
+    for pass in 1..=3 {
+        let line = format!("parvm-guest: memtest pass {pass} ok");
+        assert!(f.stdout.contains(&line), "no `{line}` in:\n{}", f.stdout);
+    }
+    assert!(worst <= 16 << 20, "{worst} bytes resident");
+    assert!(f.stderr.contains("paging device gone"), "{}", f.stderr);
+}
