@@ -306,6 +306,40 @@ fn a_read_only_export_is_refused() {
     );
 }
 
+/// The byte-range calls a shared-memory partition's disks use
+/// (`read_at`/`write_at`, whole sectors): bytes land at their offset, come
+/// back, and bad ranges are refused before anything is sent; a read-only
+/// export connects as a disk and refuses writes.
+#[test]
+fn sector_ranges_land_and_bad_ranges_are_refused() {
+    let dir = TempDir::new("paging-ranges");
+    let img = image(&dir, 1 << 20);
+    let sock = dir.path("vios.sock");
+    let _vios = Vios::spawn(&sock, &img.display().to_string());
+    let mut disk = PagingDisk::connect_disk("d0", dial(&sock)).unwrap();
+    let data = pattern(9, 3 * 512);
+    disk.write_at(5 * 512, &data).unwrap();
+    let on_file = std::fs::read(&img).unwrap();
+    assert_eq!(&on_file[5 * 512..8 * 512], &data[..]);
+    assert_eq!(disk.read_at(5 * 512, 3 * 512).unwrap(), &data[..]);
+    let before = std::fs::read(&img).unwrap();
+    for (offset, len) in [(1u64, 512usize), (512, 100), ((1 << 20) - 512, 1024)] {
+        assert!(disk.write_at(offset, &vec![1u8; len]).is_err(), "{offset} {len}");
+        assert!(disk.read_at(offset, len).is_err(), "{offset} {len}");
+    }
+    let too_big = vec![0u8; virtio_devices::paging::MAX_TRANSFER + 512];
+    assert!(disk.write_at(0, &too_big).is_err());
+    assert_eq!(std::fs::read(&img).unwrap(), before, "image changed by refused calls");
+
+    let ro_sock = dir.path("ro.sock");
+    let _ro = Vios::spawn(&ro_sock, &format!("{},ro", img.display()));
+    let mut ro = PagingDisk::connect_disk("d1", dial(&ro_sock)).unwrap();
+    assert!(ro.read_only());
+    assert_eq!(ro.read_at(5 * 512, 512).unwrap(), &data[..512]);
+    let e = ro.write_at(0, &[0u8; 512]).unwrap_err();
+    assert!(matches!(e, PagingError::ReadOnly { .. }), "{e}");
+}
+
 /// SIGKILL while batches run: the call in flight (or the next one) fails
 /// with `Disconnected` within a bounded time; with a new VIOS on the same
 /// image, `reconnect` and the same call again succeed.

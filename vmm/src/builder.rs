@@ -4,7 +4,7 @@
 //! one part to it. Firecracker's `build_microvm_for_boot` has the same
 //! shape.
 
-use crate::config::{Console, DiskConfig, DiskSource, PartitionConfig};
+use crate::config::{Console, DiskConfig, PartitionConfig};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::exit::ExitSignal;
 use crate::devices::legacy::{AcpiPowerPort, ResetTrigger, I8042};
@@ -74,15 +74,6 @@ pub fn attach_pager(
     let Some(shared) = &config.shared else {
         return Ok(None);
     };
-    if let Some(d) = config.disks.iter().find(|d| {
-        matches!(
-            d.source,
-            DiskSource::VhostUser(_) | DiskSource::VhostUserFd(_)
-        )
-    }) {
-        // The VIOS would map guest RAM the pager punches pages out of.
-        return Err(crate::pager::PagerError::VhostUserDisk(d.id.clone()).into());
-    }
     let Some(source) = &shared.paging else {
         return Err(crate::pager::PagerError::NoPagingDevice.into());
     };
@@ -220,7 +211,13 @@ impl Machine {
     }
 
     /// One virtio-blk per disk on the MMIO bus, each with an IO-APIC pin.
-    pub fn attach_virtio_disks(&mut self, disks: &[DiskConfig]) -> Result<VirtioDevices, VmmError> {
+    /// With `bounce` (a shared-memory partition) disks served by a VIOS go
+    /// through the VMM's own virtio-blk: the VIOS never maps guest RAM.
+    pub fn attach_virtio_disks(
+        &mut self,
+        disks: &[DiskConfig],
+        bounce: bool,
+    ) -> Result<VirtioDevices, VmmError> {
         let guest_memory = vm_memory::GuestMemoryAtomic::new(self.ram.memory.clone());
         Ok(VirtioDevices::new(
             &self.vm,
@@ -228,6 +225,7 @@ impl Machine {
             disks,
             &mut self.mmio,
             &self.interrupts,
+            bounce,
         )?)
     }
 

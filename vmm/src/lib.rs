@@ -152,7 +152,7 @@ impl Vmm {
         let mut machine = Machine::new(kvm, vm, ram, interrupts)?;
         let serial = machine.attach_legacy_devices(&config.console)?;
         let grants = machine.attach_grants()?;
-        let virtio = machine.attach_virtio_disks(&config.disks)?;
+        let virtio = machine.attach_virtio_disks(&config.disks, config.shared.is_some())?;
         let rsdp = machine.attach_acpi_tables(config.vcpus, &virtio)?;
         let entry = machine.load_kernel(&config, &virtio, rsdp)?;
         let (vcpus, pause) = machine.attach_vcpus(config.vcpus, entry)?;

@@ -12,7 +12,8 @@
 //!   (port I/O and MMIO devices, virtio-mmio activation, hcalls and fault
 //!   reports sent on the control channel, the vhost-user frontend);
 //! - [`Role::Device`]: the event-manager thread of the in-VMM virtio-blk
-//!   (eventfds, epoll, reads and writes of the disk image);
+//!   (eventfds, epoll, reads and writes of the disk image; vhost-user
+//!   messages for a shared-memory partition's VIOS disks, served here);
 //! - [`Role::Control`]: the control channel (SCM_RIGHTS messages, mapping of
 //!   granted segments as KVM memory slots, doorbells as ioeventfd/irqfd,
 //!   re-attaching to a restarted manager);
@@ -166,7 +167,15 @@ impl parvm_sandbox::Role for Role {
                     Any(libc::SYS_fdatasync),
                     // Discard and write-zeroes punch or zero ranges.
                     Any(libc::SYS_fallocate),
+                    // A VIOS disk of a shared-memory partition served here
+                    // (its private queue's memfd, set up again after the
+                    // VIOS comes back).
+                    Any(libc::SYS_memfd_create),
+                    Any(libc::SYS_ftruncate),
                 ]);
+                list.extend(unix_messages());
+                list.extend(unix_connect());
+                list.extend(parvm_sandbox::thread_spawning());
             }
             Role::Control => {
                 list.push(ArgIn(

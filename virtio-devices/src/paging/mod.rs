@@ -43,8 +43,11 @@
 //! write into the new one). The interrupted call is not replayed: page
 //! reads and writes are idempotent, so the caller simply calls again.
 
+mod disk;
 mod error;
 mod queue;
+
+pub use disk::{BouncedDisk, BouncedReconnect, RETRY_FOR, RETRY_INTERVAL};
 
 use std::collections::HashSet;
 use std::io;
@@ -74,6 +77,10 @@ pub use error::PagingError;
 use queue::{Descriptor, PrivateQueue, QueueError, DESCRIPTORS_PER_REQUEST, DESC_TABLE, USED_RING};
 pub use queue::{MAX_BATCH_PAGES, PAGE_SIZE, QUEUE_SIZE};
 
+/// Most bytes one [`PagingDisk::read_at`] or [`PagingDisk::write_at`]
+/// moves: the bounce area.
+pub const MAX_TRANSFER: usize = MAX_BATCH_PAGES * PAGE_SIZE;
+
 /// How long a batch (or a connection's set-up) may take before the backend
 /// is given up on.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,7 +91,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 struct Run {
     offset: u64,
     slot: usize,
-    pages: usize,
+    /// Bytes of data (a multiple of the sector size; 0 for a flush).
+    len: usize,
 }
 
 /// Cut a batch into maximal runs of consecutive offsets; page `i` of the
@@ -93,11 +101,11 @@ fn runs(offsets: impl Iterator<Item = u64>) -> Vec<Run> {
     let mut out: Vec<Run> = Vec::new();
     for (slot, offset) in offsets.enumerate() {
         match out.last_mut() {
-            Some(run) if run.offset + (run.pages * PAGE_SIZE) as u64 == offset => run.pages += 1,
+            Some(run) if run.offset + run.len as u64 == offset => run.len += PAGE_SIZE,
             _ => out.push(Run {
                 offset,
                 slot,
-                pages: 1,
+                len: PAGE_SIZE,
             }),
         }
     }
@@ -120,6 +128,7 @@ struct Opened {
     conn: Connection,
     capacity_sectors: u64,
     flush: bool,
+    read_only: bool,
 }
 
 /// Hangs up a socket whose vhost-user set-up outlives its deadline: the
@@ -170,13 +179,18 @@ impl Drop for SetupDeadline {
 /// Negotiate on `stream` and start the private queue on a fresh memfd; a
 /// backend that has not answered within `timeout` is hung up on and the
 /// set-up fails with [`PagingError::Timeout`].
-fn open(id: &str, stream: UnixStream, timeout: Duration) -> Result<Opened, PagingError> {
+fn open(
+    id: &str,
+    stream: UnixStream,
+    timeout: Duration,
+    allow_read_only: bool,
+) -> Result<Opened, PagingError> {
     let start = Instant::now();
     let deadline = SetupDeadline::start(id, &stream, timeout).map_err(|e| PagingError::Setup {
         id: id.to_owned(),
         reason: format!("cannot start the set-up deadline: {e}"),
     })?;
-    let result = open_now(id, stream);
+    let result = open_now(id, stream, allow_read_only);
     if result.is_err() && deadline.fired() {
         return Err(PagingError::Timeout {
             id: id.to_owned(),
@@ -186,7 +200,7 @@ fn open(id: &str, stream: UnixStream, timeout: Duration) -> Result<Opened, Pagin
     result
 }
 
-fn open_now(id: &str, stream: UnixStream) -> Result<Opened, PagingError> {
+fn open_now(id: &str, stream: UnixStream, allow_read_only: bool) -> Result<Opened, PagingError> {
     let setup = |reason: String| PagingError::Setup {
         id: id.to_owned(),
         reason,
@@ -196,7 +210,8 @@ fn open_now(id: &str, stream: UnixStream) -> Result<Opened, PagingError> {
         .map_err(|e| setup(format!("cannot duplicate the socket: {e}")))?;
     let mut frontend = Frontend::from_stream(stream, 1);
     let offered = handshake(id, &mut frontend)?;
-    if offered & (1 << VIRTIO_BLK_F_RO) != 0 {
+    let read_only = offered & (1 << VIRTIO_BLK_F_RO) != 0;
+    if read_only && !allow_read_only {
         return Err(PagingError::ReadOnly { id: id.to_owned() });
     }
     let config = read_config(id, &mut frontend)?;
@@ -238,6 +253,7 @@ fn open_now(id: &str, stream: UnixStream) -> Result<Opened, PagingError> {
         },
         capacity_sectors,
         flush,
+        read_only,
     })
 }
 
@@ -247,6 +263,9 @@ pub struct PagingDisk {
     id: String,
     capacity_sectors: u64,
     flush: bool,
+    /// The export is read-only (only allowed by [`PagingDisk::connect_disk`]).
+    read_only: bool,
+    allow_read_only: bool,
     timeout: Duration,
     /// `None` after a failure that left the ring state unknown.
     conn: Option<Connection>,
@@ -258,7 +277,22 @@ impl PagingDisk {
     /// configuration (a read-only export is refused), the private memfd as
     /// the whole memory table, queue 0 with its own kick and call eventfds.
     pub fn connect(id: &str, stream: UnixStream) -> Result<PagingDisk, PagingError> {
-        let opened = open(id, stream, DEFAULT_TIMEOUT)?;
+        Self::connect_with(id, stream, false)
+    }
+
+    /// The same driver for a guest's disk served through the VMM (a
+    /// shared-memory partition's VIOS disk, docs/ams.md): a read-only
+    /// export is accepted (writes then fail before anything is sent).
+    pub fn connect_disk(id: &str, stream: UnixStream) -> Result<PagingDisk, PagingError> {
+        Self::connect_with(id, stream, true)
+    }
+
+    fn connect_with(
+        id: &str,
+        stream: UnixStream,
+        allow_read_only: bool,
+    ) -> Result<PagingDisk, PagingError> {
+        let opened = open(id, stream, DEFAULT_TIMEOUT, allow_read_only)?;
         info!(
             disk = %id,
             capacity = opened.capacity_sectors,
@@ -269,6 +303,8 @@ impl PagingDisk {
             id: id.to_owned(),
             capacity_sectors: opened.capacity_sectors,
             flush: opened.flush,
+            read_only: opened.read_only,
+            allow_read_only,
             timeout: DEFAULT_TIMEOUT,
             conn: Some(opened.conn),
         })
@@ -287,7 +323,7 @@ impl PagingDisk {
     pub fn reconnect(&mut self, stream: UnixStream) -> Result<(), PagingError> {
         // The old backend is forgotten first, whatever happens next.
         self.conn = None;
-        let opened = open(&self.id, stream, self.timeout)?;
+        let opened = open(&self.id, stream, self.timeout, self.allow_read_only)?;
         if opened.capacity_sectors != self.capacity_sectors {
             return Err(PagingError::CapacityChanged {
                 id: self.id.clone(),
@@ -296,6 +332,7 @@ impl PagingDisk {
             });
         }
         self.flush = opened.flush;
+        self.read_only = opened.read_only;
         self.conn = Some(opened.conn);
         info!(disk = %self.id, "paging disk: reconnected");
         Ok(())
@@ -399,6 +436,91 @@ impl PagingDisk {
         })
     }
 
+    /// Whether the export is read-only.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Read `len` bytes at byte `offset` (both multiples of 512, `len` at
+    /// most [`MAX_TRANSFER`]) in one request; the bytes are the start of
+    /// the bounce area, valid until the next call.
+    pub fn read_at(&mut self, offset: u64, len: usize) -> Result<&[u8], PagingError> {
+        self.check_range(offset, len)?;
+        if len > 0 {
+            self.connection()?;
+            let run = Run {
+                offset,
+                slot: 0,
+                len,
+            };
+            self.run_batch(VIRTIO_BLK_T_IN, "read", &[run])?;
+        }
+        let bounce = self.connection()?.queue.bounce(len.div_ceil(PAGE_SIZE));
+        match bounce {
+            Ok(b) => Ok(&b[..len]),
+            Err(e) => Err(PagingError::Backend {
+                id: self.id.clone(),
+                what: e.to_string(),
+            }),
+        }
+    }
+
+    /// Write `data` at byte `offset` (both multiples of 512, at most
+    /// [`MAX_TRANSFER`] bytes) in one request.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), PagingError> {
+        self.check_range(offset, data.len())?;
+        if self.read_only {
+            return Err(PagingError::ReadOnly {
+                id: self.id.clone(),
+            });
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let copied = self
+            .connection()?
+            .queue
+            .copy_to_slots(data.chunks(PAGE_SIZE));
+        if let Err(e) = copied {
+            return Err(self.drop_connection(e));
+        }
+        let run = Run {
+            offset,
+            slot: 0,
+            len: data.len(),
+        };
+        self.run_batch(VIRTIO_BLK_T_OUT, "write", &[run])
+    }
+
+    /// Refuse a byte range before anything is submitted.
+    fn check_range(&self, offset: u64, len: usize) -> Result<(), PagingError> {
+        if !offset.is_multiple_of(SECTOR_SIZE) || !(len as u64).is_multiple_of(SECTOR_SIZE) {
+            return Err(PagingError::Misaligned {
+                id: self.id.clone(),
+                offset,
+            });
+        }
+        if len > MAX_TRANSFER {
+            return Err(PagingError::BatchTooLarge {
+                id: self.id.clone(),
+                pages: len.div_ceil(PAGE_SIZE),
+                max: MAX_BATCH_PAGES,
+            });
+        }
+        let capacity = self.capacity();
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|end| end > capacity)
+        {
+            return Err(PagingError::OutOfRange {
+                id: self.id.clone(),
+                offset,
+                capacity,
+            });
+        }
+        Ok(())
+    }
+
     /// Make completed writes durable (VIRTIO_BLK_T_FLUSH). A backend that
     /// does not offer FLUSH has no write cache the driver can reach:
     /// nothing to do.
@@ -410,7 +532,7 @@ impl PagingDisk {
         let run = Run {
             offset: 0,
             slot: 0,
-            pages: 0,
+            len: 0,
         };
         self.run_batch(VIRTIO_BLK_T_FLUSH, "flush", &[run])
     }
@@ -491,11 +613,11 @@ impl PagingDisk {
                     id: self.id.clone(),
                     op,
                     offset: run.offset,
-                    pages: run.pages,
+                    pages: run.len.div_ceil(PAGE_SIZE),
                     status,
                 });
             }
-            let data = (run.pages * PAGE_SIZE) as u32;
+            let data = run.len as u32;
             if kind == VIRTIO_BLK_T_IN && len != data + 1 {
                 return Err(self.drop_connection(format_args!(
                     "read at offset {:#x}: used length {len}, expected {}",
@@ -527,11 +649,11 @@ impl PagingDisk {
                 .map_err(lost)?;
             let data = Descriptor {
                 addr: PrivateQueue::slot_addr(run.slot),
-                len: (run.pages * PAGE_SIZE) as u32,
+                len: run.len as u32,
                 write: kind == VIRTIO_BLK_T_IN,
                 next: Some(head + 2),
             };
-            let first = if run.pages > 0 { head + 1 } else { head + 2 };
+            let first = if run.len > 0 { head + 1 } else { head + 2 };
             q.set_descriptor(
                 head,
                 Descriptor {
@@ -542,7 +664,7 @@ impl PagingDisk {
                 },
             )
             .map_err(lost)?;
-            if run.pages > 0 {
+            if run.len > 0 {
                 q.set_descriptor(head + 1, data).map_err(lost)?;
             }
             q.set_descriptor(

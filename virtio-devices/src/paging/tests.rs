@@ -12,23 +12,23 @@ fn runs_follow_consecutive_offsets_only() {
             Run {
                 offset: 0,
                 slot: 0,
-                pages: 3
+                len: 3 * PAGE_SIZE
             },
             Run {
                 offset: 10 * p,
                 slot: 3,
-                pages: 1
+                len: PAGE_SIZE
             },
             Run {
                 offset: 5 * p,
                 slot: 4,
-                pages: 2
+                len: 2 * PAGE_SIZE
             },
             // A repeat is not consecutive: its own request.
             Run {
                 offset: 6 * p,
                 slot: 6,
-                pages: 1
+                len: PAGE_SIZE
             },
         ]
     );

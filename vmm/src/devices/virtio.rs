@@ -16,7 +16,8 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
-use virtio_devices::block::{Block, BlockConfig, BlockHandler};
+use virtio_devices::block::{Block, BlockConfig, BlockCore, BlockHandler, BlockOptions};
+use virtio_devices::paging::{BouncedDisk, BouncedReconnect};
 use virtio_devices::vhost_user_blk::{ReconnectHandle, VhostUserBlkDevice, VhostUserBlkError};
 use virtio_devices::{
     kernel_cmdline_device, InterruptKind, InterruptSignal, MmioTransport, VirtioDevice,
@@ -52,6 +53,8 @@ pub enum VirtioError {
     VhostUser(#[from] VhostUserBlkError),
     #[error("disk {0}: vhost-user-fd:{1}: {2}")]
     VhostUserFd(String, i32, String),
+    #[error("disk {0}: through the VMM: {1}")]
+    Bounced(String, String),
     #[error("disk {0}: `vios:{1}/{2}` is resolved by the partition manager; start the partition with parctl")]
     UnbrokeredVios(String, String, String),
 }
@@ -61,11 +64,25 @@ pub enum VirtioError {
 enum BlockDevice {
     Local(Block<GuestMemory>, BlockHandler<GuestMemory, std::fs::File>),
     VhostUser(VhostUserBlkDevice),
+    /// A VIOS disk served through the VMM's own virtio-blk (shared-memory
+    /// partitions: the VIOS must not map guest RAM, docs/ams.md).
+    Bounced(
+        Block<GuestMemory>,
+        BlockHandler<GuestMemory, BouncedDisk>,
+        BouncedReconnect,
+    ),
+}
+
+/// How a reconnect reaches a disk's device.
+#[derive(Clone)]
+enum Reconnect {
+    VhostUser(ReconnectHandle),
+    Bounced(BouncedReconnect),
 }
 
 /// The vhost-user disks of this VMM by disk id, for the control channel's
 /// `vhost_user_reconnect` (one partition per process).
-static RECONNECT: Mutex<Vec<(String, ReconnectHandle)>> = Mutex::new(Vec::new());
+static RECONNECT: Mutex<Vec<(String, Reconnect)>> = Mutex::new(Vec::new());
 
 /// Give the vhost-user disk `id` a new connection to its backend (the
 /// partition manager re-brokered it after the VIOS came back).
@@ -76,10 +93,14 @@ pub fn reconnect_disk(id: &str, stream: UnixStream) -> Result<(), String> {
         .iter()
         .find(|(d, _)| d == id)
         .map(|(_, h)| h.clone());
-    let Some(handle) = handle else {
-        return Err(format!("no vhost-user disk `{id}` in this partition"));
-    };
-    handle.reconnect(stream).map_err(|e| e.to_string())
+    match handle {
+        None => Err(format!("no vhost-user disk `{id}` in this partition")),
+        Some(Reconnect::VhostUser(h)) => h.reconnect(stream).map_err(|e| e.to_string()),
+        Some(Reconnect::Bounced(h)) => {
+            h.hand_over(stream);
+            Ok(())
+        }
+    }
 }
 
 /// File descriptors already taken by `vhost-user-fd:` disks (each may be
@@ -113,8 +134,40 @@ pub(crate) fn inherited_socket(id: &str, fd: i32) -> Result<UnixStream, VirtioEr
     Ok(stream)
 }
 
-fn block_device(disk: &DiskConfig) -> Result<BlockDevice, VirtioError> {
+/// A VIOS disk behind the VMM's own virtio-blk (see [`BlockDevice::Bounced`]).
+fn bounced_device(
+    disk: &DiskConfig,
+    stream: UnixStream,
+    path: Option<std::path::PathBuf>,
+) -> Result<BlockDevice, VirtioError> {
+    let backend = BouncedDisk::connect(&disk.id, stream, path)
+        .map_err(|e| VirtioError::Bounced(disk.id.clone(), e.to_string()))?;
+    let reconnect = backend.reconnect_handle();
+    let options = BlockOptions {
+        read_only: disk.read_only || backend.read_only(),
+        serial: disk.id.clone(),
+    };
+    let core = BlockCore::new(backend, &options)
+        .map_err(|e| VirtioError::Bounced(disk.id.clone(), e.to_string()))?;
+    let (block, handler) = Block::with_core(&disk.id, core)?;
+    Ok(BlockDevice::Bounced(block, handler, reconnect))
+}
+
+fn block_device(disk: &DiskConfig, bounce: bool) -> Result<BlockDevice, VirtioError> {
     match &disk.source {
+        DiskSource::VhostUser(socket) if bounce => {
+            let stream = UnixStream::connect(socket).map_err(|e| {
+                VirtioError::Bounced(
+                    disk.id.clone(),
+                    format!("cannot connect to {}: {e}", socket.display()),
+                )
+            })?;
+            bounced_device(disk, stream, Some(socket.clone()))
+        }
+        DiskSource::VhostUserFd(fd) if bounce => {
+            let stream = inherited_socket(&disk.id, *fd)?;
+            bounced_device(disk, stream, None)
+        }
         DiskSource::Image(path) => {
             let (block, handler) = Block::<GuestMemory>::open(&BlockConfig {
                 id: disk.id.clone(),
@@ -191,6 +244,7 @@ impl VirtioDevices {
         disks: &[DiskConfig],
         mmio: &mut Bus,
         interrupts: &Interrupts,
+        bounce: bool,
     ) -> Result<Self, VirtioError> {
         let mut event_manager = EventManager::<Subscriber>::new()
             .map_err(|e| VirtioError::EventManager(format!("{e:?}")))?;
@@ -199,7 +253,7 @@ impl VirtioDevices {
         for (i, disk) in disks.iter().enumerate() {
             let id = disk.id.clone();
             let base = VIRTIO_MMIO_START + i as u64 * MMIO_REGION_SIZE;
-            let device = block_device(disk)?;
+            let device = block_device(disk, bounce)?;
             let irq_err = |e| VirtioError::Interrupt(id.clone(), e);
             let gsi = interrupts
                 .allocate_pin(&format!("disk {id}"))
@@ -207,19 +261,26 @@ impl VirtioDevices {
             let irq = EventFd::new(libc::EFD_NONBLOCK)
                 .map_err(|e| VirtioError::EventFd(id.clone(), e))?;
             interrupts.connect(&irq, gsi).map_err(irq_err)?;
-            let (device, handler) = match device {
-                BlockDevice::Local(block, handler) => (
-                    Box::new(block) as Box<dyn VirtioDevice<GuestMemory>>,
-                    Some(handler),
-                ),
-                BlockDevice::VhostUser(device) => {
-                    RECONNECT
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push((id.clone(), device.reconnect_handle()));
-                    (Box::new(device) as _, None)
-                }
+            let remember = |r: Reconnect| {
+                RECONNECT
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((id.clone(), r));
             };
+            let (device, handler): (Box<dyn VirtioDevice<GuestMemory>>, Option<Subscriber>) =
+                match device {
+                    BlockDevice::Local(block, handler) => {
+                        (Box::new(block), Some(Arc::new(Mutex::new(handler))))
+                    }
+                    BlockDevice::VhostUser(device) => {
+                        remember(Reconnect::VhostUser(device.reconnect_handle()));
+                        (Box::new(device), None)
+                    }
+                    BlockDevice::Bounced(block, handler, reconnect) => {
+                        remember(Reconnect::Bounced(reconnect));
+                        (Box::new(block), Some(Arc::new(Mutex::new(handler))))
+                    }
+                };
             let transport = MmioTransport::new(device, mem.clone(), Arc::new(Irqfd(irq)))
                 .map_err(|e| VirtioError::Transport(id.clone(), e))?;
             for (q, evt) in transport.queue_notify_evts().iter().enumerate() {
@@ -231,7 +292,7 @@ impl VirtioDevices {
                 .map_err(|e| VirtioError::Kvm(id.clone(), "KVM_IOEVENTFD", e))?;
             }
             if let Some(handler) = handler {
-                event_manager.add_subscriber(Arc::new(Mutex::new(handler)));
+                event_manager.add_subscriber(handler);
             }
             mmio.insert(
                 base,

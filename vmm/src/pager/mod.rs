@@ -24,9 +24,10 @@
 //! waiting faults are served: the vCPUs stall and resume, nothing is lost.
 //!
 //! The only mappings of guest RAM are the VMM's own (registered here) and
-//! KVM's, which goes through it. A VIOS serving the partition's disks maps
-//! guest RAM too and is not covered yet: [`crate::Vmm::new`] refuses
-//! vhost-user disks on a shared-memory partition (docs/ams.md).
+//! KVM's, which goes through it: a shared-memory partition's disks served
+//! by a VIOS go through the VMM's own virtio-blk
+//! (`virtio_devices::paging::BouncedDisk`), so no VIOS maps its RAM
+//! (docs/ams.md).
 
 pub mod device;
 pub mod pages;
@@ -93,8 +94,6 @@ pub enum PagerError {
         source_text: String,
         message: String,
     },
-    #[error("disk `{0}` is served by a vhost-user backend (a VIOS), which would map guest RAM the pager releases; a shared-memory partition's disks are images for now (docs/ams.md)")]
-    VhostUserDisk(String),
 }
 
 /// What the pager has done, for `parctl status` (the figures `lparstat -m`
