@@ -30,6 +30,7 @@
 //! (docs/ams.md).
 
 pub mod device;
+pub mod latency;
 pub mod pages;
 pub mod uffd;
 
@@ -107,6 +108,10 @@ pub struct PagerReport {
     pub page_ins: u64,
     /// Time faults waited for those reads, nanoseconds.
     pub page_in_ns: u64,
+    /// Page-in latency (fault read to page placed), 50th and 99th
+    /// percentile, nanoseconds (0 before the first page-in).
+    pub page_in_p50_ns: u64,
+    pub page_in_p99_ns: u64,
     /// Pages written to the device.
     pub page_outs: u64,
     /// Pages released without a write (zero).
@@ -123,6 +128,7 @@ struct Counters {
     resident: AtomicU64,
     page_ins: AtomicU64,
     page_in_ns: AtomicU64,
+    page_in_latency: latency::Histogram,
     page_outs: AtomicU64,
     zero_outs: AtomicU64,
     zero_fills: AtomicU64,
@@ -229,6 +235,8 @@ impl Pager {
             resident_pages: c.resident.load(Ordering::Relaxed),
             page_ins: c.page_ins.load(Ordering::Relaxed),
             page_in_ns: c.page_in_ns.load(Ordering::Relaxed),
+            page_in_p50_ns: c.page_in_latency.percentile(0.50),
+            page_in_p99_ns: c.page_in_latency.percentile(0.99),
             page_outs: c.page_outs.load(Ordering::Relaxed),
             zero_outs: c.zero_outs.load(Ordering::Relaxed),
             zero_fills: c.zero_fills.load(Ordering::Relaxed),
@@ -241,12 +249,14 @@ impl std::fmt::Display for PagerReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "logical={} target={} resident={} page_ins={} page_in_us={} page_outs={} zero_outs={} zero_fills={}{}",
+            "logical={} target={} resident={} page_ins={} page_in_us={} page_in_p50_us={} page_in_p99_us={} page_outs={} zero_outs={} zero_fills={}{}",
             self.logical_pages,
             self.target_pages,
             self.resident_pages,
             self.page_ins,
             self.page_in_ns / 1000,
+            self.page_in_p50_ns / 1000,
+            self.page_in_p99_ns / 1000,
             self.page_outs,
             self.zero_outs,
             self.zero_fills,
@@ -507,8 +517,9 @@ impl Worker {
         }
         let c = &self.counters;
         c.page_ins.fetch_add(count as u64, Ordering::Relaxed);
-        c.page_in_ns
-            .fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let waited = since.elapsed().as_nanos() as u64;
+        c.page_in_ns.fetch_add(waited, Ordering::Relaxed);
+        c.page_in_latency.record(waited);
         self.publish_resident();
     }
 
