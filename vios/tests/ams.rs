@@ -8,62 +8,24 @@
 //! guest wrote at those addresses.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{vmm_binary, Vios};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parvm_tests::guests::{guest_path, memtest_qword, MEMTEST_START};
 use parvm_tests::{scratch_dir, wait, Finished};
 
 const PAGE: u64 = 4096;
 
-/// The `vmm` binary of this build (another package of the workspace).
-fn vmm_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let vmm = profile_dir.join("vmm");
-    let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "-p", "vmm", "--bin", "vmm"]);
-    if release {
-        cmd.arg("--release");
-    }
-    assert!(cmd.status().unwrap().success(), "cargo build -p vmm failed");
-    vmm
-}
-
-struct Vios(Child);
-
-impl Drop for Vios {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+/// A VIOS exporting `disk` as `paging0` on `socket`.
 fn start_vios(socket: &Path, disk: &Path) -> Vios {
-    let _ = std::fs::remove_file(socket);
-    let child = Command::new(env!("CARGO_BIN_EXE_vios"))
-        .arg("--listen")
-        .arg(socket)
-        .arg("--disk")
-        .arg(format!("{},id=paging0", disk.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !socket.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "vios never listened"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Vios(child)
+    Vios::spawn(socket, &format!("{},id=paging0", disk.display()))
 }
 
 /// Bytes the VMM's guest-RAM memfd has in memory, or None once it is gone.

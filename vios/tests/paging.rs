@@ -9,71 +9,13 @@
 mod common;
 
 use std::os::unix::fs::FileExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{pattern, TempDir};
+use common::{dial, pattern, TempDir, Vios};
 use virtio_devices::paging::{PagingDisk, PagingError, MAX_BATCH_PAGES, PAGE_SIZE};
 
 const P: u64 = PAGE_SIZE as u64;
-
-struct Vios {
-    child: Child,
-}
-
-impl Vios {
-    fn spawn(socket: &Path, disk: &str) -> Vios {
-        let _ = std::fs::remove_file(socket);
-        let child = Command::new(env!("CARGO_BIN_EXE_vios"))
-            .arg("--listen")
-            .arg(socket)
-            .arg("--disk")
-            .arg(disk)
-            .env("PARVM_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while !socket.exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "vios never listened"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Vios { child }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Vios {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Dial the VIOS's socket; the file appears (bind) a moment before the
-/// server listens, so a refused connection is tried again.
-fn dial(socket: &Path) -> UnixStream {
-    let start = Instant::now();
-    loop {
-        match UnixStream::connect(socket) {
-            Ok(stream) => return stream,
-            Err(e) if start.elapsed() < Duration::from_secs(10) => {
-                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => panic!("vios never accepted on {}: {e}", socket.display()),
-        }
-    }
-}
 
 fn connect(id: &str, socket: &Path) -> Result<PagingDisk, PagingError> {
     PagingDisk::connect(id, dial(socket))
@@ -324,12 +266,19 @@ fn sector_ranges_land_and_bad_ranges_are_refused() {
     assert_eq!(disk.read_at(5 * 512, 3 * 512).unwrap(), &data[..]);
     let before = std::fs::read(&img).unwrap();
     for (offset, len) in [(1u64, 512usize), (512, 100), ((1 << 20) - 512, 1024)] {
-        assert!(disk.write_at(offset, &vec![1u8; len]).is_err(), "{offset} {len}");
+        assert!(
+            disk.write_at(offset, &vec![1u8; len]).is_err(),
+            "{offset} {len}"
+        );
         assert!(disk.read_at(offset, len).is_err(), "{offset} {len}");
     }
     let too_big = vec![0u8; virtio_devices::paging::MAX_TRANSFER + 512];
     assert!(disk.write_at(0, &too_big).is_err());
-    assert_eq!(std::fs::read(&img).unwrap(), before, "image changed by refused calls");
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        before,
+        "image changed by refused calls"
+    );
 
     let ro_sock = dir.path("ro.sock");
     let _ro = Vios::spawn(&ro_sock, &format!("{},ro", img.display()));
@@ -360,7 +309,7 @@ fn a_killed_vios_gives_disconnected_then_reconnect_and_retry_succeed() {
     };
 
     // Kill the VIOS while batches are being written back to back.
-    let pid = vios.child.id() as libc::pid_t;
+    let pid = vios.pid() as libc::pid_t;
     let killer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(100));
         // SAFETY: kill(2) on the pid of a child this test owns.
@@ -420,7 +369,7 @@ fn a_stalled_vios_times_out_then_reconnect_and_retry_succeed() {
     disk.set_timeout(Duration::from_millis(300));
     let signal = |sig| {
         // SAFETY: kill(2) on the pid of a child this test owns.
-        unsafe { libc::kill(vios.child.id() as libc::pid_t, sig) };
+        unsafe { libc::kill(vios.pid() as libc::pid_t, sig) };
     };
     let p = page(5);
     signal(libc::SIGSTOP);

@@ -5,10 +5,13 @@
 //! the host then finds the pattern in the image.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
+mod common;
+
+use common::{vmm_binary, Vios};
 use parvm_tests::guests::{fnv1a64, guest_path};
 use parvm_tests::{run, scratch_dir};
 
@@ -25,58 +28,8 @@ fn filler(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 13 % 251) as u8 ^ 0xa5).collect()
 }
 
-/// The `vmm` binary of this build (built on demand: it belongs to another
-/// package of the workspace).
-fn vmm_binary() -> PathBuf {
-    static BUILT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(vmm) = built.as_ref() {
-        return vmm.clone();
-    }
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let vmm = profile_dir.join("vmm");
-    let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "-p", "vmm", "--bin", "vmm"]);
-    if release {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("run cargo build -p vmm");
-    assert!(status.success(), "cargo build -p vmm failed");
-    assert!(vmm.exists(), "{} missing after the build", vmm.display());
-    *built = Some(vmm.clone());
-    vmm
-}
-
-struct Vios(Child);
-
-impl Drop for Vios {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_vios(socket: &Path, disk: &str) -> Vios {
-    let child = Command::new(env!("CARGO_BIN_EXE_vios"))
-        .arg("--listen")
-        .arg(socket)
-        .arg("--disk")
-        .arg(disk)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !socket.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "vios never listened"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Vios(child)
+    Vios::spawn(socket, disk)
 }
 
 fn boot(vmm: &Path, disk: &str) -> parvm_tests::Finished {

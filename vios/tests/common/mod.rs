@@ -385,3 +385,94 @@ pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 8) as u8))
         .collect()
 }
+
+/// A standalone `vios --listen SOCKET --disk DISK`, killed (SIGKILL) on drop.
+pub struct Vios {
+    child: std::process::Child,
+}
+
+impl Vios {
+    /// Starts it and waits until it accepts connections on `socket`.
+    pub fn spawn(socket: &Path, disk: &str) -> Vios {
+        let _ = std::fs::remove_file(socket);
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_vios"))
+            .arg("--listen")
+            .arg(socket)
+            .arg("--disk")
+            .arg(disk)
+            .env("PARVM_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn vios");
+        let vios = Vios { child };
+        drop(dial(socket));
+        vios
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vios {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Dial the VIOS's socket; the file appears (bind) a moment before the
+/// server listens, so a missing or refused socket is tried again for 10 s.
+pub fn dial(socket: &Path) -> std::os::unix::net::UnixStream {
+    let start = Instant::now();
+    loop {
+        match std::os::unix::net::UnixStream::connect(socket) {
+            Ok(stream) => return stream,
+            Err(e) if start.elapsed() < Duration::from_secs(10) => {
+                assert!(
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                    ),
+                    "{e}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("vios never accepted on {}: {e}", socket.display()),
+        }
+    }
+}
+
+/// The `vmm` binary of this build (another package of the workspace,
+/// built on first use).
+pub fn vmm_binary() -> PathBuf {
+    static BUILT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(vmm) = built.as_ref() {
+        return vmm.clone();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let vmm = profile_dir.join("vmm");
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let mut cmd = std::process::Command::new(env!("CARGO"));
+    cmd.args(["build", "-p", "vmm", "--bin", "vmm"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build -p vmm");
+    assert!(status.success(), "cargo build -p vmm failed");
+    assert!(vmm.exists(), "{} missing after the build", vmm.display());
+    *built = Some(vmm.clone());
+    vmm
+}
