@@ -10,7 +10,8 @@
 //!   thread) is served with `UFFDIO_ZEROPAGE` if it was never written or
 //!   was zero when it left, else read from the paging device and placed
 //!   with `UFFDIO_COPY`; sequential faults read the next pages too;
-//! - **eviction**: while more pages are resident than the target, a batch
+//! - **eviction**: while more pages are resident than the target (less a
+//!   slack of two batches kept free ahead of the faults), a batch
 //!   chosen by the clock ([`pages::PageTable::victims`]) is written out:
 //!   write-protected (userfaultfd WP, so no vCPU or VMM write can land
 //!   between the copy and the release), copied, written to the device
@@ -309,7 +310,10 @@ impl Worker {
                 return;
             }
             let stalled = self.counters.stalled.load(Ordering::Relaxed);
-            let over = !stalled && self.table.resident() > self.target();
+            // Eviction runs ahead of the faults: the pager keeps `slack`
+            // pages free below the target, so a fault rarely waits for a
+            // write-out.
+            let over = !stalled && self.table.resident() + self.slack() > self.target();
             let timeout = if over {
                 0
             } else if stalled {
@@ -348,13 +352,19 @@ impl Worker {
             }
             self.serve_faults();
             if over {
-                self.evict_batch(0);
+                self.evict_batch(self.slack());
             }
         }
     }
 
     fn target(&self) -> u64 {
         self.counters.target.load(Ordering::Relaxed)
+    }
+
+    /// Free pages kept below the target: two batches, at most an eighth
+    /// of it.
+    fn slack(&self) -> u64 {
+        (2 * EVICT_BATCH as u64).min(self.target() / 8)
     }
 
     fn publish_resident(&self) {
