@@ -9,13 +9,15 @@
 //!   `Unmapped`, `Fault`) → [`ControlEvents::mapping`];
 //! - what a re-attached VMM still holds (`Holding`, with the fd) →
 //!   [`ControlEvents::holding`];
+//! - a shared-memory VMM's pager figures (`MemoryReport`) →
+//!   [`ControlEvents::memory`];
 //! - guest hcalls → [`ControlEvents::hcall`], each on a thread of its own
 //!   (an hcall may wait for this very channel's answers);
 //! - the end of the channel → [`ControlEvents::closed`] with the `Exit`
 //!   status the process reported, if any, and how it ended.
 
 use crate::process::spawn_thread;
-use parvm_protocol::{Channel, ExitStatus, Hcall, ProtocolError, ToManager};
+use parvm_protocol::{Channel, ExitStatus, Hcall, MemoryReport, ProtocolError, ToManager};
 use std::os::fd::OwnedFd;
 use std::process::Child;
 use std::sync::Arc;
@@ -27,6 +29,7 @@ pub(crate) trait ControlEvents: Send + Sync + 'static {
     fn mapping(&self, partition: &str, generation: u64, msg: ToManager);
     fn holding(&self, partition: &str, key: &str, gpa: Option<u64>, fds: Vec<OwnedFd>);
     fn hcall(self: &Arc<Self>, partition: &str, generation: u64, seq: u64, call: Hcall);
+    fn memory(&self, partition: &str, generation: u64, report: MemoryReport);
     fn closed(
         self: &Arc<Self>,
         partition: &str,
@@ -49,6 +52,9 @@ pub(crate) fn read<E: ControlEvents>(
         match chan.recv::<ToManager>() {
             Ok((ToManager::Holding { key, gpa }, fds)) => {
                 events.holding(name, &key, gpa, fds);
+            }
+            Ok((ToManager::MemoryReport { report }, _)) => {
+                events.memory(name, generation, report);
             }
             Ok((ToManager::Hcall { seq, call }, _)) => {
                 let events = events.clone();

@@ -493,6 +493,10 @@ pub fn handle(mgr: &Arc<Manager>, request: Request) -> (Response, Option<File>) 
         Ok(grant) => Response::Grant { grant },
         Err(e) => error_response(&e),
     };
+    let pool = |r: Result<_, ManagerError>| match r {
+        Ok(pool) => Response::Pool { pool },
+        Err(e) => error_response(&e),
+    };
     let answer = match request {
         Request::Define {
             definition,
@@ -594,6 +598,11 @@ pub fn handle(mgr: &Arc<Manager>, request: Request) -> (Response, Option<File>) 
             },
             Err(e) => error_response(&e),
         },
+        Request::PoolCreate { size_mib, paging } => pool(mgr.pool_create(size_mib, paging)),
+        Request::PoolResize { size_mib } => pool(mgr.pool_resize(size_mib)),
+        Request::PoolAddPaging { device } => pool(mgr.pool_add_paging(device)),
+        Request::PoolRemovePaging { device } => pool(mgr.pool_remove_paging(&device)),
+        Request::PoolShow => pool(mgr.pool_show()),
         Request::ConsoleInput { .. } => Response::error(
             ErrorKind::BadRequest,
             "console input outside a console session",

@@ -31,6 +31,9 @@
 //! - [`vios`]: the VIOS broker (VIOS partitions run with the `vios`
 //!   binary, which the manager never links; their disks brokered to
 //!   client partitions).
+//! - [`pool`]: the shared memory pool part (Active Memory Sharing: its
+//!   size and paging devices, stored; the running shared-memory
+//!   partitions' goals and targets; the arithmetic in [`pool::targets`]).
 //! - [`manager`]: the façade [`Manager`]: operator requests, process
 //!   events, routed to the parts under one lock.
 //! - [`daemon`]: the listening socket (mode 0600, `SO_PEERCRED`), one
@@ -54,6 +57,7 @@ pub mod grant_engine;
 pub mod grants;
 pub mod manager;
 pub mod partitions;
+pub mod pool;
 pub mod process;
 pub mod ratelimit;
 pub mod restart;

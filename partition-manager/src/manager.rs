@@ -6,6 +6,8 @@
 //! - [`GrantEngine`]: the grant table and its rules, pending acks;
 //! - the VIOS broker ([`crate::vios`]): disks of VIOS partitions brokered
 //!   to their clients;
+//! - [`Pool`]: the shared memory pool, its paging devices, the members'
+//!   goals and targets (Active Memory Sharing, in [`memory`](self));
 //! - process spawning ([`crate::process`]), restart policy
 //!   ([`crate::restart`]) and the control channel ([`crate::channel`]) in
 //!   modules of their own.
@@ -15,7 +17,10 @@
 //! accepted; the broker re-brokers a VIOS's clients. *A partition exited*
 //! → the partition table classifies the end, the grant engine releases
 //! what it held, the restart policy may schedule a restart. *Grants of VIOS
-//! disks ended* → the broker disconnects the clients.
+//! disks ended* → the broker disconnects the clients. *A shared-memory
+//! partition starts* → the pool assigns a paging device and reserves room
+//! (lowering others' targets), the broker connects it; *a VMM reports its
+//! pager* or *a partition ends* → the pool's targets are sent.
 //!
 //! Threads: one *channel thread* per live process ([`crate::channel`]); a
 //! *watcher thread* per VMM found alive at manager start polls its pid
@@ -29,16 +34,20 @@ use crate::config::ManagerConfig;
 use crate::error::ManagerError;
 use crate::grant_engine::{Ended, GrantEngine};
 use crate::partitions::{PartitionTable, Recovered, StartProgress};
+use crate::pool::Pool;
 use crate::process::{process_alive, send_signal, spawn_thread};
 use crate::ratelimit::FailedGuesses;
 use crate::restart::backoff;
 use crate::store::Store;
 use parvm_config::Definition;
-use parvm_protocol::{Channel, ExitStatus, Hcall, PartitionStatus, RestartPolicy, ToManager};
+use parvm_protocol::{
+    Channel, ExitStatus, Hcall, MemoryReport, PartitionStatus, RestartPolicy, ToManager,
+};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+mod memory;
 mod sharing;
 
 /// Everything under the manager's one lock: the parts and the store they
@@ -47,6 +56,7 @@ struct State {
     store: Store,
     partitions: PartitionTable,
     grants: GrantEngine,
+    pool: Pool,
 }
 
 impl State {
@@ -62,11 +72,13 @@ impl State {
         }
     }
 
-    /// A partition's process ended: the grants it held are released.
+    /// A partition's process ended: the grants it held are released, and
+    /// its share of the pool and its paging device.
     fn partition_exited(&mut self, name: &str) {
         let (store, partitions, grants) = self.parts();
         let ended = grants.release_held(store, partitions, name);
         self.after_ended(&ended);
+        self.release_memory(name);
     }
 }
 
@@ -95,17 +107,20 @@ impl Manager {
             grants.register_blocks(&rec.definition);
         }
         let partitions = PartitionTable::load(&cfg, records);
+        let pool = Pool::load(&store)?;
         let mgr = Arc::new(Manager {
             cfg,
             state: Mutex::new(State {
                 store,
                 partitions,
                 grants,
+                pool,
             }),
             changed: Condvar::new(),
             guesses: FailedGuesses::new(),
         });
         mgr.recover()?;
+        mgr.start_pool_tick();
         Ok(mgr)
     }
 
@@ -132,6 +147,10 @@ impl Manager {
                     pid,
                     start,
                 }) => {
+                    // A shared-memory partition keeps its paging device.
+                    if let Some(Definition::Partition(def)) = st.partitions.definition(&name) {
+                        st.pool.recover(&name, def);
+                    }
                     let mgr = self.clone();
                     spawn_thread("watch", move || {
                         mgr.watch_detached(name, generation, pid, start)
@@ -195,6 +214,9 @@ impl Manager {
             }
         };
         let mut state = self.lock();
+        if let Definition::Partition(def) = &definition {
+            state.pool.check_definition(&state.partitions, &name, def)?;
+        }
         let (store, partitions, grants) = state.parts();
         partitions.check_new(&name)?;
         let created = grants.create_declared(&name, segments)?;
@@ -218,11 +240,15 @@ impl Manager {
     }
 
     pub fn list(&self) -> Vec<PartitionStatus> {
-        self.lock().partitions.list()
+        let state = self.lock();
+        let list = state.partitions.list();
+        list.into_iter().map(|s| state.decorate(s)).collect()
     }
 
     pub fn status(&self, name: &str) -> Result<PartitionStatus, ManagerError> {
-        self.lock().partitions.status(name)
+        let state = self.lock();
+        let status = state.partitions.status(name)?;
+        Ok(state.decorate(status))
     }
 
     /// Starts a partition; returns once it is running (or has already run
@@ -230,11 +256,13 @@ impl Manager {
     pub fn start(self: &Arc<Self>, name: &str) -> Result<PartitionStatus, ManagerError> {
         let mut state = self.lock();
         state.partitions.begin_start(name)?;
-        let generation = self.spawn(&mut state, name)?;
+        let (s, generation) = self.start_process(state, name);
+        state = s;
+        let generation = generation?;
         let deadline = Instant::now() + self.cfg.ready_timeout;
         loop {
             match state.partitions.start_progress(name, generation)? {
-                StartProgress::Ready(status) => return Ok(status),
+                StartProgress::Ready(status) => return Ok(state.decorate(*status)),
                 StartProgress::Failed(why) => {
                     return Err(ManagerError::StartFailed(name.into(), why))
                 }
@@ -399,7 +427,12 @@ impl Manager {
         }
         let disk_fds = match &mut definition {
             Definition::Partition(def) => {
-                crate::vios::broker(&state.partitions, state.grants.table(), name, def)?
+                let mut fds =
+                    crate::vios::broker(&state.partitions, state.grants.table(), name, def)?;
+                // A shared-memory partition's paging device: the next fd.
+                let fd = crate::process::FIRST_DISK_FD + fds.len() as i32;
+                fds.extend(state.broker_paging(name, def, fd)?);
+                fds
             }
             Definition::Vios(_) => Vec::new(),
         };
@@ -431,11 +464,13 @@ impl Manager {
         let mgr = self.clone();
         spawn_thread("restart", move || {
             std::thread::sleep(delay);
-            let mut state = mgr.lock();
+            let state = mgr.lock();
+            let mut state = state;
             if !state.partitions.restart_due(&name, epoch) {
                 return;
             }
-            if let Err(e) = mgr.spawn(&mut state, &name) {
+            let (mut state, spawned) = mgr.start_process(state, &name);
+            if let Err(e) = spawned {
                 tracing::error!(partition = %name, error = %e, "automatic restart failed");
                 let st = &mut *state;
                 st.partitions
@@ -468,6 +503,7 @@ impl ControlEvents for Manager {
                 });
             }
             crate::vios::on_ready(partitions, grants.table(), name);
+            state.rebroker_paging(name);
         }
         self.changed.notify_all();
     }
@@ -490,6 +526,10 @@ impl ControlEvents for Manager {
 
     fn hcall(self: &Arc<Self>, name: &str, generation: u64, seq: u64, call: Hcall) {
         self.guest_hcall(name, generation, seq, call);
+    }
+
+    fn memory(&self, name: &str, generation: u64, report: MemoryReport) {
+        self.memory_report(name, generation, report);
     }
 
     /// A process is gone: stopped or crashed, what it held released, the

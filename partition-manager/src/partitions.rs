@@ -13,9 +13,11 @@ use crate::error::ManagerError;
 use crate::process::{constant_time_eq, now_secs, process_alive, send_signal};
 use crate::restart::{self, RunEnd, MAX_RESTARTS};
 use crate::store::{Record, Store};
-use parvm_config::{Definition, PartitionDefinition, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
+use parvm_config::{
+    Definition, MemorySpec, PartitionDefinition, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS,
+};
 use parvm_protocol::{
-    Channel, ExitStatus, ManagerToVios, ManagerToVmm, PartitionState, PartitionStatus,
+    Channel, ExitStatus, ExportInfo, ManagerToVios, ManagerToVmm, PartitionState, PartitionStatus,
     RestartPolicy, ToManager,
 };
 use std::collections::BTreeMap;
@@ -60,6 +62,9 @@ struct Partition {
     epoch: u64,
     /// The last generation that reported ready.
     ready_generation: u64,
+    /// A VIOS's exports and their sizes, as its process last reported
+    /// them (`Exports`, before `Ready`).
+    exports: Option<Vec<ExportInfo>>,
 }
 
 /// A live process's control channel.
@@ -83,7 +88,7 @@ pub(crate) enum Recovered {
 
 /// Where a start stands.
 pub(crate) enum StartProgress {
-    Ready(PartitionStatus),
+    Ready(Box<PartitionStatus>),
     Starting,
     Failed(String),
 }
@@ -99,7 +104,11 @@ fn status_of(cfg: &ManagerConfig, p: &Partition) -> PartitionStatus {
     let (vcpus, memory_mib, kernel, exports) = match &p.rec.definition {
         Definition::Partition(d) => (
             d.vcpus.unwrap_or(DEFAULT_VCPUS),
-            d.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
+            // A shared-memory partition's logical size.
+            MemorySpec::resolve(d.memory.as_deref(), d.memory_mib)
+                .ok()
+                .and_then(|(m, _)| m)
+                .unwrap_or(DEFAULT_MEMORY_MIB),
             d.kernel
                 .as_ref()
                 .map(|k| k.display().to_string())
@@ -123,6 +132,7 @@ fn status_of(cfg: &ManagerConfig, p: &Partition) -> PartitionStatus {
         since: p.rec.since,
         kind: p.rec.definition.kind().map(str::to_string),
         exports,
+        memory: None,
     }
 }
 
@@ -143,6 +153,7 @@ impl PartitionTable {
                     run: None,
                     epoch: 0,
                     ready_generation: 0,
+                    exports: None,
                 };
                 (p.rec.name.clone(), p)
             })
@@ -233,6 +244,17 @@ impl PartitionTable {
             generation: run.generation,
             pid: run.pid,
         })
+    }
+
+    /// The size in bytes of export `disk` as VIOS `vios` last reported it.
+    pub(crate) fn export_size(&self, vios: &str, disk: &str) -> Option<u64> {
+        self.parts
+            .get(vios)?
+            .exports
+            .as_ref()?
+            .iter()
+            .find(|e| e.id == disk)
+            .map(|e| e.size)
     }
 
     pub(crate) fn is_attached(&self, name: &str) -> bool {

@@ -106,6 +106,8 @@ impl Store {
                  id INTEGER PRIMARY KEY, info TEXT NOT NULL,
                  seq INTEGER NOT NULL DEFAULT 0);
              CREATE TABLE IF NOT EXISTS doorbells (
+                 id TEXT PRIMARY KEY, info TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS pool (
                  id TEXT PRIMARY KEY, info TEXT NOT NULL);",
         )
         .map_err(err)?;
@@ -375,6 +377,17 @@ impl Store {
         self.put_json("doorbells", "id", &d.id, d)
     }
 
+    /// The shared memory pool's row (its size, paging devices and their
+    /// assignments: docs/ams.md), written through like partition records.
+    pub fn put_pool<T: serde::Serialize>(&self, pool: &T) -> Result<(), StoreError> {
+        self.put_json("pool", "id", "pool", pool)
+    }
+
+    /// The pool's row, if a pool was created.
+    pub fn pool<T: DeserializeOwned>(&self) -> Result<Option<T>, StoreError> {
+        Ok(self.all_json("pool", "id")?.into_iter().next())
+    }
+
     pub fn all_doorbells(&self) -> Result<Vec<DoorbellInfo>, StoreError> {
         self.all_json("doorbells", "id")
     }
@@ -534,6 +547,22 @@ mod tests {
         g.state = GrantState::Released;
         s.put_grant(&g).unwrap();
         assert_eq!(s.all_grants().unwrap()[0].state, GrantState::Released);
+    }
+
+    #[test]
+    fn the_pool_row_survives_reopening() {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        {
+            let s = Store::open(dir.as_path()).unwrap();
+            assert_eq!(s.pool::<serde_json::Value>().unwrap(), None);
+            s.put_pool(&serde_json::json!({"size_mib": 48})).unwrap();
+            s.put_pool(&serde_json::json!({"size_mib": 64})).unwrap();
+        }
+        let s = Store::open(dir.as_path()).unwrap();
+        assert_eq!(
+            s.pool::<serde_json::Value>().unwrap(),
+            Some(serde_json::json!({"size_mib": 64}))
+        );
     }
 
     #[test]

@@ -17,6 +17,12 @@
 //!   by the VIOS (registered by the grant engine); revoking a grant of it
 //!   makes the VIOS close that client's connections ([`disconnect`]).
 //!
+//! - A shared-memory partition's paging device (an export the pool
+//!   assigned it, docs/ams.md) is brokered the same way ([`broker_paging`]),
+//!   without a grant: the pool's membership is the operator's decision;
+//!   after a VIOS restart the VMM gets a fresh socket with
+//!   `PagingReconnect` ([`rebroker_paging`]).
+//!
 //! The broker keeps no state of its own: it reads the partition table (a
 //! VIOS's definition, state and control channel) and the grant table, and
 //! is called by the manager on its events (a client starts, a VIOS became
@@ -26,7 +32,7 @@ use crate::error::ManagerError;
 use crate::grants::{segment_name, BlockAccess, GrantTable};
 use crate::partitions::PartitionTable;
 use parvm_config::{Definition, DiskSource, PartitionDefinition, ViosDefinition};
-use parvm_protocol::{ManagerToVios, ManagerToVmm, PartitionState, Rights};
+use parvm_protocol::{ManagerToVios, ManagerToVmm, PagingDevice, PartitionState, Rights};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
@@ -259,5 +265,61 @@ fn rebroker(
         )
         .map_err(|e| ManagerError::Control(client.to_string(), e.to_string()))?;
     tracing::info!(partition = %client, vios = %vios.name, disk = %disk_id, "VIOS disk re-brokered after the VIOS came back");
+    Ok(())
+}
+
+/// A socketpair to paging device `device` for `client`: the VIOS gets its
+/// end (`ViosConnect`, read-write), the caller the client's, to be
+/// inherited as fd `fd`. The VIOS must run and be attached.
+pub(crate) fn broker_paging(
+    partitions: &PartitionTable,
+    client: &str,
+    device: &PagingDevice,
+    fd: i32,
+) -> Result<OwnedFd, ManagerError> {
+    let fail = |m: String| ManagerError::StartFailed(client.to_string(), m);
+    let vios = &device.vios;
+    let writer = match (partitions.state(vios), partitions.writer(vios)) {
+        (Some(PartitionState::Running), Some(w)) => w,
+        (state, _) => {
+            let state = state.unwrap_or(PartitionState::Defined);
+            return Err(fail(format!(
+                "paging device {device}: VIOS `{vios}` is {state}, not running"
+            )));
+        }
+    };
+    let (client_end, vios_end) = UnixStream::pair().map_err(|source| ManagerError::Io {
+        what: "socketpair for a paging device".into(),
+        source,
+    })?;
+    writer
+        .send(
+            &ManagerToVios::ViosConnect {
+                disk: device.disk.clone(),
+                client: client.to_string(),
+                read_only: false,
+            },
+            &[vios_end.as_fd()],
+        )
+        .map_err(|e| fail(format!("cannot reach VIOS `{vios}`: {e}")))?;
+    tracing::info!(partition = %client, %device, fd, "paging device brokered");
+    Ok(OwnedFd::from(client_end))
+}
+
+/// VIOS `device.vios` came back: a fresh socketpair to the paging device
+/// of running partition `client`, its end sent with `PagingReconnect`.
+pub(crate) fn rebroker_paging(
+    partitions: &PartitionTable,
+    client: &str,
+    device: &PagingDevice,
+) -> Result<(), ManagerError> {
+    let end = broker_paging(partitions, client, device, -1)?;
+    let writer = partitions
+        .writer(client)
+        .ok_or_else(|| ManagerError::Control(client.to_string(), "not attached".into()))?;
+    writer
+        .send(&ManagerToVmm::PagingReconnect, &[end.as_fd()])
+        .map_err(|e| ManagerError::Control(client.to_string(), e.to_string()))?;
+    tracing::info!(partition = %client, %device, "paging device re-brokered after the VIOS came back");
     Ok(())
 }

@@ -8,6 +8,9 @@
 //!   beside them (SCM_RIGHTS), and [`ProtocolError`].
 //! - [`grant`]: grant cookies, rights, grant-table rows, segments and the
 //!   guest's hcalls as they travel.
+//! - [`pool`]: the shared memory pool (Active Memory Sharing) as it
+//!   travels: paging devices, the pool and its members, a shared-memory
+//!   partition's figures, the pager's reports and a VIOS's export sizes.
 //! - [`managed`]: what a VMM and a VIOS both do as processes run by the
 //!   manager: take the inherited control socket, and after a manager
 //!   restart dial its socket again (peer checked with `SO_PEERCRED`) and
@@ -34,6 +37,7 @@ pub mod cli;
 pub mod frame;
 pub mod grant;
 pub mod managed;
+pub mod pool;
 
 pub use frame::{
     Channel, Fds, Message, ProtocolError, HEADER_LEN, MAGIC, MAX_FDS, MAX_FRAME, VERSION,
@@ -41,6 +45,10 @@ pub use frame::{
 pub use grant::{
     DoorbellInfo, GrantCookie, GrantInfo, GrantState, Hcall, HcallOutcome, Rights, SegmentInfo,
     SegmentSpec, SharedConfig,
+};
+pub use pool::{
+    ExportInfo, MemoryReport, PagingDevice, PagingDeviceInfo, PoolInfo, PoolMemberInfo,
+    SharedMemoryStatus, PAGES_PER_MIB,
 };
 
 pub use parvm_config::{Definition, RestartPolicy};
@@ -133,6 +141,10 @@ pub struct PartitionStatus {
     /// A VIOS partition's exported disks (`id`, or `id:ro`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exports: Vec<String>,
+    /// A shared-memory partition's figures (docs/ams.md); absent for
+    /// dedicated memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<SharedMemoryStatus>,
 }
 
 /// Kinds of errors the manager answers with.
@@ -292,6 +304,26 @@ pub enum Request {
     Share {
         config: SharedConfig,
     },
+    /// Creates the shared memory pool (docs/ams.md): `size_mib` of
+    /// physical memory for shared-memory partitions, and its paging
+    /// devices.
+    PoolCreate {
+        size_mib: u64,
+        #[serde(default)]
+        paging: Vec<PagingDevice>,
+    },
+    /// A new physical size; answered once the partitions are under it.
+    PoolResize {
+        size_mib: u64,
+    },
+    PoolAddPaging {
+        device: PagingDevice,
+    },
+    /// Refused while a running partition has the device.
+    PoolRemovePaging {
+        device: PagingDevice,
+    },
+    PoolShow,
 }
 
 /// Manager -> `parctl` (or a reconnecting VMM).
@@ -344,6 +376,10 @@ pub enum Response {
         segments: Vec<SegmentInfo>,
         grants: Vec<GrantInfo>,
         doorbells: Vec<DoorbellInfo>,
+    },
+    /// The pool after `pool_*`.
+    Pool {
+        pool: PoolInfo,
     },
     Error {
         kind: ErrorKind,
@@ -454,6 +490,17 @@ pub enum ToManager {
         seq: u64,
         call: Hcall,
     },
+    /// A shared-memory VMM's pager figures: after each `MemoryTarget`, at
+    /// most every second while they change, at once when resident falls
+    /// under the target, and after re-attaching (docs/protocol.md).
+    MemoryReport {
+        report: MemoryReport,
+    },
+    /// A VIOS's exports and their sizes, before `Ready` and after
+    /// re-attaching.
+    Exports {
+        exports: Vec<ExportInfo>,
+    },
 }
 
 impl Message for ToManager {
@@ -522,6 +569,15 @@ pub enum ManagerToVmm {
         #[serde(default)]
         vector: Option<u8>,
     },
+    /// A shared-memory partition's new resident target, in pages of 4 KiB
+    /// (the pager evicts to get under it); answered with a
+    /// `MemoryReport`.
+    MemoryTarget {
+        pages: u64,
+    },
+    /// The VIOS serving the paging device came back; the socket beside
+    /// this frame is the new connection to it.
+    PagingReconnect,
 }
 
 impl Message for ManagerToVmm {
@@ -530,7 +586,9 @@ impl Message for ManagerToVmm {
         match self {
             ManagerToVmm::Map { .. } => Fds::One("memfd"),
             ManagerToVmm::Doorbell { .. } => Fds::One("eventfd"),
-            ManagerToVmm::VhostUserReconnect { .. } => Fds::One("socket"),
+            ManagerToVmm::VhostUserReconnect { .. } | ManagerToVmm::PagingReconnect => {
+                Fds::One("socket")
+            }
             _ => Fds::None,
         }
     }

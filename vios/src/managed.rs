@@ -5,7 +5,9 @@
 //! of a socketpair on fd 3: the connection is the partition's identity. The
 //! VIOS opens every export of its definition, then on the control channel
 //!
-//! 1. sends `Hello` and `Ready` (the manager shows it `running`);
+//! 1. sends `Hello`, `Exports` (each export's id, size in bytes and mode:
+//!    the manager checks paging devices against them) and `Ready` (the
+//!    manager shows it `running`);
 //! 2. for each `ViosConnect {disk, client, read_only}` (with the VIOS end of
 //!    a fresh socketpair beside it; the client's VMM got the other end)
 //!    serves that export on that socket in threads of its own, read-only
@@ -18,7 +20,7 @@
 //!    vhost-user connection close. When the channel closes (the manager
 //!    died) the VIOS keeps serving its connected clients and, like a VMM,
 //!    connects to `--manager-socket` every 100 ms with `Attach` and its
-//!    token until a restarted manager takes it back
+//!    token until a restarted manager takes it back (then `Exports` again)
 //!    ([`parvm_protocol::managed`], shared with the VMM). The token comes on
 //!    the channel (`Token`, normally the first message; kept whenever it
 //!    arrives), never in the environment.
@@ -31,7 +33,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use parvm_protocol::managed::{self, ManagedError as ControlFdError, TokenSlot};
-use parvm_protocol::{Channel, ExitStatus, ManagerToVios, ProtocolError, ToManager};
+use parvm_protocol::{Channel, ExitStatus, ExportInfo, ManagerToVios, ProtocolError, ToManager};
 use tracing::{info, warn};
 
 pub use parvm_config::{ViosDefinition, ViosDisk, VIOS_KIND as KIND};
@@ -71,6 +73,22 @@ pub fn open_exports(def: &ViosDefinition) -> Result<BTreeMap<String, Arc<Export>
     Ok(exports)
 }
 
+/// `Exports`: what the manager checks a paging device's size against.
+fn send_exports(
+    channel: &Channel,
+    exports: &BTreeMap<String, Arc<Export>>,
+) -> Result<(), parvm_protocol::ProtocolError> {
+    let exports = exports
+        .iter()
+        .map(|(id, e)| ExportInfo {
+            id: id.clone(),
+            size: e.capacity() * virtio_devices::block::SECTOR_SIZE,
+            read_only: e.spec().read_only,
+        })
+        .collect();
+    channel.send(&ToManager::Exports { exports }, &[])
+}
+
 /// The manager went away: keep serving the connected clients and dial the
 /// manager's socket until one takes the partition back. Without a socket or
 /// token, serve until terminated.
@@ -107,6 +125,7 @@ pub fn run(
     crate::seccomp::apply(crate::seccomp::Role::Server);
     let mut channel = Channel::new(stream);
     managed::hello(&channel, &def.name)?;
+    send_exports(&channel, &exports)?;
     channel.send(&ToManager::Ready, &[])?;
     info!(vios = %def.name, exports = exports.len(), "vios: running");
     loop {
@@ -129,6 +148,9 @@ pub fn run(
                 // already connected, and come back to a restarted manager.
                 warn!(vios = %def.name, error = %e, "vios: control channel closed; re-attaching");
                 channel = reattach(&def.name, manager_socket, &token);
+                if let Err(e) = send_exports(&channel, &exports) {
+                    warn!(vios = %def.name, error = %e, "vios: cannot report the exports");
+                }
                 continue;
             }
         };

@@ -1,5 +1,5 @@
 //! The `vios` binary in managed mode, with this test as its partition
-//! manager: the control channel on fd 3 (Hello, Ready), brokered
+//! manager: the control channel on fd 3 (Hello, Exports, Ready), brokered
 //! socketpairs handed over with `ViosConnect`, refusals, `Stop`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -62,6 +62,17 @@ fn managed_vios_serves_brokered_clients() {
     assert!(
         matches!(&hello, ToManager::Hello { name, pid, .. } if name == "vios1" && *pid == child.id()),
         "{hello:?}"
+    );
+    // The exports and their sizes, then ready.
+    assert_eq!(
+        mgr.recv::<ToManager>().unwrap().0,
+        ToManager::Exports {
+            exports: vec![parvm_protocol::ExportInfo {
+                id: "data".into(),
+                size: 1 << 20,
+                read_only: false,
+            }]
+        }
     );
     assert_eq!(mgr.recv::<ToManager>().unwrap().0, ToManager::Ready);
 

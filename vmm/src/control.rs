@@ -11,12 +11,20 @@
 //!    exit request), `Pause`/`Resume` (the
 //!    [`PauseGate`] vCPU barrier), `ConsoleInput` (bytes for the serial
 //!    port), `Map`/`Unmap` of shared segments ([`GrantMaps`]) and hands
-//!    `HcallDone` answers to the waiting hcall device;
+//!    `HcallDone` answers to the waiting hcall device, and for a
+//!    shared-memory partition `MemoryTarget` (the pager's new resident
+//!    target, answered with a `MemoryReport`);
 //! 3. when the manager goes away, keeps the partition running and connects
 //!    to the manager's socket again every [`RECONNECT_INTERVAL`], sending
 //!    `Attach` with its token, until a manager takes it back
 //!    ([`parvm_protocol::managed`], shared with the VIOS), then hands back
-//!    the memory it maps (`Holding`).
+//!    the memory it maps (`Holding`) and, in shared memory, its pager's
+//!    figures.
+//!
+//! For a shared-memory partition a second thread, the *reporter*, sends the
+//! pager's figures (`MemoryReport`) at most every [`REPORT_INTERVAL`] while
+//! they change, and at once when resident falls to the target (the manager
+//! waits for that before it raises another partition).
 //!
 //! On the way out `main` calls [`Control::finish`], which sends the exit
 //! status.
@@ -25,9 +33,12 @@ use crate::devices::bus::lock;
 use crate::devices::exit::{ExitReason, ExitSignal};
 use crate::devices::serial::SerialPort;
 use crate::grants::GrantMaps;
+use crate::pager::{Pager, PagerReport};
 use crate::Vmm;
 use parvm_protocol::managed::{self, ManagedError, TokenSlot};
-use parvm_protocol::{Channel, ExitStatus, ManagerToVmm, ProtocolError, ToManager, VERSION};
+use parvm_protocol::{
+    Channel, ExitStatus, ManagerToVmm, MemoryReport, ProtocolError, ToManager, VERSION,
+};
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -39,6 +50,10 @@ use std::time::{Duration, Instant};
 pub use parvm_protocol::managed::RECONNECT_INTERVAL;
 /// How long a pause may take to hold every vCPU.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Least time between two pager reports while the figures change.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the reporter looks at the pager's figures.
+const REPORT_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -191,6 +206,8 @@ struct Shared {
     pause: Arc<PauseGate>,
     serial: Arc<Mutex<SerialPort>>,
     grants: Arc<GrantMaps>,
+    /// The pager of a shared-memory partition.
+    pager: Option<Arc<Pager>>,
     stop_requested: AtomicBool,
     finished: AtomicBool,
 }
@@ -208,6 +225,61 @@ impl Shared {
             return true;
         }
         false
+    }
+
+    /// Sends the pager's figures now (nothing for dedicated memory).
+    fn report_memory(&self) -> Option<PagerReport> {
+        let report = self.pager.as_ref()?.report();
+        self.send(&ToManager::MemoryReport {
+            report: memory_report(&report),
+        });
+        Some(report)
+    }
+}
+
+/// The protocol's copy of the pager's figures.
+pub fn memory_report(r: &PagerReport) -> MemoryReport {
+    MemoryReport {
+        logical_pages: r.logical_pages,
+        target_pages: r.target_pages,
+        resident_pages: r.resident_pages,
+        page_ins: r.page_ins,
+        page_in_ns: r.page_in_ns,
+        page_outs: r.page_outs,
+        zero_outs: r.zero_outs,
+        zero_fills: r.zero_fills,
+        stalled: r.stalled,
+    }
+}
+
+/// Whether a report is due: the figures changed and the last one is
+/// [`REPORT_INTERVAL`] old, or resident just came down to the target.
+fn report_due(last: &PagerReport, now: &PagerReport, since_last: Duration) -> bool {
+    if last == now {
+        return false;
+    }
+    let over = |r: &PagerReport| r.resident_pages > r.target_pages;
+    since_last >= REPORT_INTERVAL || (over(last) && !over(now))
+}
+
+/// The reporter thread's loop: until the partition exits.
+fn report_loop(s: &Shared) {
+    let Some(pager) = s.pager.as_ref() else {
+        return;
+    };
+    let mut last = pager.report();
+    let mut sent_at = Instant::now();
+    while !s.finished.load(Ordering::SeqCst) && !s.exit.requested() {
+        std::thread::sleep(REPORT_POLL);
+        let now = pager.report();
+        if report_due(&last, &now, sent_at.elapsed())
+            && s.send(&ToManager::MemoryReport {
+                report: memory_report(&now),
+            })
+        {
+            last = now;
+            sent_at = Instant::now();
+        }
     }
 }
 
@@ -242,6 +314,7 @@ impl Control {
             pause: vmm.pause_gate(),
             serial: vmm.serial(),
             grants: vmm.grants(),
+            pager: vmm.pager(),
             stop_requested: AtomicBool::new(false),
             finished: AtomicBool::new(false),
         });
@@ -266,6 +339,18 @@ impl Control {
                 }
             })
             .map_err(ControlError::Thread)?;
+        if shared.pager.is_some() {
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name("pager-report".into())
+                .stack_size(64 << 10)
+                .spawn(move || {
+                    crate::seccomp::apply(crate::seccomp::Role::Control);
+                    s.report_memory();
+                    report_loop(&s);
+                })
+                .map_err(ControlError::Thread)?;
+        }
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("control".into())
@@ -397,6 +482,22 @@ fn handle(s: &Shared, msg: ManagerToVmm, fds: Vec<OwnedFd>) {
                 s.send(&ToManager::Failed { message });
             }
         }
+        ManagerToVmm::PagingReconnect => {
+            // The pager reconnects its device by itself (it asks the
+            // driver every 100 ms); taking a socket from the manager
+            // instead needs a hook in the paging driver.
+            drop(fd);
+            let message = match &s.pager {
+                Some(_) => {
+                    "this vmm's pager cannot take a new paging connection from the manager yet"
+                }
+                None => "not a shared-memory partition: no paging device",
+            };
+            tracing::warn!(partition = %s.name, message, "paging device not reconnected");
+            s.send(&ToManager::Failed {
+                message: message.into(),
+            });
+        }
         // The channel lets a descriptor through only beside the messages above.
         other => handle_plain(s, other),
     }
@@ -454,7 +555,21 @@ fn handle_plain(s: &Shared, msg: ManagerToVmm) {
                 conflict: false,
             });
         }
-        ManagerToVmm::Doorbell { .. } | ManagerToVmm::VhostUserReconnect { .. } => {
+        ManagerToVmm::MemoryTarget { pages } => match &s.pager {
+            Some(pager) => {
+                tracing::debug!(partition = %s.name, pages, "memory target from the manager");
+                pager.set_target(pages);
+                s.report_memory();
+            }
+            None => {
+                s.send(&ToManager::Failed {
+                    message: "memory target for a dedicated-memory partition ignored".into(),
+                });
+            }
+        },
+        ManagerToVmm::Doorbell { .. }
+        | ManagerToVmm::VhostUserReconnect { .. }
+        | ManagerToVmm::PagingReconnect => {
             // Unreachable: the channel refuses these without their fd.
         }
     }
@@ -482,6 +597,9 @@ fn reconnect(s: &Shared) -> Option<Channel> {
             }
         }
     }
+    // And where its pager stands (the pool counts it at its logical size
+    // until then).
+    s.report_memory();
     Some(chan)
 }
 
@@ -506,6 +624,33 @@ mod tests {
             registers: String::new(),
         };
         assert!(exit_status(&crash, false).is_failure());
+    }
+
+    #[test]
+    fn reports_are_sent_when_due() {
+        let r = PagerReport {
+            logical_pages: 16384,
+            target_pages: 4096,
+            resident_pages: 5000,
+            ..Default::default()
+        };
+        // Nothing changed: never.
+        assert!(!report_due(&r, &r, Duration::from_secs(10)));
+        // Changed: once a second...
+        let busier = PagerReport { page_ins: 3, ..r };
+        assert!(!report_due(&r, &busier, Duration::from_millis(100)));
+        assert!(report_due(&r, &busier, REPORT_INTERVAL));
+        // ... but at once when resident came down to the target.
+        let under = PagerReport {
+            resident_pages: 4096,
+            ..r
+        };
+        assert!(report_due(&r, &under, Duration::from_millis(1)));
+        let copy = memory_report(&under);
+        assert_eq!(
+            (copy.resident_pages, copy.target_pages, copy.logical_pages),
+            (4096, 4096, 16384)
+        );
     }
 
     #[test]

@@ -86,6 +86,7 @@ impl PartitionTable {
             run: None,
             epoch: 0,
             ready_generation: 0,
+            exports: None,
         };
         let status = status_of(&self.cfg, &p);
         self.parts.insert(name.into(), p);
@@ -153,7 +154,7 @@ impl PartitionTable {
     ) -> Result<StartProgress, ManagerError> {
         let p = self.get(name)?;
         if p.ready_generation == generation {
-            return Ok(StartProgress::Ready(status_of(&self.cfg, p)));
+            return Ok(StartProgress::Ready(Box::new(status_of(&self.cfg, p))));
         }
         if p.run.as_ref().is_some_and(|r| r.generation == generation) {
             return Ok(StartProgress::Starting);
@@ -423,6 +424,11 @@ impl PartitionTable {
             ToManager::Failed { message } => {
                 tracing::warn!(partition = %name, %message, "VMM reports a failed request");
                 run.failure = Some(message);
+                None
+            }
+            ToManager::Exports { exports } => {
+                tracing::debug!(partition = %name, exports = exports.len(), "VIOS exports reported");
+                p.exports = Some(exports);
                 None
             }
             other => {
