@@ -7,8 +7,8 @@ use partition_manager::client::Client;
 use partition_manager::daemon::default_socket;
 use partition_manager::definition;
 use partition_manager::protocol::{
-    GrantCookie, GrantInfo, GrantState, PartitionStatus, Request, Response, RestartPolicy, Rights,
-    SegmentInfo,
+    GrantCookie, GrantInfo, GrantState, PagingDevice, PartitionStatus, PoolInfo, Request, Response,
+    RestartPolicy, Rights, SegmentInfo, SharedMemoryStatus, PAGES_PER_MIB,
 };
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -144,6 +144,41 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The shared memory pool (Active Memory Sharing, docs/ams.md).
+    #[command(subcommand)]
+    Pool(PoolCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum PoolCmd {
+    /// Create the pool: SIZE MiB of physical memory for shared-memory
+    /// partitions, and its paging devices (VIOS exports).
+    Create {
+        #[arg(long, value_name = "MIB")]
+        size: u64,
+        #[arg(long, value_name = "vios:VIOS/DISK")]
+        paging: Vec<PagingDevice>,
+    },
+    /// A new physical size; returns once the partitions hold no more.
+    Resize {
+        #[arg(long, value_name = "MIB")]
+        size: u64,
+    },
+    /// Add a paging device (a writable VIOS export nobody has as a disk).
+    AddPaging {
+        #[arg(value_name = "vios:VIOS/DISK")]
+        device: PagingDevice,
+    },
+    /// Remove a paging device (refused while a running partition has it).
+    RemovePaging {
+        #[arg(value_name = "vios:VIOS/DISK")]
+        device: PagingDevice,
+    },
+    /// Size, paging devices and who has each, pages resident, loaned, free.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -225,6 +260,87 @@ fn print_grants(segments: &[SegmentInfo], grants: &[GrantInfo]) {
     }
 }
 
+fn mib_of(pages: u64) -> String {
+    match pages % PAGES_PER_MIB {
+        0 => format!("{} MiB", pages / PAGES_PER_MIB),
+        _ => format!("{:.1} MiB", pages as f64 / PAGES_PER_MIB as f64),
+    }
+}
+
+fn print_pool(p: &PoolInfo) {
+    println!("size:     {} MiB ({} pages)", p.size_mib, p.pages);
+    println!(
+        "resident: {} pages ({})",
+        p.resident_pages,
+        mib_of(p.resident_pages)
+    );
+    println!(
+        "loaned:   {} pages ({})",
+        p.loaned_pages,
+        mib_of(p.loaned_pages)
+    );
+    println!(
+        "free:     {} pages ({})",
+        p.free_pages,
+        mib_of(p.free_pages)
+    );
+    println!("PAGING DEVICE                 SIZE        PARTITION");
+    for d in &p.paging {
+        let size = d
+            .size
+            .map(|s| mib_of(s / 4096))
+            .unwrap_or_else(|| "-".into());
+        let who = d.partition.as_deref().unwrap_or("-");
+        println!("{:<29} {size:<11} {who}", d.device.to_string());
+    }
+    if !p.members.is_empty() {
+        println!("PARTITION         WEIGHT  LOGICAL     GOAL        TARGET      RESIDENT");
+        for m in &p.members {
+            println!(
+                "{:<17} {:<7} {:<11} {:<11} {:<11} {}",
+                m.partition,
+                m.weight,
+                mib_of(m.logical_pages),
+                mib_of(m.goal_pages),
+                mib_of(m.target_pages),
+                mib_of(m.resident_pages)
+            );
+        }
+    }
+}
+
+/// The figures `lparstat -m` shows on PowerVM.
+fn print_shared(m: &SharedMemoryStatus) {
+    println!("memory mode: shared (weight {})", m.weight);
+    println!("logical:     {} MiB", m.logical_mib);
+    let paging = m.paging.as_ref().map(|d| d.to_string());
+    println!("paging:      {}", paging.as_deref().unwrap_or("-"));
+    if !m.reported {
+        println!("resident:    -");
+        return;
+    }
+    println!(
+        "target:      {} pages ({})",
+        m.target_pages,
+        mib_of(m.target_pages)
+    );
+    println!(
+        "resident:    {} pages ({})",
+        m.resident_pages,
+        mib_of(m.resident_pages)
+    );
+    println!(
+        "page-ins:    {} ({} ms waiting){}",
+        m.page_ins,
+        m.page_in_us / 1000,
+        if m.stalled { ", stalled" } else { "" }
+    );
+    println!(
+        "page-outs:   {} (+{} zero pages released, {} zero-filled)",
+        m.page_outs, m.zero_outs, m.zero_fills
+    );
+}
+
 fn status_line(s: &PartitionStatus) -> String {
     match (s.pid, &s.last_exit) {
         (Some(pid), _) => format!("{}: {} (pid {pid})", s.name, s.state),
@@ -242,7 +358,10 @@ fn print_table(parts: &[PartitionStatus]) {
                 p.state.to_string(),
                 p.pid.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
                 p.vcpus.to_string(),
-                format!("{}M", p.memory_mib),
+                match p.memory {
+                    Some(_) => format!("{}M-shared", p.memory_mib),
+                    None => format!("{}M", p.memory_mib),
+                },
                 p.restart.to_string(),
                 p.last_exit.clone().unwrap_or_else(|| "-".into()),
             ]
@@ -298,6 +417,9 @@ fn print_status(s: &PartitionStatus) {
     println!("last exit:   {}", opt(&s.last_exit));
     println!("attached:    {}", if s.attached { "yes" } else { "no" });
     println!("console log: {}", s.console_log);
+    if let Some(m) = &s.memory {
+        print_shared(m);
+    }
 }
 
 fn expect_status(answer: Response) -> anyhow::Result<PartitionStatus> {
@@ -400,6 +522,18 @@ fn run(args: Args) -> anyhow::Result<()> {
             len: *len,
         },
         Cmd::Grants { .. } => Request::Grants,
+        Cmd::Pool(PoolCmd::Create { size, paging }) => Request::PoolCreate {
+            size_mib: *size,
+            paging: paging.clone(),
+        },
+        Cmd::Pool(PoolCmd::Resize { size }) => Request::PoolResize { size_mib: *size },
+        Cmd::Pool(PoolCmd::AddPaging { device }) => Request::PoolAddPaging {
+            device: device.clone(),
+        },
+        Cmd::Pool(PoolCmd::RemovePaging { device }) => Request::PoolRemovePaging {
+            device: device.clone(),
+        },
+        Cmd::Pool(PoolCmd::Show { .. }) => Request::PoolShow,
         Cmd::Share { file } => {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
@@ -507,6 +641,20 @@ fn run(args: Args) -> anyhow::Result<()> {
                     );
                 }
             }
+            other => bail!("unexpected answer from the partition manager: {other:?}"),
+        },
+        Cmd::Pool(cmd) => match answer.0 {
+            Response::Pool { pool } => match cmd {
+                PoolCmd::Show { json: true } => println!("{}", serde_json::to_string(&pool)?),
+                PoolCmd::Show { json: false } => print_pool(&pool),
+                PoolCmd::Create { .. } | PoolCmd::Resize { .. } => println!(
+                    "pool: {} MiB, {} paging device(s)",
+                    pool.size_mib,
+                    pool.paging.len()
+                ),
+                PoolCmd::AddPaging { device } => println!("paging device {device} added"),
+                PoolCmd::RemovePaging { device } => println!("paging device {device} removed"),
+            },
             other => bail!("unexpected answer from the partition manager: {other:?}"),
         },
         Cmd::Copy { .. } => match answer.0 {
