@@ -15,12 +15,17 @@
 //! Each returns the [`TargetChange`]s to send (`MemoryTarget`); the
 //! arithmetic is in [`targets`]. The pool never talks to a process itself.
 
+mod member;
 pub mod targets;
+#[cfg(test)]
+mod tests;
 
 use crate::error::ManagerError;
 use crate::partitions::PartitionTable;
 use crate::store::Store;
-use parvm_config::{Definition, DiskSource, MemorySpec, PartitionDefinition, MIN_RESIDENT_MIB};
+pub use member::IDLE_AFTER;
+use member::{disk_users, mib, min_pages, wants, Member};
+use parvm_config::{Definition, DiskSource, PartitionDefinition, MIN_RESIDENT_MIB};
 use parvm_protocol::{
     MemoryReport, PagingDevice, PagingDeviceInfo, PartitionState, PoolInfo, PoolMemberInfo,
     SharedMemoryStatus, PAGES_PER_MIB,
@@ -30,9 +35,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use targets::{Claim, Slot};
 
-/// A partition whose VMM reported no new fault (page-in or first touch)
-/// for this long is *idle*: its goal is capped near what it holds.
-pub const IDLE_AFTER: Duration = Duration::from_secs(10);
 /// How long a start waits for its full goal before it starts with what
 /// room there is (at least its minimum).
 pub const START_GRACE: Duration = Duration::from_secs(1);
@@ -60,98 +62,6 @@ struct PagingRow {
 struct PoolRow {
     size_mib: u64,
     paging: Vec<PagingRow>,
-}
-
-/// A running (or starting) shared-memory partition.
-struct Member {
-    device: PagingDevice,
-    weight: u8,
-    logical: u64,
-    min: u64,
-    goal: u64,
-    /// What its VMM has been told (before the spawn: what it will start
-    /// with).
-    target: u64,
-    /// Last reported resident (before any report of a VMM found after a
-    /// manager restart: its logical size, the most it can hold).
-    resident: u64,
-    spawned: bool,
-    /// Found running after a manager restart, not reported yet.
-    recovered: bool,
-    admitted: Instant,
-    report: Option<MemoryReport>,
-    /// Page-ins plus first touches at the last change, and since when
-    /// they have not moved.
-    faults: u64,
-    quiet_since: Instant,
-}
-
-impl Member {
-    fn holds(&self) -> u64 {
-        self.target.max(self.resident)
-    }
-
-    /// Its cap: the logical size, or near what it holds once idle.
-    fn cap(&self, now: Instant) -> u64 {
-        let idle = self.report.is_some() && now.duration_since(self.quiet_since) >= IDLE_AFTER;
-        match idle {
-            true => {
-                let slack = (self.logical / 16).max(4 * PAGES_PER_MIB);
-                targets::idle_cap(self.resident, slack, self.min, self.logical)
-            }
-            false => self.logical,
-        }
-    }
-}
-
-/// What a shared-memory definition asks of the pool.
-struct Wants {
-    logical: u64,
-    weight: u8,
-    /// The device its definition names, if any.
-    paging: Option<PagingDevice>,
-}
-
-fn wants(def: &PartitionDefinition) -> Option<Wants> {
-    let (logical_mib, shared) = MemorySpec::resolve(def.memory.as_deref(), def.memory_mib).ok()?;
-    let shared = shared?;
-    let logical = logical_mib.unwrap_or(parvm_config::DEFAULT_MEMORY_MIB) * PAGES_PER_MIB;
-    let paging = match shared.paging {
-        Some(DiskSource::Vios { vios, disk }) => Some(PagingDevice { vios, disk }),
-        _ => None,
-    };
-    Some(Wants {
-        logical,
-        weight: shared.weight,
-        paging,
-    })
-}
-
-fn mib(pages: u64) -> String {
-    match pages % PAGES_PER_MIB {
-        0 => format!("{} MiB", pages / PAGES_PER_MIB),
-        _ => format!("{:.1} MiB", pages as f64 / PAGES_PER_MIB as f64),
-    }
-}
-
-fn min_pages(logical: u64) -> u64 {
-    (MIN_RESIDENT_MIB * PAGES_PER_MIB).min(logical)
-}
-
-/// The partitions (other than `except`) with `device` among their disks.
-fn disk_users(partitions: &PartitionTable, device: &PagingDevice, except: &str) -> Vec<String> {
-    partitions
-        .names()
-        .into_iter()
-        .filter(|n| n != except)
-        .filter(|n| match partitions.definition(n) {
-            Some(Definition::Partition(def)) => def.disks.iter().flatten().any(|d| {
-                matches!(&d.source, DiskSource::Vios { vios, disk }
-                    if *vios == device.vios && *disk == device.disk)
-            }),
-            _ => false,
-        })
-        .collect()
 }
 
 pub(crate) struct Pool {
