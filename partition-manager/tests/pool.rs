@@ -412,3 +412,132 @@ fn shared_memory_starts_get_a_device_and_room_or_a_one_line_error() {
     }
     let _ = std::fs::remove_dir_all(bin);
 }
+
+/// Bytes allocated in the guest-RAM memfd of VMM `pid` (0 once it is gone).
+fn guest_ram_bytes(pid: u32) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|l| l.to_string_lossy().starts_with("/memfd:parvm-guest-ram"))
+        })
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .map(|m| m.blocks() * 512)
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+#[ignore = "needs `vmm --paging` wired to virtio_devices::paging (vmm/src/pager/device.rs)"]
+fn two_shared_partitions_page_through_a_48_mib_pool() {
+    let env = Env::new("pool-boot");
+    ensure_vios(&env.vmm);
+    vios(&env, &[("pg0", 64, false), ("pg1", 64, false)]);
+    env.ok(&[
+        "pool",
+        "create",
+        "--size",
+        "48",
+        "--paging",
+        "vios:vios1/pg0",
+        "--paging",
+        "vios:vios1/pg1",
+    ]);
+    let def = |name: &str, hold: u32| {
+        write_json(
+            &env.dir,
+            &format!("{name}.json"),
+            serde_json::json!({
+                "name": name, "kernel": guest_path("tiny.elf"),
+                "cmdline": format!("console=ttyS0 parvm.test=memtest parvm.passes=2 parvm.memtest_hold={hold}"),
+                "memory": {"mode": "shared", "logical_mib": 64},
+            }),
+        )
+    };
+    env.ok(&["define", &def("a", 2)]);
+    env.ok(&["define", &def("b", 2)]);
+    env.ok(&["start", "a"]);
+    env.ok(&["start", "b"]);
+    let pids = [pid_of(&env.status("a")), pid_of(&env.status("b"))];
+
+    // Sample until both powered off: the memfds' allocated bytes, the
+    // pool's resident sum, each partition's counters.
+    let budget = 48u64 << 20;
+    let (mut worst_ram, mut worst_resident) = (0u64, 0u64);
+    let mut seen: [(u64, u64); 2] = [(0, 0); 2];
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let ram: u64 = pids.iter().map(|&p| guest_ram_bytes(p)).sum();
+        worst_ram = worst_ram.max(ram);
+        let p = pool(&env);
+        worst_resident = worst_resident.max(p["resident_pages"].as_u64().unwrap());
+        let mut running = 0;
+        for (i, name) in ["a", "b"].iter().enumerate() {
+            let s = env.status(name);
+            if s["state"] == "running" {
+                running += 1;
+                let m = &s["memory"];
+                seen[i].0 = seen[i].0.max(m["page_ins"].as_u64().unwrap());
+                seen[i].1 = seen[i].1.max(m["page_outs"].as_u64().unwrap());
+            }
+        }
+        if running == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "memtest did not end: {}\n{}",
+            env.log_of("a"),
+            env.log_of("b")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for name in ["a", "b"] {
+        let log = env.log_of(name);
+        assert!(
+            log.contains("parvm-guest: memtest pass 2 ok"),
+            "{name}:\n{log}"
+        );
+        assert!(!log.contains("FAIL"), "{name}:\n{log}");
+        assert_eq!(env.status(name)["state"], "stopped");
+    }
+    eprintln!(
+        "pool-boot: worst guest RAM allocated {} KiB, worst resident reported {} pages, page-ins/outs seen {seen:?}",
+        worst_ram >> 10,
+        worst_resident
+    );
+    assert!(worst_ram <= budget, "allocated {worst_ram} of {budget}");
+    assert!(worst_resident <= 48 * 256, "{worst_resident}");
+    for (i, (ins, outs)) in seen.iter().enumerate() {
+        assert!(
+            *ins > 0 && *outs > 0,
+            "partition {i}: page-ins {ins}, page-outs {outs}"
+        );
+    }
+    // Their ends freed both devices and the whole pool.
+    let p = pool(&env);
+    assert_eq!(holder(&p, "vios:vios1/pg0"), Value::Null, "{p}");
+    assert_eq!(holder(&p, "vios:vios1/pg1"), Value::Null, "{p}");
+    assert_eq!(p["free_pages"], 48 * 256);
+
+    // A stop frees the device too.
+    env.ok(&["define", &def("c", 60)]);
+    env.ok(&["start", "c"]);
+    env.wait_log("c", "memtest hold=");
+    let s = env.status("c");
+    assert!(s["memory"]["paging"].is_string(), "{s}");
+    env.ok(&["stop", "c"]);
+    let p = pool(&env);
+    assert!(p["members"].as_array().unwrap().is_empty(), "{p}");
+    assert!(
+        p["paging"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["partition"].is_null()),
+        "{p}"
+    );
+}
