@@ -462,6 +462,18 @@ fn two_shared_partitions_page_through_a_48_mib_pool() {
     env.ok(&["start", "a"]);
     env.ok(&["start", "b"]);
     let pids = [pid_of(&env.status("a")), pid_of(&env.status("b"))];
+    // The operator's view of a running shared-memory partition.
+    let text = env.ok(&["status", "a"]);
+    for want in [
+        "memory mode: shared (weight 128)",
+        "logical:     64 MiB",
+        "paging:      vios:vios1/pg",
+        "page-ins:    ",
+        "page-outs:   ",
+    ] {
+        assert!(text.contains(want), "want {want:?} in:\n{text}");
+    }
+    eprintln!("{text}");
 
     // Sample until both powered off: the memfds' allocated bytes, the
     // pool's resident sum, each partition's counters.
