@@ -341,6 +341,13 @@ impl Pool {
         let Some(w) = wants(def) else {
             return Ok(());
         };
+        let foreign = def.memory.as_ref().and_then(|m| m.paging.as_ref());
+        if let Some(source @ (DiskSource::VhostUser(_) | DiskSource::VhostUserFd(_))) = foreign {
+            // Outside the pool it would page outside the pool's budget.
+            return Err(ManagerError::BadRequest(format!(
+                "partition `{name}`: paging device {source}: a partition run by the manager pages on a device of the shared memory pool (give vios:VIOS/DISK, or nothing to have one assigned)"
+            )));
+        }
         let row = self.row.as_ref().ok_or_else(|| {
             ManagerError::BadRequest(format!(
                 "partition `{name}` has shared memory, but there is no shared memory pool (parctl pool create --size MIB --paging vios:VIOS/DISK)"
@@ -422,6 +429,11 @@ impl Pool {
         let Some(w) = wants(def) else {
             return Ok(None);
         };
+        if self.members.contains_key(name) {
+            // Another start of it waits for room (the lock is released
+            // meanwhile).
+            return Err(fail("it is already starting".into()));
+        }
         let row = self.row().map_err(|e| fail(e.to_string()))?;
         let min = min_pages(w.logical);
         let others: u64 = self

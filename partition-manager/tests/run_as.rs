@@ -237,16 +237,50 @@ fn a_file_the_user_cannot_open_fails_the_start_naming_it() {
             }),
             format!("cannot read and write {}: Permission denied", img.display()),
         ),
-        (
-            "pg",
-            serde_json::json!({
-                "name": "pg", "memory_mib": 16, "kernel": files.path("tiny.elf"),
-                "memory": {"mode": "shared", "paging": "vhost-user:/nonexistent/pager.sock"},
-            }),
-            "cannot connect to /nonexistent/pager.sock: No such file or directory".to_string(),
-        ),
     ];
     let mut cases = cases.to_vec();
+    // A paging device under the manager comes from the pool, brokered
+    // like a vios: disk: a socket path of its own is refused at define.
+    let pg = write_json(
+        &env.dir,
+        "pg.json",
+        serde_json::json!({
+            "name": "pg", "memory_mib": 16, "kernel": files.path("tiny.elf"),
+            "memory": {"mode": "shared", "paging": "vhost-user:/nonexistent/pager.sock"},
+        }),
+    );
+    let e = env.fails(&["define", &pg]);
+    assert!(
+        e.contains("paging device vhost-user:/nonexistent/pager.sock: a partition run by the manager pages on a device of the shared memory pool"),
+        "{e}"
+    );
+    // A pool with a paging device on a VIOS (run as nobody too), so that
+    // a shared-memory start gets as far as the user's checks.
+    let paging = files.dir.join("pg.img");
+    std::fs::File::create(&paging)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    std::os::unix::fs::chown(&paging, Some(NOBODY), Some(NOBODY)).unwrap();
+    ensure_vios(&env.vmm);
+    let vios = write_json(
+        &env.dir,
+        "vios1.json",
+        serde_json::json!({
+            "kind": "vios", "name": "vios1",
+            "disks": [{"id": "pg", "path": paging}],
+        }),
+    );
+    env.ok(&["define", &vios]);
+    env.ok(&["start", "vios1"]);
+    env.ok(&[
+        "pool",
+        "create",
+        "--size",
+        "16",
+        "--paging",
+        "vios:vios1/pg",
+    ]);
     // A pager's userfaultfd serves KVM's faults: as uid 65534 only where
     // the kernel allows that to everyone.
     let uffd = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd").unwrap_or_default();
@@ -275,6 +309,11 @@ fn a_file_the_user_cannot_open_fails_the_start_naming_it() {
         assert!(!env.state.join(format!("partitions/{name}.json")).exists());
         assert!(!env.state.join(format!("logs/{name}.vmm.log")).exists());
     }
+    // The shared-memory start that failed holds no paging device.
+    let pool: serde_json::Value =
+        serde_json::from_str(&env.ok(&["pool", "show", "--json"])).unwrap();
+    assert!(pool["paging"][0]["partition"].is_null(), "{pool}");
+    env.ok(&["stop", "vios1"]);
     // The operator's files were not changed to fit.
     assert_eq!(owner(&kernel), (0, 0));
     assert_eq!(
