@@ -431,7 +431,6 @@ fn guest_ram_bytes(pid: u32) -> u64 {
 }
 
 #[test]
-#[ignore = "needs `vmm --paging` wired to virtio_devices::paging (vmm/src/pager/device.rs)"]
 fn two_shared_partitions_page_through_a_48_mib_pool() {
     let env = Env::new("pool-boot");
     ensure_vios(&env.vmm);

@@ -13,7 +13,8 @@
 //!    port), `Map`/`Unmap` of shared segments ([`GrantMaps`]) and hands
 //!    `HcallDone` answers to the waiting hcall device, and for a
 //!    shared-memory partition `MemoryTarget` (the pager's new resident
-//!    target, answered with a `MemoryReport`);
+//!    target, answered with a `MemoryReport`) and `PagingReconnect` (a new
+//!    socket to the paging device, handed to the pager);
 //! 3. when the manager goes away, keeps the partition running and connects
 //!    to the manager's socket again every [`RECONNECT_INTERVAL`], sending
 //!    `Attach` with its token, until a manager takes it back
@@ -482,22 +483,19 @@ fn handle(s: &Shared, msg: ManagerToVmm, fds: Vec<OwnedFd>) {
                 s.send(&ToManager::Failed { message });
             }
         }
-        ManagerToVmm::PagingReconnect => {
-            // The pager reconnects its device by itself (it asks the
-            // driver every 100 ms); taking a socket from the manager
-            // instead needs a hook in the paging driver.
-            drop(fd);
-            let message = match &s.pager {
-                Some(_) => {
-                    "this vmm's pager cannot take a new paging connection from the manager yet"
-                }
-                None => "not a shared-memory partition: no paging device",
-            };
-            tracing::warn!(partition = %s.name, message, "paging device not reconnected");
-            s.send(&ToManager::Failed {
-                message: message.into(),
-            });
-        }
+        ManagerToVmm::PagingReconnect => match &s.pager {
+            // The pager sets the new connection up at its next reconnect
+            // attempt (its VIOS came back; the manager brokered it).
+            Some(pager) => {
+                tracing::info!(partition = %s.name, "new paging device connection from the manager");
+                pager.hand_over_paging_socket(UnixStream::from(fd));
+            }
+            None => {
+                s.send(&ToManager::Failed {
+                    message: "not a shared-memory partition: no paging device".into(),
+                });
+            }
+        },
         // The channel lets a descriptor through only beside the messages above.
         other => handle_plain(s, other),
     }
