@@ -431,10 +431,13 @@ fn guest_ram_bytes(pid: u32) -> u64 {
 }
 
 #[test]
-fn two_shared_partitions_page_through_a_48_mib_pool() {
+fn three_shared_partitions_of_three_times_the_pool_page_through_it() {
     let env = Env::new("pool-boot");
     ensure_vios(&env.vmm);
-    vios(&env, &[("pg0", 64, false), ("pg1", 64, false)]);
+    vios(
+        &env,
+        &[("pg0", 64, false), ("pg1", 64, false), ("pg2", 64, false)],
+    );
     env.ok(&[
         "pool",
         "create",
@@ -444,28 +447,34 @@ fn two_shared_partitions_page_through_a_48_mib_pool() {
         "vios:vios1/pg0",
         "--paging",
         "vios:vios1/pg1",
+        "--paging",
+        "vios:vios1/pg2",
     ]);
-    let def = |name: &str, hold: u32| {
+    // 3 x 48 MiB of logical memory over a 48 MiB pool, a pattern each.
+    let def = |name: &str, hold: u32, seed: u32| {
         write_json(
             &env.dir,
             &format!("{name}.json"),
             serde_json::json!({
                 "name": name, "kernel": guest_path("tiny.elf"),
-                "cmdline": format!("console=ttyS0 parvm.test=memtest parvm.passes=2 parvm.memtest_hold={hold}"),
-                "memory": {"mode": "shared", "logical_mib": 64},
+                "cmdline": format!("console=ttyS0 parvm.test=memtest parvm.passes=2 parvm.memtest_hold={hold} parvm.seed={seed}"),
+                "memory": {"mode": "shared", "logical_mib": 48},
             }),
         )
     };
-    env.ok(&["define", &def("a", 2)]);
-    env.ok(&["define", &def("b", 2)]);
-    env.ok(&["start", "a"]);
-    env.ok(&["start", "b"]);
-    let pids = [pid_of(&env.status("a")), pid_of(&env.status("b"))];
+    let names = ["a", "b", "c"];
+    for (seed, name) in names.iter().enumerate() {
+        env.ok(&["define", &def(name, 2, seed as u32 + 1)]);
+    }
+    for name in names {
+        env.ok(&["start", name]);
+    }
+    let pids: Vec<u32> = names.iter().map(|n| pid_of(&env.status(n))).collect();
     // The operator's view of a running shared-memory partition.
     let text = env.ok(&["status", "a"]);
     for want in [
         "memory mode: shared (weight 128)",
-        "logical:     64 MiB",
+        "logical:     48 MiB",
         "paging:      vios:vios1/pg",
         "page-ins:    ",
         "page-outs:   ",
@@ -478,7 +487,7 @@ fn two_shared_partitions_page_through_a_48_mib_pool() {
     // pool's resident sum, each partition's counters.
     let budget = 48u64 << 20;
     let (mut worst_ram, mut worst_resident) = (0u64, 0u64);
-    let mut seen: [(u64, u64); 2] = [(0, 0); 2];
+    let mut seen: [(u64, u64); 3] = [(0, 0); 3];
     let deadline = std::time::Instant::now() + Duration::from_secs(240);
     loop {
         let ram: u64 = pids.iter().map(|&p| guest_ram_bytes(p)).sum();
@@ -486,7 +495,7 @@ fn two_shared_partitions_page_through_a_48_mib_pool() {
         let p = pool(&env);
         worst_resident = worst_resident.max(p["resident_pages"].as_u64().unwrap());
         let mut running = 0;
-        for (i, name) in ["a", "b"].iter().enumerate() {
+        for (i, name) in names.iter().enumerate() {
             let s = env.status(name);
             if s["state"] == "running" {
                 running += 1;
@@ -500,14 +509,19 @@ fn two_shared_partitions_page_through_a_48_mib_pool() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "memtest did not end: {}\n{}",
+            "memtest did not end: {}\n{}\n{}",
             env.log_of("a"),
-            env.log_of("b")
+            env.log_of("b"),
+            env.log_of("c")
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    for name in ["a", "b"] {
+    for (seed, name) in names.iter().enumerate() {
         let log = env.log_of(name);
+        assert!(
+            log.contains(&format!("seed={}", seed + 1)),
+            "{name}:\n{log}"
+        );
         assert!(
             log.contains("parvm-guest: memtest pass 2 ok"),
             "{name}:\n{log}"
@@ -532,15 +546,16 @@ fn two_shared_partitions_page_through_a_48_mib_pool() {
     let p = pool(&env);
     assert_eq!(holder(&p, "vios:vios1/pg0"), Value::Null, "{p}");
     assert_eq!(holder(&p, "vios:vios1/pg1"), Value::Null, "{p}");
+    assert_eq!(holder(&p, "vios:vios1/pg2"), Value::Null, "{p}");
     assert_eq!(p["free_pages"], 48 * 256);
 
     // A stop frees the device too.
-    env.ok(&["define", &def("c", 60)]);
-    env.ok(&["start", "c"]);
-    env.wait_log("c", "memtest hold=");
-    let s = env.status("c");
+    env.ok(&["define", &def("d", 60, 9)]);
+    env.ok(&["start", "d"]);
+    env.wait_log("d", "memtest hold=");
+    let s = env.status("d");
     assert!(s["memory"]["paging"].is_string(), "{s}");
-    env.ok(&["stop", "c"]);
+    env.ok(&["stop", "d"]);
     let p = pool(&env);
     assert!(p["members"].as_array().unwrap().is_empty(), "{p}");
     assert!(
