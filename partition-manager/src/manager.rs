@@ -229,6 +229,13 @@ impl Manager {
 
     pub fn undefine(&self, name: &str) -> Result<(), ManagerError> {
         let mut state = self.lock();
+        let paging = state.pool.devices_on(name);
+        if !paging.is_empty() {
+            return Err(ManagerError::BadRequest(format!(
+                "`{name}` exports paging devices of the pool ({}): remove them with parctl pool remove-paging first",
+                paging.join(", ")
+            )));
+        }
         let (store, partitions, grants) = state.parts();
         partitions.undefine(store, name)?;
         let ended = grants.forget_owner(store, partitions, name)?;

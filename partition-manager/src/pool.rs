@@ -245,6 +245,17 @@ impl Pool {
         self.save(store)
     }
 
+    /// The pool's paging devices that VIOS `vios` exports (an undefine of
+    /// that VIOS is refused while there are any).
+    pub(crate) fn devices_on(&self, vios: &str) -> Vec<String> {
+        self.row
+            .iter()
+            .flat_map(|r| r.paging.iter())
+            .filter(|p| p.device.vios == vios)
+            .map(|p| p.device.to_string())
+            .collect()
+    }
+
     /// `parctl pool show`.
     pub(crate) fn info(&self, partitions: &PartitionTable) -> Result<PoolInfo, ManagerError> {
         let row = self.row()?;

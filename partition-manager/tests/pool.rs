@@ -271,6 +271,16 @@ fn pool_commands_persist_and_refuse_what_cannot_page() {
     assert_eq!(p["size_mib"], 64);
     assert_eq!(p["paging"].as_array().unwrap().len(), 1);
     assert_eq!(p["paging"][0]["device"], "vios:vios1/pg0");
+
+    // A VIOS whose exports page for the pool stays defined.
+    env.ok(&["stop", "vios1"]);
+    let e = env.fails(&["undefine", "vios1"]);
+    assert!(
+        e.contains("exports paging devices of the pool (vios:vios1/pg0)"),
+        "{e}"
+    );
+    env.ok(&["pool", "remove-paging", "vios:vios1/pg0"]);
+    env.ok(&["undefine", "vios1"]);
 }
 
 /// `parctl start NAME` in the background (it returns only once the
