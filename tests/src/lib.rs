@@ -1,8 +1,10 @@
 //! Support for parvm's cross-process tests: the tiny guest kernels (built
 //! from source by this crate's build script, see [`guests`]), the Debian
-//! Linux test images ([`linux`]) and running the real binaries with a
-//! deadline.
+//! Linux test images ([`linux`]), running the real binaries with a
+//! deadline, and the shared parts of the benchmarks ([`blkbench`] for the
+//! disk paths, [`amsbench`] for the limits of Active Memory Sharing).
 
+pub mod amsbench;
 pub mod blkbench;
 pub mod guests;
 pub mod linux;

@@ -1,0 +1,408 @@
+//! The limits `bench-ams` (docs/benchmarks.md, "Active Memory Sharing")
+//! sets the pager's figures beside, measured on this machine in the same
+//! run:
+//!
+//! * [`uffd_round_trips`]: a bare userfaultfd round trip, one host thread
+//!   faulting on a missing page of a registered memfd and another serving
+//!   it with `UFFDIO_COPY` from a buffer already in memory (the same ABI
+//!   the pager uses, vmm/src/pager/uffd.rs, without a device behind it);
+//! * [`PagingLimits`]: the VIOS through the pager's own driver
+//!   (`virtio_devices::paging::PagingDisk`): one-page read latency and
+//!   sequential 64-page batches both ways;
+//! * /proc readers for a thread's CPU time and a VMM's memory beyond guest
+//!   RAM.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use virtio_devices::paging::{PagingDisk, MAX_BATCH_PAGES, PAGE_SIZE};
+
+const UFFD_API: u64 = 0xaa;
+const UFFD_FEATURE_MISSING_SHMEM: u64 = 1 << 5;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+
+/// `_IOWR(0xaa, nr, size)` of linux/userfaultfd.h.
+const fn uffd_iowr(nr: u64, size: usize) -> u64 {
+    (3 << 30) | ((size as u64) << 16) | (0xaa << 8) | nr
+}
+
+#[repr(C)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioRegister {
+    start: u64,
+    len: u64,
+    mode: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdMsg {
+    event: u8,
+    _reserved: [u8; 7],
+    flags: u64,
+    address: u64,
+    _rest: u64,
+}
+
+const UFFDIO_API: u64 = uffd_iowr(0x3f, std::mem::size_of::<UffdioApi>());
+const UFFDIO_REGISTER: u64 = uffd_iowr(0x00, std::mem::size_of::<UffdioRegister>());
+const UFFDIO_COPY: u64 = uffd_iowr(0x03, std::mem::size_of::<UffdioCopy>());
+
+fn os_err(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+fn uffd_ioctl<T>(fd: &OwnedFd, request: u64, arg: &mut T) -> std::io::Result<()> {
+    // SAFETY: each request passed here takes a pointer to the structure
+    // `T` its number was sized by (the consts above); `arg` lives across
+    // the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, arg as *mut T) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// A shared mapping of a new memfd of `len` bytes.
+struct MappedMemfd {
+    fd: OwnedFd,
+    addr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; the faulting thread only
+// reads it through volatile loads, the kernel fills it.
+unsafe impl Send for MappedMemfd {}
+// SAFETY: as above.
+unsafe impl Sync for MappedMemfd {}
+
+impl MappedMemfd {
+    fn new(len: usize) -> Result<MappedMemfd, String> {
+        // SAFETY: memfd_create with a NUL-terminated name; checked below.
+        let raw = unsafe { libc::memfd_create(c"bench-ams-uffd".as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(os_err("memfd_create"));
+        }
+        // SAFETY: `raw` is a new descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: ftruncate on our own descriptor.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } < 0 {
+            return Err(os_err("ftruncate"));
+        }
+        // SAFETY: a new shared mapping of the whole memfd; checked below.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(os_err("mmap"));
+        }
+        Ok(MappedMemfd {
+            fd,
+            addr: addr.cast(),
+            len,
+        })
+    }
+
+    /// Frees every page: the next access to each is a missing fault.
+    fn punch(&self) -> Result<(), String> {
+        // SAFETY: fallocate on our own memfd, inside its size.
+        let r = unsafe {
+            libc::fallocate(
+                self.fd.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                self.len as libc::off_t,
+            )
+        };
+        if r < 0 {
+            Err(os_err("fallocate(PUNCH_HOLE)"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Drop for MappedMemfd {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `new` made; nothing uses it
+        // any more.
+        unsafe { libc::munmap(self.addr.cast(), self.len) };
+    }
+}
+
+/// The serving thread: poll (100 ms, to see `stop`), read one message,
+/// `UFFDIO_COPY` one page from `src`: the pager's loop without a device.
+fn serve_faults(uffd: &OwnedFd, src: &[u8], stop: &AtomicBool) -> Result<u64, String> {
+    let mut served = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let mut pfd = libc::pollfd {
+            fd: uffd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd that lives across the call.
+        if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
+            continue;
+        }
+        let mut msg = UffdMsg::default();
+        let size = std::mem::size_of::<UffdMsg>();
+        // SAFETY: reads at most `size` bytes into `msg`, a plain structure
+        // of that size.
+        let n = unsafe { libc::read(uffd.as_raw_fd(), (&mut msg as *mut UffdMsg).cast(), size) };
+        if n != size as isize || msg.event != UFFD_EVENT_PAGEFAULT {
+            continue;
+        }
+        let mut copy = UffdioCopy {
+            dst: msg.address & !(PAGE_SIZE as u64 - 1),
+            src: src.as_ptr() as u64,
+            len: PAGE_SIZE as u64,
+            mode: 0,
+            copy: 0,
+        };
+        match uffd_ioctl(uffd, UFFDIO_COPY, &mut copy) {
+            Ok(()) => served += 1,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(format!("UFFDIO_COPY: {e}")),
+        }
+    }
+    Ok(served)
+}
+
+/// `faults` bare userfaultfd round trips (nanoseconds each, as the
+/// faulting thread sees them: from its load to the load returning), in
+/// rounds over a 16 MiB memfd whose pages are punched out between rounds.
+pub fn uffd_round_trips(faults: usize) -> Result<Vec<u64>, String> {
+    const PAGES: usize = 4096;
+    let mem = Arc::new(MappedMemfd::new(PAGES * PAGE_SIZE)?);
+    // SAFETY: userfaultfd takes flags only; the result is checked. Kernel
+    // faults are not needed but not excluded either, as in the pager.
+    let raw = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    if raw < 0 {
+        return Err(os_err("userfaultfd"));
+    }
+    // SAFETY: `raw` is a new descriptor nobody else owns.
+    let uffd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    let mut api = UffdioApi {
+        api: UFFD_API,
+        features: UFFD_FEATURE_MISSING_SHMEM,
+        ioctls: 0,
+    };
+    uffd_ioctl(&uffd, UFFDIO_API, &mut api).map_err(|e| format!("UFFDIO_API: {e}"))?;
+    let mut reg = UffdioRegister {
+        start: mem.addr as u64,
+        len: mem.len as u64,
+        mode: UFFDIO_REGISTER_MODE_MISSING,
+        ioctls: 0,
+    };
+    uffd_ioctl(&uffd, UFFDIO_REGISTER, &mut reg).map_err(|e| format!("UFFDIO_REGISTER: {e}"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = {
+        let stop = stop.clone();
+        let src = vec![0x5au8; PAGE_SIZE];
+        std::thread::Builder::new()
+            .name("uffd-server".into())
+            .spawn(move || serve_faults(&uffd, &src, &stop))
+            .map_err(|e| format!("spawn: {e}"))?
+    };
+    let mut lat = Vec::with_capacity(faults);
+    let mut sum = 0u64;
+    'rounds: loop {
+        mem.punch()?;
+        for page in 0..PAGES {
+            if lat.len() == faults {
+                break 'rounds;
+            }
+            let t = Instant::now();
+            // SAFETY: inside the mapping; a volatile load so that the
+            // fault happens here, once.
+            let b = unsafe { std::ptr::read_volatile(mem.addr.add(page * PAGE_SIZE)) };
+            lat.push(t.elapsed().as_nanos() as u64);
+            sum += u64::from(b);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let served = server
+        .join()
+        .map_err(|_| "uffd server panicked".to_string())??;
+    if served < faults as u64 || sum != 0x5a * faults as u64 {
+        return Err(format!(
+            "{served} faults served, {faults} taken, byte sum {sum}"
+        ));
+    }
+    Ok(lat)
+}
+
+/// The `q`-quantile of `v` (sorted in place).
+pub fn percentile(v: &mut [u64], q: f64) -> u64 {
+    v.sort_unstable();
+    if v.is_empty() {
+        return 0;
+    }
+    let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i]
+}
+
+/// The VIOS through the pager's driver: one run's figures.
+#[derive(Clone, Copy, Debug)]
+pub struct PagingLimits {
+    /// One-page `read_pages`, p50 and p99, nanoseconds.
+    pub read_p50_ns: u64,
+    pub read_p99_ns: u64,
+    /// 64 consecutive pages per call over the whole image, MiB/s.
+    pub seq_write_mib_s: f64,
+    pub seq_read_mib_s: f64,
+}
+
+/// Measures [`PagingLimits`] against the VIOS listening on `socket` whose
+/// image is at least `bytes` long: writes it all in 64-page batches, reads
+/// it back the same way, then `reads` single pages scattered over it.
+pub fn paging_limits(socket: &Path, bytes: u64, reads: usize) -> Result<PagingLimits, String> {
+    let stream =
+        UnixStream::connect(socket).map_err(|e| format!("dial {}: {e}", socket.display()))?;
+    let mut disk = PagingDisk::connect("bench", stream).map_err(|e| e.to_string())?;
+    let p = PAGE_SIZE as u64;
+    let batches = bytes / (p * MAX_BATCH_PAGES as u64);
+    let pages: Vec<Vec<u8>> = (0..MAX_BATCH_PAGES)
+        .map(|i| vec![(i as u8) | 1; PAGE_SIZE])
+        .collect();
+    let mib = (batches * MAX_BATCH_PAGES as u64 * p) as f64 / (1 << 20) as f64;
+    let t = Instant::now();
+    for b in 0..batches {
+        let batch: Vec<(u64, &[u8])> = pages
+            .iter()
+            .enumerate()
+            .map(|(i, page)| ((b * MAX_BATCH_PAGES as u64 + i as u64) * p, page.as_slice()))
+            .collect();
+        disk.write_pages(&batch).map_err(|e| e.to_string())?;
+    }
+    let seq_write_mib_s = mib / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for b in 0..batches {
+        let offsets: Vec<u64> = (0..MAX_BATCH_PAGES as u64)
+            .map(|i| (b * MAX_BATCH_PAGES as u64 + i) * p)
+            .collect();
+        disk.read_pages(&offsets).map_err(|e| e.to_string())?;
+    }
+    let seq_read_mib_s = mib / t.elapsed().as_secs_f64();
+    let total_pages = batches * MAX_BATCH_PAGES as u64;
+    let mut lat = Vec::with_capacity(reads);
+    for i in 0..reads as u64 {
+        let offset = ((i * 7919) % total_pages) * p;
+        let t = Instant::now();
+        let got = disk.read_pages(&[offset]).map_err(|e| e.to_string())?;
+        lat.push(t.elapsed().as_nanos() as u64);
+        if got.len() != PAGE_SIZE {
+            return Err(format!("read {} bytes for one page", got.len()));
+        }
+    }
+    Ok(PagingLimits {
+        read_p50_ns: percentile(&mut lat, 0.50),
+        read_p99_ns: percentile(&mut lat, 0.99),
+        seq_write_mib_s,
+        seq_read_mib_s,
+    })
+}
+
+/// The id of `pid`'s thread named `name`, if it has one.
+pub fn thread_named(pid: u32, name: &str) -> Option<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .filter_map(|t| t.ok())
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })?
+        .file_name()
+        .to_str()?
+        .parse()
+        .ok()
+}
+
+/// A thread's CPU use so far: utime + stime in clock ticks (/proc stat),
+/// run time in nanoseconds (schedstat) and context switches (status).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThreadCpu {
+    pub ticks: u64,
+    pub run_ns: u64,
+    pub switches: u64,
+}
+
+pub fn thread_cpu(pid: u32, tid: u32) -> Option<ThreadCpu> {
+    let base = format!("/proc/{pid}/task/{tid}");
+    let stat = std::fs::read_to_string(format!("{base}/stat")).ok()?;
+    let rest: Vec<&str> = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let ticks = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+    let run_ns = std::fs::read_to_string(format!("{base}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let status = std::fs::read_to_string(format!("{base}/status")).ok()?;
+    let switches = status
+        .lines()
+        .filter(|l| l.contains("ctxt_switches:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    Some(ThreadCpu {
+        ticks,
+        run_ns,
+        switches,
+    })
+}
+
+/// A `/proc/PID/status` field in KiB (0 if absent).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Bytes the VMM's guest-RAM memfd holds in memory (its allocated blocks).
+pub fn guest_ram_bytes(pid: u32) -> Option<u64> {
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()? {
+        let fd = fd.ok()?;
+        let target = std::fs::read_link(fd.path()).ok()?;
+        if target
+            .to_string_lossy()
+            .starts_with("/memfd:parvm-guest-ram")
+        {
+            return Some(std::fs::metadata(fd.path()).ok()?.blocks() * 512);
+        }
+    }
+    None
+}
