@@ -406,3 +406,52 @@ pub fn guest_ram_bytes(pid: u32) -> Option<u64> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn every_round_trip_is_served_with_the_buffer() {
+        // Spans two rounds: the punch between them makes the pages
+        // missing again (the byte sum checks every load saw 0x5a).
+        let lat = uffd_round_trips(4096 + 10).unwrap();
+        assert_eq!(lat.len(), 4106);
+    }
+
+    #[test]
+    fn percentiles_pick_by_rank() {
+        let mut v: Vec<u64> = (1..=100).rev().collect();
+        assert_eq!(percentile(&mut v, 0.5), 50);
+        assert_eq!(percentile(&mut v, 0.99), 99);
+        assert_eq!(percentile(&mut v, 1.0), 100);
+        assert_eq!(percentile(&mut [], 0.5), 0);
+    }
+
+    #[test]
+    fn a_thread_is_found_by_name_and_has_cpu_figures() {
+        let pid = std::process::id();
+        let tid = thread_named(pid, "parked-thread");
+        assert!(tid.is_none());
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            .name("parked-thread".into())
+            .spawn(move || rx.recv())
+            .unwrap();
+        let mut found = None;
+        for _ in 0..100 {
+            found = thread_named(pid, "parked-thread");
+            if found.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // Time for it to block in `recv` (a voluntary switch).
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let cpu = thread_cpu(pid, found.unwrap()).unwrap();
+        assert!(cpu.switches >= 1, "{cpu:?}");
+        tx.send(()).unwrap();
+        let _ = t.join();
+    }
+}
