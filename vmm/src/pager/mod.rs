@@ -52,6 +52,8 @@ use crate::memory::GuestMemoryMmap;
 pub const EVICT_BATCH: usize = 64;
 /// Pages read in one go when faults are sequential.
 pub const PREFETCH: usize = 16;
+/// A page of zeros to compare evicted pages with.
+static ZERO_PAGE: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
 /// How often a lost paging device is asked to reconnect.
 pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -470,15 +472,21 @@ impl Worker {
                     self.waiting.push((addr, since));
                     return;
                 }
-                self.page_in(span, page, since, addr);
+                // The next fault is sequential if it follows the last
+                // page this one placed (prefetched pages included).
+                if let Some(last) = self.page_in(span, page, since, addr) {
+                    self.last_fault = Some(last);
+                }
+                return;
             }
         }
         self.last_fault = Some(page);
     }
 
     /// Reads `page` (and, when faults run sequentially, the out pages
-    /// after it in the same span) from the device and places them.
-    fn page_in(&mut self, span: usize, page: usize, since: Instant, addr: usize) {
+    /// after it in the same span) from the device and places them; returns
+    /// the last page placed.
+    fn page_in(&mut self, span: usize, page: usize, since: Instant, addr: usize) -> Option<usize> {
         let sequential = self.last_fault.is_some_and(|l| l + 1 == page);
         let span_end = {
             let s = &self.spans[span];
@@ -514,12 +522,12 @@ impl Worker {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "pager: cannot place a page");
-                return;
+                return None;
             }
             Err(e) => {
                 self.stall("a page-in", e);
                 self.waiting.push((addr, since));
-                return;
+                return None;
             }
         }
         for p in page..page + count {
@@ -531,6 +539,7 @@ impl Worker {
         c.page_in_ns.fetch_add(waited, Ordering::Relaxed);
         c.page_in_latency.record(waited);
         self.publish_resident();
+        Some(page + count - 1)
     }
 
     /// Writes out one batch of victims to get nearer the target, or
@@ -576,7 +585,8 @@ impl Worker {
                 self.unprotect(&page_runs);
                 return false;
             }
-            zero[i] = slot.iter().all(|b| *b == 0);
+            // Slice equality is a memcmp, fast in every build.
+            zero[i] = *slot == ZERO_PAGE[..];
         }
         let writes: Vec<(u64, &[u8])> = located
             .iter()
@@ -632,11 +642,14 @@ impl Worker {
     }
 
     /// Makes room for `pages` more resident pages under the target.
+    /// When it has to evict at all it evicts a whole batch (down to the
+    /// slack below the target), so that the next faults find room without
+    /// waiting for a write-out.
     fn make_room(&mut self, pages: u64) {
         while self.table.resident() + pages > self.target()
             && !self.counters.stalled.load(Ordering::Relaxed)
         {
-            if !self.evict_batch(pages) {
+            if !self.evict_batch(pages + self.slack()) {
                 return;
             }
         }
