@@ -451,21 +451,30 @@ impl Worker {
                 let _ = self.uffd.wake(host, PAGE_SIZE as usize);
             }
             Some(PageState::Zero) => {
-                self.make_room(1);
-                if self.table.resident() >= self.target()
+                // Sequential faults on pages never written (a guest
+                // clearing or filling memory) get the next ones too.
+                let count = self.run_ahead(span, page, PageState::Zero);
+                self.make_room(count as u64);
+                if self.table.resident() + count as u64 > self.target()
                     && self.counters.stalled.load(Ordering::Relaxed)
                 {
                     // No room until the device is back.
                     self.waiting.push((addr, since));
                     return;
                 }
-                if let Err(e) = self.uffd.zeropage(host, PAGE_SIZE as usize) {
+                if let Err(e) = self.uffd.zeropage(host, count * PAGE_SIZE as usize) {
                     tracing::error!(error = %e, "pager: cannot place a zero page");
                     return;
                 }
-                self.table.paged_in(page);
-                self.counters.zero_fills.fetch_add(1, Ordering::Relaxed);
+                for p in page..page + count {
+                    self.table.paged_in(p);
+                }
+                self.counters
+                    .zero_fills
+                    .fetch_add(count as u64, Ordering::Relaxed);
                 self.publish_resident();
+                self.last_fault = Some(page + count - 1);
+                return;
             }
             Some(PageState::Out) => {
                 if self.counters.stalled.load(Ordering::Relaxed) {
@@ -483,24 +492,30 @@ impl Worker {
         self.last_fault = Some(page);
     }
 
+    /// How many pages from `page` to bring in at once: 1, or when faults
+    /// run sequentially up to [`PREFETCH`] consecutive pages of the same
+    /// span in `state`.
+    fn run_ahead(&self, span: usize, page: usize, state: PageState) -> usize {
+        if self.last_fault.is_none_or(|l| l + 1 != page) {
+            return 1;
+        }
+        let s = &self.spans[span];
+        let span_end = s.first_page + (s.len / PAGE_SIZE) as usize;
+        let mut count = 1;
+        while count < PREFETCH
+            && page + count < span_end
+            && self.table.state(page + count) == Some(state)
+        {
+            count += 1;
+        }
+        count
+    }
+
     /// Reads `page` (and, when faults run sequentially, the out pages
     /// after it in the same span) from the device and places them; returns
     /// the last page placed.
     fn page_in(&mut self, span: usize, page: usize, since: Instant, addr: usize) -> Option<usize> {
-        let sequential = self.last_fault.is_some_and(|l| l + 1 == page);
-        let span_end = {
-            let s = &self.spans[span];
-            s.first_page + (s.len / PAGE_SIZE) as usize
-        };
-        let mut count = 1;
-        if sequential {
-            while count < PREFETCH
-                && page + count < span_end
-                && self.table.state(page + count) == Some(PageState::Out)
-            {
-                count += 1;
-            }
-        }
+        let count = self.run_ahead(span, page, PageState::Out);
         self.make_room(count as u64);
         let offsets: Vec<u64> = (page..page + count).map(|p| p as u64 * PAGE_SIZE).collect();
         let host = self.host_of(span, page);
