@@ -89,11 +89,11 @@ pub enum RequestError {
     /// The status byte is outside guest memory.
     #[error("status byte at {0:#x} is outside guest memory")]
     StatusOutsideMemory(u64),
-    /// More descriptors than the device accepts in one request.
-    #[error("descriptor chain has {count} descriptors, at most {max} are accepted")]
+    /// More descriptors than the device accepts in one request. The walk
+    /// stops at the first descriptor past the limit, so the status byte is
+    /// not known and the chain is returned unused.
+    #[error("descriptor chain has more than {max} descriptors")]
     TooManyDescriptors {
-        /// Descriptors in the chain.
-        count: usize,
         /// The limit.
         max: usize,
     },
@@ -149,8 +149,14 @@ pub fn total_len(buffers: &[GuestBuffer]) -> u64 {
 impl Request {
     /// Parse `chain`, accepting at most `max_descriptors` descriptors.
     ///
-    /// The walk over the chain is bounded by the queue (or indirect table)
-    /// size, so a looping chain ends; it is then reported as
+    /// The walk stops after `max_descriptors + 1` descriptors, whatever the
+    /// queue or indirect table size: an indirect table may hold 65535
+    /// entries (and loop inside them), and walking all of them for every
+    /// chain would let a guest make each request cost 255 times the work of
+    /// the largest valid one. A chain longer than the limit is reported as
+    /// [`RequestError::TooManyDescriptors`], without a status byte (finding
+    /// it would mean walking the rest); a shorter chain that loops ends
+    /// within the queue size and is reported as
     /// [`RequestError::Unterminated`].
     pub fn parse<M>(
         chain: &mut DescriptorChain<M>,
@@ -168,17 +174,23 @@ impl Request {
         let mut last = None;
         for desc in chain.by_ref() {
             count += 1;
-            if count <= max_descriptors {
-                let buffer = GuestBuffer {
-                    addr: desc.addr(),
-                    len: desc.len(),
-                };
-                if desc.is_write_only() {
-                    writable.push(buffer);
-                } else {
-                    readable_after_writable |= !writable.is_empty();
-                    readable.push(buffer);
-                }
+            if count > max_descriptors {
+                return Err(ParseError {
+                    error: RequestError::TooManyDescriptors {
+                        max: max_descriptors,
+                    },
+                    status: None,
+                });
+            }
+            let buffer = GuestBuffer {
+                addr: desc.addr(),
+                len: desc.len(),
+            };
+            if desc.is_write_only() {
+                writable.push(buffer);
+            } else {
+                readable_after_writable |= !writable.is_empty();
+                readable.push(buffer);
             }
             last = Some(desc);
         }
@@ -221,12 +233,6 @@ impl Request {
             status: Some(status),
         };
 
-        if count > max_descriptors {
-            return Err(fail(RequestError::TooManyDescriptors {
-                count,
-                max: max_descriptors,
-            }));
-        }
         if readable_after_writable {
             return Err(fail(RequestError::ReadableAfterWritable));
         }

@@ -815,11 +815,12 @@ fn too_many_descriptors() {
             )
             .unwrap();
     }
+    // The walk stops at the descriptor past the limit: no status byte.
     assert_eq!(
         f.run(&[desc(INDIRECT, 16 * count as u32, VRING_DESC_F_INDIRECT)]),
-        ioerr()
+        dropped()
     );
-    assert_eq!(status_byte(&f.mem, STATUS), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(status_byte(&f.mem, STATUS), STATUS_SENTINEL);
     assert_eq!(f.disk.contents(), before);
 
     // One fewer is the largest request accepted.
@@ -1039,11 +1040,43 @@ mod parse_errors {
             )),
             (
                 RequestError::TooManyDescriptors {
-                    count,
                     max: MAX_DESCRIPTORS
                 },
-                true
+                false
             )
         );
+    }
+
+    /// An indirect table claiming 65535 entries, two of them empty and
+    /// pointing at each other: the walk ends after MAX_DESCRIPTORS + 1
+    /// descriptors (it used to go on until the table's 65535, for every
+    /// chain; fuzz/regressions/block/indirect-loop-65535).
+    #[test]
+    fn looping_indirect_table_ends_at_the_limit() {
+        let f = fixture();
+        let next = VRING_DESC_F_NEXT as u16;
+        for (i, other) in [(0u64, 1u16), (1, 0)] {
+            f.mem
+                .write_obj(
+                    RawDescriptor::from(Descriptor::new(HDR, 0, next, other)),
+                    GuestAddress(INDIRECT + 16 * i),
+                )
+                .unwrap();
+        }
+        let queue = MockSplitQueue::new(&f.mem, 16);
+        let mut chain = queue
+            .build_desc_chain(&[desc(INDIRECT, 16 * 0xffff, VRING_DESC_F_INDIRECT)])
+            .unwrap();
+        assert_eq!(
+            error(Request::parse(&mut chain, MAX_DESCRIPTORS)),
+            (
+                RequestError::TooManyDescriptors {
+                    max: MAX_DESCRIPTORS
+                },
+                false
+            )
+        );
+        // The chain is left where the walk stopped, not run to its end.
+        assert!(chain.next().is_some());
     }
 }
