@@ -19,7 +19,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -139,6 +139,14 @@ pub struct VhostUserBlk {
     guest_errors: AtomicU64,
     /// Requests completed (for tests and logs).
     completed: AtomicU64,
+    /// The exit eventfds handed to vhost-user-backend's queue workers, as
+    /// the raw fds of their consumer ends: the crate (0.24) registers a
+    /// consumer with the worker's epoll through `into_raw_fd` and never
+    /// closes it, so without [`VhostUserBlk::close_exit_events`] every
+    /// session would leak one eventfd per queue, until the VIOS runs out of
+    /// descriptors (and `exit_event` fails, leaving a worker no way to stop:
+    /// the session's teardown then waits for it forever).
+    exit_fds: Mutex<Vec<RawFd>>,
 }
 
 impl VhostUserBlk {
@@ -153,6 +161,38 @@ impl VhostUserBlk {
             mem: Mutex::new(None),
             guest_errors: AtomicU64::new(0),
             completed: AtomicU64::new(0),
+            exit_fds: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Close the consumer ends of the exit eventfds [`VhostUserBackend::exit_event`]
+    /// handed out. Only once the daemon built on this backend is dropped
+    /// (its workers joined, their epolls closed): vhost-user-backend 0.24
+    /// gives up those fds (`into_raw_fd`) and never touches them again, so
+    /// they are this backend's to close. The `vios` test
+    /// `exit_eventfds_do_not_leak` checks the crate still leaves them open
+    /// (a version that closes them itself would make this a double close).
+    pub fn close_exit_events(&self) {
+        let fds = match self.exit_fds.lock() {
+            Ok(mut guard) => std::mem::take(&mut *guard),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for fd in fds {
+            // SAFETY: `fd` is the consumer end of an eventfd created by
+            // `exit_event`, whose ownership vhost-user-backend released with
+            // `into_raw_fd` and which nothing else closes or uses once the
+            // daemon is gone (see above); it is taken from the list, so it is
+            // closed once.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+
+    /// The recorded exit eventfds (for tests).
+    #[doc(hidden)]
+    pub fn exit_fds(&self) -> Vec<RawFd> {
+        match self.exit_fds.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
@@ -367,7 +407,13 @@ impl VhostUserBackend for VhostUserBlk {
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
-            Ok(pair) => Some(pair),
+            Ok(pair) => {
+                match self.exit_fds.lock() {
+                    Ok(mut guard) => guard.push(pair.0.as_raw_fd()),
+                    Err(poisoned) => poisoned.into_inner().push(pair.0.as_raw_fd()),
+                }
+                Some(pair)
+            }
             Err(e) => {
                 warn!(disk = %self.id, error = %e, "vios: cannot create a worker exit eventfd");
                 None
@@ -396,5 +442,50 @@ impl VhostUserBackend for VhostUserBlk {
         }
         // Never an error: it would end the worker thread for good.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use vhost_user_backend::VhostUserDaemon;
+    use virtio_devices::block::BlockOptions;
+
+    fn eventfd_open(fd: RawFd) -> bool {
+        std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .is_ok_and(|p| p.to_string_lossy() == "anon_inode:[eventfd]")
+    }
+
+    /// vhost-user-backend leaves the exit eventfds it was given open after
+    /// its daemon is dropped (so `close_exit_events` is the only close);
+    /// if a new version closes them itself, this fails and
+    /// `close_exit_events` must go.
+    #[test]
+    fn exit_eventfds_do_not_leak() {
+        // SAFETY: memfd_create with a valid name; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"vios-exit-fds".as_ptr(), 0) };
+        assert!(fd >= 0);
+        // SAFETY: a fresh descriptor nobody else owns.
+        let image = unsafe { File::from_raw_fd(fd) };
+        image.set_len(4096).unwrap();
+        let core = BlockCore::new(image, &BlockOptions::default()).unwrap();
+        let backend = Arc::new(VhostUserBlk::new("d0", "test", core, 2));
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
+        let daemon = VhostUserDaemon::new("vios-test".into(), backend.clone(), mem).unwrap();
+        let fds = backend.exit_fds();
+        assert_eq!(fds.len(), 2, "one exit eventfd per queue worker");
+        for handler in daemon.get_epoll_handlers() {
+            handler.send_exit_event();
+        }
+        drop(daemon);
+        for &fd in &fds {
+            assert!(
+                eventfd_open(fd),
+                "vhost-user-backend closed exit eventfd {fd} itself"
+            );
+        }
+        backend.close_exit_events();
+        assert!(backend.exit_fds().is_empty());
     }
 }

@@ -87,7 +87,10 @@ fn new_daemon(
     ));
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
     let daemon = VhostUserDaemon::new(format!("vios-{}", export.spec().id), backend.clone(), mem)
-        .map_err(|e| ServerError::Accept(e.to_string()))?;
+        .map_err(|e| {
+        backend.close_exit_events();
+        ServerError::Accept(e.to_string())
+    })?;
     Ok((daemon, backend))
 }
 
@@ -106,9 +109,18 @@ fn finish(mut daemon: VhostUserDaemon<Arc<VhostUserBlk>>, backend: &VhostUserBlk
             warn!(client, completed = backend.completed(), error = %e, "vios: client connection ended with an error")
         }
     }
+    stop_daemon(daemon, backend);
+}
+
+/// Stop a daemon's queue workers, wait for them (dropping the daemon joins
+/// them), then close their exit eventfds, which vhost-user-backend leaves
+/// open ([`VhostUserBlk::close_exit_events`]).
+fn stop_daemon(daemon: VhostUserDaemon<Arc<VhostUserBlk>>, backend: &VhostUserBlk) {
     for handler in daemon.get_epoll_handlers() {
         handler.send_exit_event();
     }
+    drop(daemon);
+    backend.close_exit_events();
 }
 
 /// Accepts vhost-user-blk clients on a Unix socket and serves each in its
@@ -208,16 +220,12 @@ fn accept_loop(
         let started = daemon.start(listener);
         if stop.load(Ordering::Acquire) {
             daemon.request_shutdown();
-            for handler in daemon.get_epoll_handlers() {
-                handler.send_exit_event();
-            }
+            stop_daemon(daemon, &backend);
             return;
         }
         if let Err(e) = started {
             warn!(socket, error = %e, "vios: accept failed");
-            for handler in daemon.get_epoll_handlers() {
-                handler.send_exit_event();
-            }
+            stop_daemon(daemon, &backend);
             thread::sleep(std::time::Duration::from_millis(10));
             continue;
         }
@@ -245,9 +253,7 @@ pub fn serve_stream(
         let (mut daemon, backend) = new_daemon(export, client, options)?;
         let started = daemon.start(listener);
         if let Err(e) = started {
-            for handler in daemon.get_epoll_handlers() {
-                handler.send_exit_event();
-            }
+            stop_daemon(daemon, &backend);
             return Err(ServerError::Accept(e.to_string()));
         }
         info!(client, disk = %export.spec().id, "vios: client connected");
