@@ -373,6 +373,23 @@ fn a_stalled_vios_times_out_then_reconnect_and_retry_succeed() {
     };
     let p = page(5);
     signal(libc::SIGSTOP);
+    // kill(2) returns before the stop lands: wait until /proc shows it.
+    let stat = format!("/proc/{}/stat", vios.pid());
+    let stopped = || {
+        std::fs::read_to_string(&stat).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('T'))
+        })
+    };
+    let since = Instant::now();
+    while !stopped() {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "vios never stopped"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let t = Instant::now();
     let e = disk.write_pages(&[(0x4000, &p)]).unwrap_err();
     assert!(matches!(e, PagingError::Timeout { .. }), "{e}");
