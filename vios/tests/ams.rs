@@ -12,7 +12,7 @@ mod common;
 
 use common::{vmm_binary, Vios};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,6 +22,29 @@ use parvm_tests::guests::{guest_path, memtest_qword, MEMTEST_START};
 use parvm_tests::{scratch_dir, wait, Finished};
 
 const PAGE: u64 = 4096;
+
+/// A sparse image of `mib` MiB in `dir`.
+fn sparse(dir: &Path, name: &str, mib: u64) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(mib << 20)
+        .unwrap();
+    path
+}
+
+/// `vmm` booting the tiny guest with `memory_mib` of (logical) RAM and
+/// `--paging paging`.
+fn shared_vmm(memory_mib: u64, paging: &str) -> Command {
+    let mut cmd = Command::new(vmm_binary());
+    cmd.arg("--kernel").arg(guest_path("tiny.elf")).args([
+        "--memory-mib",
+        &memory_mib.to_string(),
+        "--paging",
+        paging,
+    ]);
+    cmd
+}
 
 /// A VIOS exporting `disk` as `paging0` on `socket`.
 fn start_vios(socket: &Path, disk: &Path) -> Vios {
@@ -72,13 +95,8 @@ fn boot_shared(
     resident_mib: u64,
     cmdline: &str,
 ) -> (Finished, u64) {
-    let mut cmd = Command::new(vmm_binary());
-    cmd.arg("--kernel")
-        .arg(guest_path("tiny.elf"))
-        .args(["--memory-mib", &logical_mib.to_string()])
-        .args(["--resident-mib", &resident_mib.to_string()])
-        .arg("--paging")
-        .arg(format!("vhost-user:{}", socket.display()))
+    let mut cmd = shared_vmm(logical_mib, &format!("vhost-user:{}", socket.display()));
+    cmd.args(["--resident-mib", &resident_mib.to_string()])
         .args(["--cmdline", cmdline])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -180,18 +198,11 @@ fn memory_four_times_the_resident_target_comes_back_right_through_the_vios() {
 fn a_shared_memory_partition_with_a_bad_paging_device_says_which() {
     let dir = scratch_dir("ams-bad");
     // Too small for 64 MiB.
-    let image = dir.join("small.img");
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
+    let image = sparse(&dir, "small.img", 8);
     let socket = dir.join("vios.sock");
     let _vios = start_vios(&socket, &image);
-    let mut cmd = Command::new(vmm_binary());
-    cmd.arg("--kernel")
-        .arg(guest_path("tiny.elf"))
-        .args(["--memory-mib", "64", "--resident-mib", "16", "--paging"])
-        .arg(format!("vhost-user:{}", socket.display()));
+    let mut cmd = shared_vmm(64, &format!("vhost-user:{}", socket.display()));
+    cmd.args(["--resident-mib", "16"]);
     let f = parvm_tests::run(cmd, Duration::from_secs(30));
     assert_eq!(f.code(), Some(1), "{}", f.stderr);
     assert!(
@@ -209,14 +220,7 @@ fn a_shared_memory_partition_with_a_bad_paging_device_says_which() {
         ),
         ("/tmp/x.img".to_string(), "--paging /tmp/x.img"),
     ] {
-        let mut cmd = Command::new(vmm_binary());
-        cmd.arg("--kernel").arg(guest_path("tiny.elf")).args([
-            "--memory-mib",
-            "64",
-            "--paging",
-            &paging,
-        ]);
-        let f = parvm_tests::run(cmd, Duration::from_secs(30));
+        let f = parvm_tests::run(shared_vmm(64, &paging), Duration::from_secs(30));
         assert_eq!(f.code(), Some(1), "{}", f.stderr);
         assert!(f.stderr.contains(says), "{paging}: {}", f.stderr);
     }
@@ -225,11 +229,7 @@ fn a_shared_memory_partition_with_a_bad_paging_device_says_which() {
 #[test]
 fn the_guest_stalls_while_its_paging_vios_is_gone_and_resumes_with_every_byte() {
     let dir = scratch_dir("ams-vios-kill");
-    let image = dir.join("paging0.img");
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
+    let image = sparse(&dir, "paging0.img", 64);
     let socket = dir.join("vios.sock");
     let vios = start_vios(&socket, &image);
     let seed = 11;
@@ -285,22 +285,15 @@ fn disk_buffers_that_were_paged_out_are_read_and_written_right_through_the_vios(
     // for the read buffer before the read lands in it. The disk is served
     // by a VIOS; the VMM's own virtio-blk carries the data (docs/ams.md).
     let dir = scratch_dir("ams-blkswap");
-    let paging = dir.join("paging0.img");
-    std::fs::File::create(&paging)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
+    let paging = sparse(&dir, "paging0.img", 32);
     let data = dir.join("data.img");
     std::fs::write(&data, vec![0x5au8; 1 << 20]).unwrap();
     let paging_socket = dir.join("paging.sock");
     let data_socket = dir.join("data.sock");
     let _paging_vios = start_vios(&paging_socket, &paging);
     let _data_vios = start_vios(&data_socket, &data);
-    let mut cmd = Command::new(vmm_binary());
-    cmd.arg("--kernel")
-        .arg(guest_path("tiny.elf"))
-        .args(["--memory-mib", "32", "--resident-mib", "4", "--paging"])
-        .arg(format!("vhost-user:{}", paging_socket.display()))
+    let mut cmd = shared_vmm(32, &format!("vhost-user:{}", paging_socket.display()));
+    cmd.args(["--resident-mib", "4"])
         .arg("--disk")
         .arg(format!("vhost-user:{},id=swap-0", data_socket.display()))
         .args(["--cmdline", "parvm.test=blkswap"]);

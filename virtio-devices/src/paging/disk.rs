@@ -138,6 +138,30 @@ fn total(bufs: &[VolatileSlice<'_, impl BitmapSlice>], max: usize) -> usize {
     bufs.iter().map(|b| b.len()).sum::<usize>().min(max)
 }
 
+impl BouncedDisk {
+    /// The whole sectors `[start, end)` covering the `n` bytes from `offset`
+    /// that one transfer moves: `n` at most what `bufs` hold and what the
+    /// bounce area takes once widened to whole sectors, clipped at the end
+    /// of the disk. `None`: nothing to move (at or past the end).
+    fn sectors(
+        &self,
+        offset: u64,
+        bufs: &[VolatileSlice<'_, impl BitmapSlice>],
+    ) -> io::Result<Option<(u64, u64, usize)>> {
+        let capacity = self.len()?;
+        let start = offset - offset % SECTOR_SIZE;
+        let n = total(
+            bufs,
+            MAX_TRANSFER - (offset - start) as usize - SECTOR_SIZE as usize,
+        );
+        let end = ((offset + n as u64).div_ceil(SECTOR_SIZE) * SECTOR_SIZE).min(capacity);
+        if end <= offset {
+            return Ok(None);
+        }
+        Ok(Some((start, end, (end - offset).min(n as u64) as usize)))
+    }
+}
+
 impl DiskBackend for BouncedDisk {
     fn len(&self) -> io::Result<u64> {
         Ok(self.lock().disk.capacity())
@@ -148,20 +172,9 @@ impl DiskBackend for BouncedDisk {
         offset: u64,
         bufs: &[VolatileSlice<'_, B>],
     ) -> io::Result<usize> {
-        let capacity = self.len()?;
-        // The sectors covering [offset, offset + n), n at most what the
-        // bounce area holds once widened to whole sectors.
-        let start = offset - offset % SECTOR_SIZE;
-        let n = total(
-            bufs,
-            MAX_TRANSFER - (offset - start) as usize - SECTOR_SIZE as usize,
-        );
-        let end = (offset + n as u64).div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
-        let end = end.min(capacity);
-        if end <= offset {
+        let Some((start, end, n)) = self.sectors(offset, bufs)? else {
             return Ok(0);
-        }
-        let n = (end - offset).min(n as u64) as usize;
+        };
         self.with_disk(|disk| {
             let data = disk.read_at(start, (end - start) as usize)?;
             let mut from = &data[(offset - start) as usize..][..n];
@@ -184,17 +197,9 @@ impl DiskBackend for BouncedDisk {
         offset: u64,
         bufs: &[VolatileSlice<'_, B>],
     ) -> io::Result<usize> {
-        let capacity = self.len()?;
-        let start = offset - offset % SECTOR_SIZE;
-        let n = total(
-            bufs,
-            MAX_TRANSFER - (offset - start) as usize - SECTOR_SIZE as usize,
-        );
-        let end = ((offset + n as u64).div_ceil(SECTOR_SIZE) * SECTOR_SIZE).min(capacity);
-        if end <= offset {
+        let Some((start, end, n)) = self.sectors(offset, bufs)? else {
             return Ok(0);
-        }
-        let n = (end - offset).min(n as u64) as usize;
+        };
         let mut data = vec![0u8; (end - start) as usize];
         // A partial sector at either end keeps its other bytes.
         let head = (offset - start) as usize;
