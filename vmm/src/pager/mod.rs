@@ -454,6 +454,7 @@ impl Worker {
                 // Sequential faults on pages never written (a guest
                 // clearing or filling memory) get the next ones too.
                 let count = self.run_ahead(span, page, PageState::Zero);
+                let sequential = self.sequential(page);
                 self.make_room(count as u64);
                 if self.table.resident() + count as u64 > self.target()
                     && self.counters.stalled.load(Ordering::Relaxed)
@@ -467,7 +468,7 @@ impl Worker {
                     return;
                 }
                 for p in page..page + count {
-                    self.table.paged_in(p);
+                    self.table.paged_in_as(p, sequential);
                 }
                 self.counters
                     .zero_fills
@@ -492,11 +493,16 @@ impl Worker {
         self.last_fault = Some(page);
     }
 
+    /// Whether a fault on `page` continues a sequential run.
+    fn sequential(&self, page: usize) -> bool {
+        self.last_fault.is_some_and(|l| l + 1 == page)
+    }
+
     /// How many pages from `page` to bring in at once: 1, or when faults
     /// run sequentially up to [`PREFETCH`] consecutive pages of the same
     /// span in `state`.
     fn run_ahead(&self, span: usize, page: usize, state: PageState) -> usize {
-        if self.last_fault.is_none_or(|l| l + 1 != page) {
+        if !self.sequential(page) {
             return 1;
         }
         let s = &self.spans[span];
@@ -516,6 +522,7 @@ impl Worker {
     /// the last page placed.
     fn page_in(&mut self, span: usize, page: usize, since: Instant, addr: usize) -> Option<usize> {
         let count = self.run_ahead(span, page, PageState::Out);
+        let sequential = self.sequential(page);
         self.make_room(count as u64);
         let offsets: Vec<u64> = (page..page + count).map(|p| p as u64 * PAGE_SIZE).collect();
         let host = self.host_of(span, page);
@@ -546,7 +553,7 @@ impl Worker {
             }
         }
         for p in page..page + count {
-            self.table.paged_in(p);
+            self.table.paged_in_as(p, sequential);
         }
         let c = &self.counters;
         c.page_ins.fetch_add(count as u64, Ordering::Relaxed);
@@ -561,7 +568,8 @@ impl Worker {
     /// `room` pages below it (a fault about to bring them in).
     fn evict_batch(&mut self, room: u64) -> bool {
         let excess = (self.table.resident() + room).saturating_sub(self.target()) as usize;
-        let victims = self.table.victims(excess.min(EVICT_BATCH));
+        let guard = (2 * EVICT_BATCH).min(self.target() as usize / 4);
+        let victims = self.table.victims(excess.min(EVICT_BATCH), guard);
         if victims.is_empty() {
             return false;
         }

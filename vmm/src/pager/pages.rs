@@ -20,7 +20,13 @@ pub enum PageState {
     Out,
 }
 
-/// Every page's state, the resident count and the eviction clock.
+/// Every page's state, the resident count and the eviction policy: a
+/// clock for pages that came in one by one, and before it a *scan queue*
+/// for pages that came in as part of a sequential run (docs/ams.md,
+/// "Eviction policy, measured"): a sweep larger than the target would make
+/// the clock (like LRU) evict each page just before it is used again, so
+/// scan pages are evicted first, newest first, but never the newest
+/// `guard` ones (where the sweep is now).
 pub struct PageTable {
     state: Vec<PageState>,
     /// Reference bits for the clock: set when a page comes in, cleared as
@@ -30,6 +36,10 @@ pub struct PageTable {
     pinned: Vec<bool>,
     resident: u64,
     hand: usize,
+    /// Resident pages that came in sequentially, oldest first (entries of
+    /// pages that left since are skipped and dropped).
+    scan: std::collections::VecDeque<usize>,
+    in_scan: Vec<bool>,
 }
 
 impl PageTable {
@@ -41,6 +51,8 @@ impl PageTable {
             pinned: vec![false; pages],
             resident: 0,
             hand: 0,
+            scan: std::collections::VecDeque::new(),
+            in_scan: vec![false; pages],
         }
     }
 
@@ -62,11 +74,26 @@ impl PageTable {
 
     /// The page is in memory now (a fault was served).
     pub fn paged_in(&mut self, page: usize) {
-        if let Some(s) = self.state.get_mut(page) {
-            if *s != PageState::Resident {
-                *s = PageState::Resident;
-                self.resident += 1;
+        self.paged_in_as(page, false);
+    }
+
+    /// The page is in memory now; `sequential`: as part of a sequential
+    /// run of faults (it joins the scan queue instead of the clock).
+    pub fn paged_in_as(&mut self, page: usize, sequential: bool) {
+        let Some(s) = self.state.get_mut(page) else {
+            return;
+        };
+        if *s != PageState::Resident {
+            *s = PageState::Resident;
+            self.resident += 1;
+        }
+        if sequential {
+            if !self.in_scan[page] {
+                self.in_scan[page] = true;
+                self.scan.push_back(page);
             }
+        } else {
+            self.in_scan[page] = false;
             self.referenced[page] = true;
         }
     }
@@ -99,23 +126,26 @@ impl PageTable {
         }
     }
 
-    /// Up to `max` resident, unpinned pages to evict, in ascending order,
-    /// chosen by the clock (second chance): a page referenced since the
-    /// hand last passed is spared once. Looks at each page at most twice,
-    /// so it ends even if everything is pinned.
-    pub fn victims(&mut self, max: usize) -> Vec<usize> {
+    /// Up to `max` resident, unpinned pages to evict, in ascending order:
+    /// scan pages first, newest first, sparing the `guard` newest; then by
+    /// the clock (second chance): a page referenced since the hand last
+    /// passed is spared once. Looks at each page at most twice, so it ends
+    /// even if everything is pinned.
+    pub fn victims(&mut self, max: usize, guard: usize) -> Vec<usize> {
+        let mut out = self.scan_victims(max, guard);
         let n = self.state.len();
-        let mut out = Vec::with_capacity(max);
-        if n == 0 {
-            return out;
-        }
         for _ in 0..2 * n {
             if out.len() >= max {
                 break;
             }
             let p = self.hand;
             self.hand = (self.hand + 1) % n;
-            if self.state[p] != PageState::Resident || self.pinned[p] {
+            // Scan pages left are the guarded ones (where the sweep is).
+            if self.state[p] != PageState::Resident
+                || self.pinned[p]
+                || self.in_scan[p]
+                || out.contains(&p)
+            {
                 continue;
             }
             if self.referenced[p] {
@@ -126,6 +156,42 @@ impl PageTable {
         }
         out.sort_unstable();
         out.dedup();
+        out
+    }
+
+    /// Up to `max` scan pages, newest first after the `guard` newest.
+    fn scan_victims(&mut self, max: usize, guard: usize) -> Vec<usize> {
+        let valid = |t: &PageTable, p: usize| t.in_scan[p] && t.state[p] == PageState::Resident;
+        // Entries of pages that left (or were touched one by one since)
+        // are dropped once they outnumber the live ones.
+        if self.scan.len() > 2 * self.resident as usize + 64 {
+            let live: std::collections::VecDeque<usize> = self
+                .scan
+                .iter()
+                .copied()
+                .filter(|&p| valid(self, p))
+                .collect();
+            self.scan = live;
+        }
+        let mut kept = Vec::with_capacity(guard);
+        let mut out = Vec::with_capacity(max);
+        while out.len() < max {
+            let Some(p) = self.scan.pop_back() else {
+                break;
+            };
+            if !valid(self, p) {
+                continue;
+            }
+            if kept.len() < guard || self.pinned[p] {
+                kept.push(p);
+            } else {
+                self.in_scan[p] = false;
+                out.push(p);
+            }
+        }
+        for p in kept.into_iter().rev() {
+            self.scan.push_back(p);
+        }
         out
     }
 }
@@ -158,18 +224,45 @@ mod tests {
         }
         t.set_pinned(2, true);
         // All referenced: the first lap clears the bits, the second picks.
-        assert_eq!(t.victims(2), vec![0, 1]);
+        assert_eq!(t.victims(2, 0), vec![0, 1]);
         for &p in &[0, 1] {
             t.paged_out(p, false);
         }
         t.touch(3);
-        assert_eq!(t.victims(2), vec![4, 5]);
+        assert_eq!(t.victims(2, 0), vec![4, 5]);
         // Only 3 is left unpinned and resident.
         for &p in &[4, 5] {
             t.paged_out(p, false);
         }
-        assert_eq!(t.victims(8), vec![3]);
+        assert_eq!(t.victims(8, 0), vec![3]);
         t.paged_out(3, false);
-        assert!(t.victims(8).is_empty(), "a pinned page is never a victim");
+        assert!(
+            t.victims(8, 0).is_empty(),
+            "a pinned page is never a victim"
+        );
+    }
+
+    #[test]
+    fn scan_pages_go_first_newest_first_but_not_the_guarded_newest() {
+        let mut t = PageTable::new(16);
+        t.paged_in(0); // one by one: the clock's
+        for p in 1..9 {
+            t.paged_in_as(p, true); // a sequential run
+        }
+        // Guard 2 spares 8 and 7; then 6, 5, 4 (newest first).
+        assert_eq!(t.victims(3, 2), vec![4, 5, 6]);
+        for p in [4, 5, 6] {
+            t.paged_out(p, false);
+        }
+        // A scan page touched one by one joins the clock.
+        t.paged_in(3);
+        assert_eq!(t.victims(2, 2), vec![1, 2]);
+        for p in [1, 2] {
+            t.paged_out(p, false);
+        }
+        // Only guarded scan pages and clock pages are left: the clock
+        // takes a clock page, never where the sweep is.
+        let v = t.victims(1, 2);
+        assert!(v == [0] || v == [3], "{v:?}");
     }
 }
