@@ -132,8 +132,8 @@ fn two_partitions_under_pressure_split_the_pool_by_weight() {
     let env = Env::new("ams-weights");
     ensure_vios(&env.vmm);
     vios_and_pool(&env, 64, 40);
-    env.ok(&["define", &memtest(&env, "light", 64, 1, "parvm.passes=12")]);
-    env.ok(&["define", &memtest(&env, "heavy", 64, 4, "parvm.passes=12")]);
+    env.ok(&["define", &memtest(&env, "light", 64, 1, "parvm.passes=40")]);
+    env.ok(&["define", &memtest(&env, "heavy", 64, 4, "parvm.passes=40")]);
     env.ok(&["start", "light"]);
     env.ok(&["start", "heavy"]);
     // Both sweeping: the write pass of each is over (8 MiB resident makes
