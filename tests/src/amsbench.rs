@@ -4,8 +4,8 @@
 //!
 //! * [`uffd_round_trips`]: a bare userfaultfd round trip, one host thread
 //!   faulting on a missing page of a registered memfd and another serving
-//!   it with `UFFDIO_COPY` from a buffer already in memory (the same ABI
-//!   the pager uses, vmm/src/pager/uffd.rs, without a device behind it);
+//!   it with `UFFDIO_COPY` from a buffer already in memory (the pager's
+//!   own `vmm::pager::uffd`, without a device behind it);
 //! * [`PagingLimits`]: the VIOS through the pager's own driver
 //!   (`virtio_devices::paging::PagingDisk`): one-page read latency and
 //!   sequential 64-page batches both ways;
@@ -21,69 +21,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use virtio_devices::paging::{PagingDisk, MAX_BATCH_PAGES, PAGE_SIZE};
-
-const UFFD_API: u64 = 0xaa;
-const UFFD_FEATURE_MISSING_SHMEM: u64 = 1 << 5;
-const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
-const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
-
-/// `_IOWR(0xaa, nr, size)` of linux/userfaultfd.h.
-const fn uffd_iowr(nr: u64, size: usize) -> u64 {
-    (3 << 30) | ((size as u64) << 16) | (0xaa << 8) | nr
-}
-
-#[repr(C)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-struct UffdioRegister {
-    start: u64,
-    len: u64,
-    mode: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-struct UffdioCopy {
-    dst: u64,
-    src: u64,
-    len: u64,
-    mode: u64,
-    copy: i64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct UffdMsg {
-    event: u8,
-    _reserved: [u8; 7],
-    flags: u64,
-    address: u64,
-    _rest: u64,
-}
-
-const UFFDIO_API: u64 = uffd_iowr(0x3f, std::mem::size_of::<UffdioApi>());
-const UFFDIO_REGISTER: u64 = uffd_iowr(0x00, std::mem::size_of::<UffdioRegister>());
-const UFFDIO_COPY: u64 = uffd_iowr(0x03, std::mem::size_of::<UffdioCopy>());
+use vmm::pager::uffd::{Fault, Placed, Uffd};
 
 fn os_err(what: &str) -> String {
     format!("{what}: {}", std::io::Error::last_os_error())
-}
-
-fn uffd_ioctl<T>(fd: &OwnedFd, request: u64, arg: &mut T) -> std::io::Result<()> {
-    // SAFETY: each request passed here takes a pointer to the structure
-    // `T` its number was sized by (the consts above); `arg` lives across
-    // the call.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, arg as *mut T) };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 /// A shared mapping of a new memfd of `len` bytes.
@@ -160,9 +101,9 @@ impl Drop for MappedMemfd {
     }
 }
 
-/// The serving thread: poll (100 ms, to see `stop`), read one message,
+/// The serving thread: poll (100 ms, to see `stop`), read one fault,
 /// `UFFDIO_COPY` one page from `src`: the pager's loop without a device.
-fn serve_faults(uffd: &OwnedFd, src: &[u8], stop: &AtomicBool) -> Result<u64, String> {
+fn serve_faults(uffd: &Uffd, src: &[u8], stop: &AtomicBool) -> Result<u64, String> {
     let mut served = 0;
     while !stop.load(Ordering::Relaxed) {
         let mut pfd = libc::pollfd {
@@ -174,24 +115,15 @@ fn serve_faults(uffd: &OwnedFd, src: &[u8], stop: &AtomicBool) -> Result<u64, St
         if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
             continue;
         }
-        let mut msg = UffdMsg::default();
-        let size = std::mem::size_of::<UffdMsg>();
-        // SAFETY: reads at most `size` bytes into `msg`, a plain structure
-        // of that size.
-        let n = unsafe { libc::read(uffd.as_raw_fd(), (&mut msg as *mut UffdMsg).cast(), size) };
-        if n != size as isize || msg.event != UFFD_EVENT_PAGEFAULT {
+        let Ok(Some(Fault::Missing(addr))) = uffd.read_fault() else {
             continue;
-        }
-        let mut copy = UffdioCopy {
-            dst: msg.address & !(PAGE_SIZE as u64 - 1),
-            src: src.as_ptr() as u64,
-            len: PAGE_SIZE as u64,
-            mode: 0,
-            copy: 0,
         };
-        match uffd_ioctl(uffd, UFFDIO_COPY, &mut copy) {
-            Ok(()) => served += 1,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        let dst = addr & !(PAGE_SIZE - 1);
+        // SAFETY: `src` holds a page; `dst` is a page of the registered
+        // mapping.
+        match unsafe { uffd.copy(src.as_ptr(), dst, PAGE_SIZE) } {
+            Ok(Placed::Done) => served += 1,
+            Ok(Placed::Exists) => {}
             Err(e) => return Err(format!("UFFDIO_COPY: {e}")),
         }
     }
@@ -204,27 +136,11 @@ fn serve_faults(uffd: &OwnedFd, src: &[u8], stop: &AtomicBool) -> Result<u64, St
 pub fn uffd_round_trips(faults: usize) -> Result<Vec<u64>, String> {
     const PAGES: usize = 4096;
     let mem = Arc::new(MappedMemfd::new(PAGES * PAGE_SIZE)?);
-    // SAFETY: userfaultfd takes flags only; the result is checked. Kernel
-    // faults are not needed but not excluded either, as in the pager.
-    let raw = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
-    if raw < 0 {
-        return Err(os_err("userfaultfd"));
-    }
-    // SAFETY: `raw` is a new descriptor nobody else owns.
-    let uffd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
-    let mut api = UffdioApi {
-        api: UFFD_API,
-        features: UFFD_FEATURE_MISSING_SHMEM,
-        ioctls: 0,
-    };
-    uffd_ioctl(&uffd, UFFDIO_API, &mut api).map_err(|e| format!("UFFDIO_API: {e}"))?;
-    let mut reg = UffdioRegister {
-        start: mem.addr as u64,
-        len: mem.len as u64,
-        mode: UFFDIO_REGISTER_MODE_MISSING,
-        ioctls: 0,
-    };
-    uffd_ioctl(&uffd, UFFDIO_REGISTER, &mut reg).map_err(|e| format!("UFFDIO_REGISTER: {e}"))?;
+    // The pager's own userfaultfd (vmm/src/pager/uffd.rs): kernel faults
+    // are not needed here but not excluded either, as in the pager.
+    let uffd = Uffd::new().map_err(|e| format!("userfaultfd: {e}"))?;
+    uffd.register(mem.addr as usize, mem.len)
+        .map_err(|e| format!("UFFDIO_REGISTER: {e}"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let server = {
         let stop = stop.clone();
