@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use parvm_tests::amsbench::guest_ram_bytes;
 use parvm_tests::guests::guest_path;
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
@@ -423,23 +424,6 @@ fn shared_memory_starts_get_a_device_and_room_or_a_one_line_error() {
     let _ = std::fs::remove_dir_all(bin);
 }
 
-/// Bytes allocated in the guest-RAM memfd of VMM `pid` (0 once it is gone).
-fn guest_ram_bytes(pid: u32) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return 0;
-    };
-    fds.flatten()
-        .filter(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|l| l.to_string_lossy().starts_with("/memfd:parvm-guest-ram"))
-        })
-        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
-        .map(|m| m.blocks() * 512)
-        .max()
-        .unwrap_or(0)
-}
-
 #[test]
 fn three_shared_partitions_of_three_times_the_pool_page_through_it() {
     let env = Env::new("pool-boot");
@@ -500,7 +484,7 @@ fn three_shared_partitions_of_three_times_the_pool_page_through_it() {
     let mut seen: [(u64, u64); 3] = [(0, 0); 3];
     let deadline = std::time::Instant::now() + Duration::from_secs(240);
     loop {
-        let ram: u64 = pids.iter().map(|&p| guest_ram_bytes(p)).sum();
+        let ram: u64 = pids.iter().filter_map(|&p| guest_ram_bytes(p)).sum();
         worst_ram = worst_ram.max(ram);
         let p = pool(&env);
         worst_resident = worst_resident.max(p["resident_pages"].as_u64().unwrap());

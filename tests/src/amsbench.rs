@@ -308,19 +308,20 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Bytes the VMM's guest-RAM memfd holds in memory (its allocated blocks).
+/// Bytes the guest-RAM memfd of VMM `pid` holds in memory (its allocated
+/// blocks); `None` once the process (or its memfd) is gone. What the pool's
+/// budget counts; also sampled by the AMS tests.
 pub fn guest_ram_bytes(pid: u32) -> Option<u64> {
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()? {
-        let fd = fd.ok()?;
-        let target = std::fs::read_link(fd.path()).ok()?;
-        if target
-            .to_string_lossy()
-            .starts_with("/memfd:parvm-guest-ram")
-        {
-            return Some(std::fs::metadata(fd.path()).ok()?.blocks() * 512);
-        }
-    }
-    None
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|l| l.to_string_lossy().starts_with("/memfd:parvm-guest-ram"))
+        })
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .map(|m| m.blocks() * 512)
+        .max()
 }
 
 #[cfg(test)]

@@ -11,13 +11,13 @@
 mod common;
 
 use common::{vmm_binary, Vios};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use parvm_tests::amsbench::guest_ram_bytes;
 use parvm_tests::guests::{guest_path, memtest_qword, MEMTEST_START};
 use parvm_tests::{scratch_dir, wait, Finished};
 
@@ -49,21 +49,6 @@ fn shared_vmm(memory_mib: u64, paging: &str) -> Command {
 /// A VIOS exporting `disk` as `paging0` on `socket`.
 fn start_vios(socket: &Path, disk: &Path) -> Vios {
     Vios::spawn(socket, &format!("{},id=paging0", disk.display()))
-}
-
-/// Bytes the VMM's guest-RAM memfd has in memory, or None once it is gone.
-fn guest_ram_bytes(pid: u32) -> Option<u64> {
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()? {
-        let fd = fd.ok()?;
-        let target = std::fs::read_link(fd.path()).ok()?;
-        if target
-            .to_string_lossy()
-            .starts_with("/memfd:parvm-guest-ram")
-        {
-            return Some(std::fs::metadata(fd.path()).ok()?.blocks() * 512);
-        }
-    }
-    None
 }
 
 /// The VMM's `vmm: pager: k=v ...` figures.
