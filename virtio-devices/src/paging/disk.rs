@@ -7,7 +7,8 @@
 //! covers.
 //!
 //! A lost backend is waited for: a request that meets `Disconnected` asks
-//! for a new connection (a socket handed over with [`BouncedDisk::hand_over`]
+//! for a new connection (a socket handed over through
+//! [`BouncedDisk::reconnect_handle`]
 //! by the partition manager, or the socket path dialled again) every
 //! [`RETRY_INTERVAL`] for up to [`RETRY_FOR`], then is retried from the
 //! start (block reads and writes are idempotent). Only then does the guest
@@ -16,14 +17,14 @@
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
 
-use super::{PagingDisk, PagingError, MAX_TRANSFER};
+use super::{HandOver, PagingDisk, PagingError, MAX_TRANSFER};
 use crate::block::{DiskBackend, SECTOR_SIZE};
 
 /// How often a lost backend is asked for again.
@@ -39,27 +40,7 @@ struct Inner {
 /// A VIOS disk as a [`DiskBackend`].
 pub struct BouncedDisk {
     inner: Mutex<Inner>,
-    handed: Arc<Mutex<Option<UnixStream>>>,
-}
-
-/// Hands a [`BouncedDisk`] a new socket to its backend. Cheap to clone.
-#[derive(Clone)]
-pub struct BouncedReconnect(Arc<Mutex<Option<UnixStream>>>);
-
-impl BouncedReconnect {
-    /// The next request (or the one waiting) sets up the disk on `stream`.
-    pub fn hand_over(&self, stream: UnixStream) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream);
-    }
-}
-
-fn is_lost(e: &PagingError) -> bool {
-    matches!(
-        e,
-        PagingError::Disconnected { .. }
-            | PagingError::Timeout { .. }
-            | PagingError::Backend { .. }
-    )
+    handed: HandOver,
 }
 
 fn io_error(e: PagingError) -> io::Error {
@@ -77,13 +58,13 @@ impl BouncedDisk {
         let disk = PagingDisk::connect_disk(id, stream)?;
         Ok(BouncedDisk {
             inner: Mutex::new(Inner { disk, path }),
-            handed: Arc::default(),
+            handed: HandOver::default(),
         })
     }
 
     /// The handle a re-brokered socket comes through.
-    pub fn reconnect_handle(&self) -> BouncedReconnect {
-        BouncedReconnect(self.handed.clone())
+    pub fn reconnect_handle(&self) -> HandOver {
+        self.handed.clone()
     }
 
     /// Whether the export is read-only.
@@ -110,7 +91,7 @@ impl BouncedDisk {
                     }
                     return Ok(v);
                 }
-                Err(e) if is_lost(&e) => {
+                Err(e) if e.is_lost() => {
                     let start = *since.get_or_insert_with(|| {
                         warn!(disk = %inner.disk.id(), error = %e, "disk through the VMM: backend lost; requests wait for it");
                         Instant::now()
@@ -119,13 +100,9 @@ impl BouncedDisk {
                         return Err(io_error(e));
                     }
                     std::thread::sleep(RETRY_INTERVAL);
-                    let handed = self.handed.lock().unwrap_or_else(|e| e.into_inner()).take();
                     let Inner { disk, path } = &mut *inner;
-                    let _ = match (handed, path) {
-                        (Some(stream), _) => disk.reconnect(stream),
-                        (None, Some(path)) => disk.reconnect_path(path),
-                        (None, None) => Ok(()),
-                    };
+                    // Failing again is seen by the next try of `op`.
+                    let _ = disk.reconnect_via(&self.handed, path.as_deref());
                 }
                 Err(e) => return Err(io_error(e)),
             }

@@ -156,3 +156,17 @@ pub(super) fn status_name(status: u8) -> &'static str {
         _ => "unknown",
     }
 }
+
+impl PagingError {
+    /// Whether the connection is gone (the backend died, stopped answering
+    /// or broke the protocol): the caller waits for a new one and retries;
+    /// any other error is about the request itself.
+    pub fn is_lost(&self) -> bool {
+        matches!(
+            self,
+            PagingError::Disconnected { .. }
+                | PagingError::Timeout { .. }
+                | PagingError::Backend { .. }
+        )
+    }
+}

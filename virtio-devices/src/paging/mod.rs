@@ -45,9 +45,11 @@
 
 mod disk;
 mod error;
+mod handover;
 mod queue;
 
-pub use disk::{BouncedDisk, BouncedReconnect, RETRY_FOR, RETRY_INTERVAL};
+pub use disk::{BouncedDisk, RETRY_FOR, RETRY_INTERVAL};
+pub use handover::HandOver;
 
 use std::collections::HashSet;
 use std::io;

@@ -17,7 +17,7 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use virtio_devices::block::{Block, BlockConfig, BlockCore, BlockHandler, BlockOptions};
-use virtio_devices::paging::{BouncedDisk, BouncedReconnect};
+use virtio_devices::paging::{BouncedDisk, HandOver};
 use virtio_devices::vhost_user_blk::{ReconnectHandle, VhostUserBlkDevice, VhostUserBlkError};
 use virtio_devices::{
     kernel_cmdline_device, InterruptKind, InterruptSignal, MmioTransport, VirtioDevice,
@@ -69,7 +69,7 @@ enum BlockDevice {
     Bounced(
         Block<GuestMemory>,
         BlockHandler<GuestMemory, BouncedDisk>,
-        BouncedReconnect,
+        HandOver,
     ),
 }
 
@@ -77,7 +77,7 @@ enum BlockDevice {
 #[derive(Clone)]
 enum Reconnect {
     VhostUser(ReconnectHandle),
-    Bounced(BouncedReconnect),
+    Bounced(HandOver),
 }
 
 /// The vhost-user disks of this VMM by disk id, for the control channel's

@@ -6,49 +6,29 @@
 //! `vhost-user:SOCKET` device is dialled again by path (a VIOS restarted by
 //! hand or by its service manager listens there again); a brokered
 //! `vhost-user-fd:N` device waits for the partition manager to hand over a
-//! new socket ([`Reconnector::hand_over`], from the control channel).
+//! new socket (`HandOver::hand_over`, from the control channel).
 
 use super::{PagerError, PagingStore, StoreError};
 use crate::config::DiskSource;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use virtio_devices::paging::{PagingDisk, PagingError};
+use virtio_devices::paging::{HandOver, PagingDisk, PagingError};
 
 /// Id of the paging device in logs (and its vhost-user GET_ID is the VIOS's).
 const ID: &str = "paging";
-
-/// A new socket for a brokered paging device, handed over from outside the
-/// pager thread. Cheap to clone.
-#[derive(Clone, Default)]
-pub struct Reconnector(Arc<Mutex<Option<UnixStream>>>);
-
-impl Reconnector {
-    /// Gives the pager a new connection to its paging device; it is set up
-    /// at the pager's next reconnect attempt (at most 100 ms later).
-    pub fn hand_over(&self, stream: UnixStream) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream);
-    }
-
-    fn take(&self) -> Option<UnixStream> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
 
 /// A [`PagingDisk`] as the pager's store.
 struct VhostUserStore {
     disk: PagingDisk,
     /// Where to dial again (`vhost-user:SOCKET`), or `None` (brokered).
     path: Option<PathBuf>,
-    handed: Reconnector,
+    handed: HandOver,
 }
 
 fn store_error(e: PagingError) -> StoreError {
-    match e {
-        PagingError::Disconnected { .. }
-        | PagingError::Timeout { .. }
-        | PagingError::Backend { .. } => StoreError::Disconnected,
-        other => StoreError::Failed(other.to_string()),
+    if e.is_lost() {
+        StoreError::Disconnected
+    } else {
+        StoreError::Failed(e.to_string())
     }
 }
 
@@ -66,21 +46,16 @@ impl PagingStore for VhostUserStore {
     }
 
     fn reconnect(&mut self) -> Result<(), StoreError> {
-        if let Some(stream) = self.handed.take() {
-            return self.disk.reconnect(stream).map_err(store_error);
-        }
-        match &self.path {
-            Some(path) => self.disk.reconnect_path(path).map_err(store_error),
-            None if self.disk.is_connected() => Ok(()),
-            None => Err(StoreError::Disconnected),
-        }
+        self.disk
+            .reconnect_via(&self.handed, self.path.as_deref())
+            .map_err(store_error)
     }
 }
 
 /// Connects to the paging device `source` (`vhost-user:SOCKET` or
 /// `vhost-user-fd:N`); returns the store and the handle a new brokered
 /// socket comes through.
-pub fn connect(source: &DiskSource) -> Result<(Box<dyn PagingStore>, Reconnector), PagerError> {
+pub fn connect(source: &DiskSource) -> Result<(Box<dyn PagingStore>, HandOver), PagerError> {
     let failed = |message: String| PagerError::Device {
         source_text: source.to_string(),
         message,
@@ -104,7 +79,7 @@ pub fn connect(source: &DiskSource) -> Result<(Box<dyn PagingStore>, Reconnector
                     .into(),
             )),
         };
-    let handed = Reconnector::default();
+    let handed = HandOver::default();
     Ok((
         Box::new(VhostUserStore {
             disk,

@@ -143,7 +143,7 @@ struct Counters {
 pub struct Pager {
     counters: Arc<Counters>,
     logical_pages: u64,
-    reconnector: device::Reconnector,
+    reconnector: virtio_devices::paging::HandOver,
     wake: EventFd,
     thread: Option<JoinHandle<()>>,
 }
@@ -155,7 +155,7 @@ impl Pager {
         memory: &GuestMemoryMmap,
         memfd: &File,
         store: Box<dyn PagingStore>,
-        reconnector: device::Reconnector,
+        reconnector: virtio_devices::paging::HandOver,
         target_pages: u64,
     ) -> Result<Pager, PagerError> {
         let uffd_err = |e: &dyn std::fmt::Display| PagerError::Uffd(e.to_string());

@@ -22,7 +22,7 @@ fn start(mib: u64, target_pages: u64) -> Option<(GuestRam, Pager, Probe)> {
         &ram.memory,
         &ram.memfd,
         Box::new(store),
-        device::Reconnector::default(),
+        virtio_devices::paging::HandOver::default(),
         target_pages,
     ) {
         Ok(p) => Some((ram, p, probe)),
@@ -184,7 +184,7 @@ fn a_lower_target_is_reached_and_a_small_device_is_refused() {
         &small.memory,
         &small.memfd,
         Box::new(MemStore::new(1 << 20)),
-        device::Reconnector::default(),
+        virtio_devices::paging::HandOver::default(),
         64,
     )
     .err()
