@@ -56,6 +56,15 @@ pub struct MemorySpec {
         with = "paging_source"
     )]
     pub paging: Option<DiskSource>,
+    /// A second connection to the same paging device, for the pager's
+    /// evictor (`vhost-user-fd:M`, which the manager sets beside `paging`;
+    /// without it a `vhost-user:SOCKET` device is dialled twice).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "paging_source"
+    )]
+    pub paging_evictor: Option<DiskSource>,
     /// The starting resident target (shared mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resident_mib: Option<u64>,
@@ -89,6 +98,8 @@ pub struct SharedMemory {
     pub weight: u8,
     /// `None` only in a definition the manager has yet to complete.
     pub paging: Option<DiskSource>,
+    /// The evictor's connection, if not dialled again from `paging`.
+    pub paging_evictor: Option<DiskSource>,
     /// Starting resident target, MiB; `None`: the whole logical size.
     pub resident_mib: Option<u64>,
 }
@@ -109,10 +120,11 @@ impl MemorySpec {
                 if spec.logical_mib.is_some()
                     || spec.weight.is_some()
                     || spec.paging.is_some()
+                    || spec.paging_evictor.is_some()
                     || spec.resident_mib.is_some()
                 {
                     return bad(
-                        "logical_mib, weight, paging and resident_mib need \"mode\": \"shared\""
+                        "logical_mib, weight, paging, paging_evictor and resident_mib need \"mode\": \"shared\""
                             .into(),
                     );
                 }
@@ -128,6 +140,13 @@ impl MemorySpec {
                     (Some(l), _) => Some(l),
                     (None, m) => m,
                 };
+                match (&spec.paging, &spec.paging_evictor) {
+                    (_, Some(DiskSource::Vios { .. })) => {
+                        return bad("paging_evictor is a connection the manager brokers (vhost-user-fd:N) or a socket (vhost-user:SOCKET), not vios:".into())
+                    }
+                    (None, Some(_)) => return bad("paging_evictor needs paging".into()),
+                    _ => {}
+                }
                 if let Some(r) = spec.resident_mib {
                     if r < MIN_RESIDENT_MIB {
                         return bad(format!(
@@ -140,6 +159,7 @@ impl MemorySpec {
                     Some(SharedMemory {
                         weight: spec.weight.unwrap_or(DEFAULT_MEMORY_WEIGHT),
                         paging: spec.paging.clone(),
+                        paging_evictor: spec.paging_evictor.clone(),
                         resident_mib: spec.resident_mib,
                     }),
                 ))

@@ -319,16 +319,21 @@ fn shared_memory_section_parses_and_defaults() {
     // manager writes them.
     let d = parse(
         r#"{"kernel":"k","memory_mib":64,"memory":{"mode":"shared","weight":4,
-            "paging":"vhost-user-fd:7","resident_mib":16}}"#,
+            "paging":"vhost-user-fd:7","paging_evictor":"vhost-user-fd:8","resident_mib":16}}"#,
     )
     .unwrap();
     let text = serde_json::to_string(&d).unwrap();
     assert!(text.contains(r#""paging":"vhost-user-fd:7""#), "{text}");
+    assert!(
+        text.contains(r#""paging_evictor":"vhost-user-fd:8""#),
+        "{text}"
+    );
     let c = d.validate().unwrap();
     assert_eq!(c.memory_mib, 64);
     let s = c.shared.unwrap();
     assert_eq!(s.weight, 4);
     assert_eq!(s.paging, Some(DiskSource::VhostUserFd(7)));
+    assert_eq!(s.paging_evictor, Some(DiskSource::VhostUserFd(8)));
     assert_eq!(s.resident_mib, Some(16));
 
     // Dedicated, spelled out, is today's behaviour.
@@ -386,6 +391,18 @@ fn broken_memory_sections_are_named() {
         (
             r#"{"kernel":"k","memory":{"mode":"shared","logical_mib":1}}"#,
             "memory_mib must be",
+        ),
+        (
+            r#"{"kernel":"k","memory":{"mode":"shared","paging_evictor":"vhost-user-fd:4"}}"#,
+            "paging_evictor needs paging",
+        ),
+        (
+            r#"{"kernel":"k","memory":{"mode":"shared","paging":"vios:v/d","paging_evictor":"vios:v/d"}}"#,
+            "not vios:",
+        ),
+        (
+            r#"{"kernel":"k","memory":{"paging_evictor":"vhost-user-fd:4"}}"#,
+            "need \"mode\": \"shared\"",
         ),
     ] {
         let e = invalid(json);

@@ -436,7 +436,8 @@ impl Manager {
             Definition::Partition(def) => {
                 let mut fds =
                     crate::vios::broker(&state.partitions, state.grants.table(), name, def)?;
-                // A shared-memory partition's paging device: the next fd.
+                // A shared-memory partition's paging device: the next
+                // two fds (the pager's fault thread and evictor).
                 let fd = crate::process::FIRST_DISK_FD + fds.len() as i32;
                 fds.extend(state.broker_paging(name, def, fd)?);
                 fds

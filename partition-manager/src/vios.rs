@@ -306,20 +306,23 @@ pub(crate) fn broker_paging(
     Ok(OwnedFd::from(client_end))
 }
 
-/// VIOS `device.vios` came back: a fresh socketpair to the paging device
-/// of running partition `client`, its end sent with `PagingReconnect`.
+/// VIOS `device.vios` came back: two fresh socketpairs to the paging
+/// device of running partition `client` (its pager's fault thread and
+/// evictor), each end sent with `PagingReconnect`.
 pub(crate) fn rebroker_paging(
     partitions: &PartitionTable,
     client: &str,
     device: &PagingDevice,
 ) -> Result<(), ManagerError> {
-    let end = broker_paging(partitions, client, device, -1)?;
     let writer = partitions
         .writer(client)
         .ok_or_else(|| ManagerError::Control(client.to_string(), "not attached".into()))?;
-    writer
-        .send(&ManagerToVmm::PagingReconnect, &[end.as_fd()])
-        .map_err(|e| ManagerError::Control(client.to_string(), e.to_string()))?;
+    for evictor in [false, true] {
+        let end = broker_paging(partitions, client, device, -1)?;
+        writer
+            .send(&ManagerToVmm::PagingReconnect { evictor }, &[end.as_fd()])
+            .map_err(|e| ManagerError::Control(client.to_string(), e.to_string()))?;
+    }
     tracing::info!(partition = %client, %device, "paging device re-brokered after the VIOS came back");
     Ok(())
 }

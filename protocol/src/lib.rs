@@ -576,8 +576,12 @@ pub enum ManagerToVmm {
         pages: u64,
     },
     /// The VIOS serving the paging device came back; the socket beside
-    /// this frame is the new connection to it.
-    PagingReconnect,
+    /// this frame is the new connection to it, for the pager's evictor if
+    /// `evictor`, else for its fault thread (one frame each).
+    PagingReconnect {
+        #[serde(default)]
+        evictor: bool,
+    },
 }
 
 impl Message for ManagerToVmm {
@@ -586,7 +590,7 @@ impl Message for ManagerToVmm {
         match self {
             ManagerToVmm::Map { .. } => Fds::One("memfd"),
             ManagerToVmm::Doorbell { .. } => Fds::One("eventfd"),
-            ManagerToVmm::VhostUserReconnect { .. } | ManagerToVmm::PagingReconnect => {
+            ManagerToVmm::VhostUserReconnect { .. } | ManagerToVmm::PagingReconnect { .. } => {
                 Fds::One("socket")
             }
             _ => Fds::None,

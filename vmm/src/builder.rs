@@ -77,7 +77,8 @@ pub fn attach_pager(
     let Some(source) = &shared.paging else {
         return Err(crate::pager::PagerError::NoPagingDevice.into());
     };
-    let (store, reconnector) = crate::pager::device::connect(source)?;
+    let (stores, reconnectors) =
+        crate::pager::device::connect(source, shared.paging_evictor.as_ref())?;
     let logical_pages = ram.size / crate::pager::pages::PAGE_SIZE;
     let target = shared
         .resident_mib
@@ -87,8 +88,8 @@ pub fn attach_pager(
     Ok(Some(crate::pager::Pager::start(
         &ram.memory,
         &ram.memfd,
-        store,
-        reconnector,
+        stores,
+        reconnectors,
         target,
     )?))
 }

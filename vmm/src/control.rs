@@ -483,12 +483,12 @@ fn handle(s: &Shared, msg: ManagerToVmm, fds: Vec<OwnedFd>) {
                 s.send(&ToManager::Failed { message });
             }
         }
-        ManagerToVmm::PagingReconnect => match &s.pager {
+        ManagerToVmm::PagingReconnect { evictor } => match &s.pager {
             // The pager sets the new connection up at its next reconnect
             // attempt (its VIOS came back; the manager brokered it).
             Some(pager) => {
                 tracing::info!(partition = %s.name, "new paging device connection from the manager");
-                pager.hand_over_paging_socket(UnixStream::from(fd));
+                pager.hand_over_paging_socket(UnixStream::from(fd), evictor);
             }
             None => {
                 s.send(&ToManager::Failed {
@@ -567,7 +567,7 @@ fn handle_plain(s: &Shared, msg: ManagerToVmm) {
         },
         ManagerToVmm::Doorbell { .. }
         | ManagerToVmm::VhostUserReconnect { .. }
-        | ManagerToVmm::PagingReconnect => {
+        | ManagerToVmm::PagingReconnect { .. } => {
             // Unreachable: the channel refuses these without their fd.
         }
     }

@@ -50,6 +50,15 @@ struct Args {
     /// partition in shared memory mode; `--memory-mib` is its logical size.
     #[arg(long, value_name = "vhost-user:SOCKET|vhost-user-fd:N")]
     paging: Option<String>,
+    /// Shared memory: a second connection to the same paging device, for
+    /// the pager's evictor thread (`vhost-user-fd:M`; a `vhost-user:SOCKET`
+    /// device is dialled twice without it).
+    #[arg(
+        long,
+        value_name = "vhost-user:SOCKET|vhost-user-fd:M",
+        requires = "paging"
+    )]
+    paging_evictor: Option<String>,
     /// Shared memory: at most this much guest RAM stays resident (default:
     /// all of it until the partition manager sets a target).
     #[arg(long, value_name = "N")]
@@ -96,7 +105,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
     };
     let memory = shared_memory_flags(
         file.memory.as_deref(),
-        args.paging.as_deref(),
+        [args.paging.as_deref(), args.paging_evictor.as_deref()],
         args.resident_mib,
     )?;
     let flags = PartitionDefinition {
@@ -148,11 +157,12 @@ fn run(args: Args) -> anyhow::Result<i32> {
     Ok(reason.exit_code())
 }
 
-/// The file's memory section with `--paging` and `--resident-mib` applied
-/// (either puts the partition in shared mode); `None` without either flag.
+/// The file's memory section with `--paging` (and `--paging-evictor`)
+/// and `--resident-mib` applied (either puts the partition in shared
+/// mode); `None` without either flag.
 fn shared_memory_flags(
     file: Option<&MemorySpec>,
-    paging: Option<&str>,
+    [paging, evictor]: [Option<&str>; 2],
     resident_mib: Option<u64>,
 ) -> anyhow::Result<Option<Box<MemorySpec>>> {
     if paging.is_none() && resident_mib.is_none() {
@@ -160,15 +170,19 @@ fn shared_memory_flags(
     }
     let mut spec = file.cloned().unwrap_or_default();
     spec.mode = MemoryMode::Shared;
-    if let Some(p) = paging {
-        let source = DiskSource::parse(p).map_err(|m| anyhow::anyhow!("--paging {p}: {m}"))?;
+    let parse = |flag: &str, p: &str| -> anyhow::Result<DiskSource> {
+        let source = DiskSource::parse(p).map_err(|m| anyhow::anyhow!("--{flag} {p}: {m}"))?;
         if !matches!(
             source,
             DiskSource::VhostUser(_) | DiskSource::VhostUserFd(_)
         ) {
-            anyhow::bail!("--paging {p}: use vhost-user:SOCKET or vhost-user-fd:N");
+            anyhow::bail!("--{flag} {p}: use vhost-user:SOCKET or vhost-user-fd:N");
         }
-        spec.paging = Some(source);
+        Ok(source)
+    };
+    if let Some(p) = paging {
+        spec.paging = Some(parse("paging", p)?);
+        spec.paging_evictor = evictor.map(|e| parse("paging-evictor", e)).transpose()?;
     }
     if resident_mib.is_some() {
         spec.resident_mib = resident_mib;

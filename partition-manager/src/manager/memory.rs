@@ -61,28 +61,34 @@ impl State {
         }
     }
 
-    /// The paging device of a partition whose room is there: brokered as
-    /// inherited fd `fd`, and the definition the VMM reads set to use it
-    /// (`memory.paging = vhost-user-fd:N`, `memory.resident_mib`).
+    /// The paging device of a partition whose room is there: brokered
+    /// twice, as inherited fds `fd` (the pager's fault thread) and `fd + 1`
+    /// (its evictor), and the definition the VMM reads set to use them
+    /// (`memory.paging = vhost-user-fd:N`, `memory.paging_evictor`,
+    /// `memory.resident_mib`).
     pub(super) fn broker_paging(
         &mut self,
         name: &str,
         def: &mut PartitionDefinition,
         fd: i32,
-    ) -> Result<Option<OwnedFd>, ManagerError> {
+    ) -> Result<Vec<OwnedFd>, ManagerError> {
         let Some(pages) = self.pool.start_target(name) else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         let Some(device) = self.pool.spawning(name, pages) else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
-        let end = crate::vios::broker_paging(&self.partitions, name, &device, fd)?;
+        let ends = vec![
+            crate::vios::broker_paging(&self.partitions, name, &device, fd)?,
+            crate::vios::broker_paging(&self.partitions, name, &device, fd + 1)?,
+        ];
         if let Some(memory) = def.memory.as_mut() {
             memory.paging = Some(DiskSource::VhostUserFd(fd));
+            memory.paging_evictor = Some(DiskSource::VhostUserFd(fd + 1));
             memory.resident_mib = Some(pages / PAGES_PER_MIB);
         }
         tracing::info!(partition = %name, %device, resident_mib = pages / PAGES_PER_MIB, "shared memory: starting");
-        Ok(Some(end))
+        Ok(ends)
     }
 }
 

@@ -8,7 +8,7 @@
 //! `vhost-user-fd:N` device waits for the partition manager to hand over a
 //! new socket (`HandOver::hand_over`, from the control channel).
 
-use super::{PagerError, PagingStore, StoreError};
+use super::{PagerError, PagingStore, Reconnectors, StoreError, Stores};
 use crate::config::DiskSource;
 use std::path::PathBuf;
 use virtio_devices::paging::{HandOver, PagingDisk, PagingError};
@@ -52,10 +52,35 @@ impl PagingStore for VhostUserStore {
     }
 }
 
-/// Connects to the paging device `source` (`vhost-user:SOCKET` or
-/// `vhost-user-fd:N`); returns the store and the handle a new brokered
-/// socket comes through.
-pub fn connect(source: &DiskSource) -> Result<(Box<dyn PagingStore>, HandOver), PagerError> {
+/// Connects to the paging device twice: `source` (`vhost-user:SOCKET` or
+/// `vhost-user-fd:N`) for the fault thread and `evictor` for the evictor,
+/// or, without it, `source` dialled again (a brokered `vhost-user-fd:N`
+/// cannot be: the manager gives a second socket, `memory.paging_evictor`);
+/// returns the stores and the handles new brokered sockets come through.
+pub fn connect(
+    source: &DiskSource,
+    evictor: Option<&DiskSource>,
+) -> Result<(Stores, Reconnectors), PagerError> {
+    let evictor = match (evictor, source) {
+        (Some(e), _) => e,
+        (None, DiskSource::VhostUser(_)) => source,
+        (None, _) => {
+            return Err(PagerError::Device {
+                source_text: source.to_string(),
+                message: "a brokered paging device needs a second connection for the evictor: give paging_evictor (vhost-user-fd:M) in the memory section, or --paging-evictor".into(),
+            })
+        }
+    };
+    let reconnectors = Reconnectors::default();
+    let stores = Stores {
+        faults: open(source, &reconnectors.faults)?,
+        evictor: open(evictor, &reconnectors.evictor)?,
+    };
+    Ok((stores, reconnectors))
+}
+
+/// One connection to the paging device `source`.
+fn open(source: &DiskSource, handed: &HandOver) -> Result<Box<dyn PagingStore>, PagerError> {
     let failed = |message: String| PagerError::Device {
         source_text: source.to_string(),
         message,
@@ -79,13 +104,9 @@ pub fn connect(source: &DiskSource) -> Result<(Box<dyn PagingStore>, HandOver), 
                     .into(),
             )),
         };
-    let handed = HandOver::default();
-    Ok((
-        Box::new(VhostUserStore {
-            disk,
-            path,
-            handed: handed.clone(),
-        }),
-        handed,
-    ))
+    Ok(Box::new(VhostUserStore {
+        disk,
+        path,
+        handed: handed.clone(),
+    }))
 }

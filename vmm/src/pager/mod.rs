@@ -3,26 +3,35 @@
 //! *resident target* of it stays in the memfd, and the rest lives on a
 //! paging device a VIOS serves.
 //!
-//! One thread, [`Pager::start`]ed before anything touches guest RAM (so
-//! that every page that comes in is counted), does both jobs:
+//! Two threads, [`Pager::start`]ed before anything touches guest RAM (so
+//! that every page that comes in is counted), share the page table
+//! ([`pages::PageTable`], behind one mutex held only for bookkeeping) and
+//! each has its own connection to the paging device, so that a fault never
+//! waits for a write-out:
 //!
-//! - **faults**: a missing page of guest RAM (a vCPU through KVM, or a VMM
-//!   thread) is served with `UFFDIO_ZEROPAGE` if it was never written or
-//!   was zero when it left, else read from the paging device and placed
-//!   with `UFFDIO_COPY`; sequential faults read the next pages too;
-//! - **eviction**: while more pages are resident than the target (less a
-//!   slack of two batches kept free ahead of the faults), a batch
-//!   chosen by the clock ([`pages::PageTable::victims`]) is written out:
-//!   write-protected (userfaultfd WP, so no vCPU or VMM write can land
-//!   between the copy and the release), copied, written to the device
-//!   (zero pages are not), punched out of the memfd (`FALLOC_FL_PUNCH_HOLE`)
-//!   and unprotected, which wakes any writer that waited: it faults again
-//!   and gets the page back from the device.
+//! - **faults** ([`faults`]): a missing page of guest RAM (a vCPU through
+//!   KVM, or a VMM thread) is served with `UFFDIO_ZEROPAGE` if it was never
+//!   written or was zero when it left, else read from the paging device and
+//!   placed with `UFFDIO_COPY`; sequential faults read the next pages too.
+//!   Room for the pages is reserved first; when there is none the fault
+//!   waits for the evictor.
+//! - **eviction** ([`evict`]): while more pages are resident (or reserved)
+//!   than the target less a slack of two batches kept free ahead of the
+//!   faults, a batch chosen by the clock ([`pages::PageTable::victims`],
+//!   which marks them *leaving*) is written out: write-protected
+//!   (userfaultfd WP, so no vCPU or VMM write can land between the copy
+//!   and the release), copied, written to the device (zero pages are not),
+//!   punched out of the memfd (`FALLOC_FL_PUNCH_HOLE`), marked out, and
+//!   unprotected, which wakes any writer that waited: it faults again and
+//!   gets the page back from the device. A fault on a leaving page (after
+//!   its punch, before it is marked out) waits for the batch to end.
 //!
 //! A page's copy on the device is at its memfd offset. When the device is
 //! gone (its VIOS died), faults that need it wait and eviction stops; the
-//! store is asked to reconnect every [`RECONNECT_INTERVAL`], then the
-//! waiting faults are served: the vCPUs stall and resume, nothing is lost.
+//! store is asked to reconnect every [`RECONNECT_INTERVAL`] (each thread
+//! its own connection), then the waiting faults are served: the vCPUs
+//! stall and resume, nothing is lost. A fault that needs room while the
+//! evictor's connection is gone waits the same way (the budget holds).
 //!
 //! The only mappings of guest RAM are the VMM's own (registered here) and
 //! KVM's, which goes through it: a shared-memory partition's disks served
@@ -31,19 +40,20 @@
 //! (docs/ams.md).
 
 pub mod device;
+mod evict;
+mod faults;
 pub mod latency;
 pub mod pages;
 pub mod uffd;
 
-use pages::{PageState, PageTable, PAGE_SIZE};
+use pages::{PageTable, PAGE_SIZE};
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-use uffd::{Fault, Uffd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use std::time::Duration;
+use uffd::Uffd;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::memory::GuestMemoryMmap;
@@ -52,8 +62,6 @@ use crate::memory::GuestMemoryMmap;
 pub const EVICT_BATCH: usize = 64;
 /// Pages read in one go when faults are sequential.
 pub const PREFETCH: usize = 16;
-/// A page of zeros to compare evicted pages with.
-static ZERO_PAGE: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
 /// How often a lost paging device is asked to reconnect.
 pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -125,6 +133,23 @@ pub struct PagerReport {
     pub stalled: bool,
 }
 
+/// The paging device as the pager's two threads reach it: one connection
+/// each, to the same device (two brokered sockets, or a socket path
+/// dialled twice).
+pub struct Stores {
+    /// Page-ins, for the fault thread.
+    pub faults: Box<dyn PagingStore>,
+    /// Write-outs, for the evictor.
+    pub evictor: Box<dyn PagingStore>,
+}
+
+/// Where a new brokered connection for each thread is handed over.
+#[derive(Clone, Default)]
+pub struct Reconnectors {
+    pub faults: virtio_devices::paging::HandOver,
+    pub evictor: virtio_devices::paging::HandOver,
+}
+
 #[derive(Default)]
 struct Counters {
     target: AtomicU64,
@@ -135,27 +160,116 @@ struct Counters {
     page_outs: AtomicU64,
     zero_outs: AtomicU64,
     zero_fills: AtomicU64,
-    stalled: AtomicBool,
+    /// The fault thread's connection is gone.
+    read_stalled: AtomicBool,
+    /// The evictor's connection is gone.
+    write_stalled: AtomicBool,
     stop: AtomicBool,
 }
 
-/// A running pager. Dropping it stops the thread (guest RAM must outlive it).
-pub struct Pager {
-    counters: Arc<Counters>,
-    logical_pages: u64,
-    reconnector: virtio_devices::paging::HandOver,
+/// The page table and what the two threads agree on through it.
+struct Ledger {
+    table: PageTable,
+    /// Pages the fault thread is bringing in (room taken, not yet placed).
+    reserved: u64,
+    /// The evictor found nothing to evict while over the target: a fault
+    /// goes ahead anyway (the pages it could take are the ones in use).
+    stuck: bool,
+    /// A fault waits for a leaving page: wake the fault thread when a
+    /// batch ends.
+    deferred: bool,
+    /// Pages a fault waits to reserve (0 when none waits).
+    wanted: u64,
+}
+
+/// State both pager threads share.
+struct Shared {
+    ledger: Mutex<Ledger>,
+    /// The evictor waits on it for work (pages came in, a new target, a
+    /// new connection, stop).
+    work: Condvar,
+    /// A fault waiting for room waits on it (a batch went out).
+    room: Condvar,
+    counters: Counters,
+    /// Wakes the fault thread's poll.
     wake: EventFd,
-    thread: Option<JoinHandle<()>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn target(&self) -> u64 {
+        self.counters.target.load(Ordering::Relaxed)
+    }
+
+    /// Free pages kept below the target: two batches, at most an eighth
+    /// of it.
+    fn slack(&self) -> u64 {
+        (2 * EVICT_BATCH as u64).min(self.target() / 8)
+    }
+
+    /// Pages the evictor should take out: resident and reserved ones above
+    /// the target less the slack (or less what a waiting fault wants, if
+    /// more).
+    fn excess(&self, l: &Ledger) -> u64 {
+        (l.table.resident() + l.reserved + self.slack().max(l.wanted)).saturating_sub(self.target())
+    }
+
+    fn stopping(&self) -> bool {
+        self.counters.stop.load(Ordering::Relaxed)
+    }
+
+    fn publish_resident(&self, l: &Ledger) {
+        self.counters
+            .resident
+            .store(l.table.resident(), Ordering::Relaxed);
+    }
+
+    /// Wakes both threads (a new target, a new connection, stop).
+    fn nudge(&self) {
+        let _ = self.wake.write(1);
+        self.work.notify_all();
+        self.room.notify_all();
+    }
+}
+
+/// Records a failure of a paging device connection (`stalled` is the
+/// thread's flag): faults or eviction wait until it reconnects.
+fn stall(stalled: &AtomicBool, what: &str, e: StoreError) {
+    match e {
+        StoreError::Disconnected => {
+            if !stalled.swap(true, Ordering::Relaxed) {
+                tracing::warn!("pager: paging device gone during {what}; waiting for it");
+            }
+        }
+        StoreError::Failed(m) => {
+            // Not retried on a live device: treat as gone until it
+            // answers a reconnect, so no page is served wrong.
+            tracing::error!(error = %m, "pager: paging device failed during {what}");
+            stalled.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A running pager. Dropping it stops the threads (guest RAM must outlive it).
+pub struct Pager {
+    shared: Arc<Shared>,
+    logical_pages: u64,
+    reconnectors: Reconnectors,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Pager {
     /// Registers `memory` (backed by `memfd`) with a new userfaultfd and
-    /// starts the pager thread with `target_pages` resident at most.
+    /// starts the fault and evictor threads with `target_pages` resident
+    /// at most.
     pub fn start(
         memory: &GuestMemoryMmap,
         memfd: &File,
-        store: Box<dyn PagingStore>,
-        reconnector: virtio_devices::paging::HandOver,
+        stores: Stores,
+        reconnectors: Reconnectors,
         target_pages: u64,
     ) -> Result<Pager, PagerError> {
         let uffd_err = |e: &dyn std::fmt::Display| PagerError::Uffd(e.to_string());
@@ -171,67 +285,97 @@ impl Pager {
             });
             logical = logical.max(file_offset + region.len());
         }
-        if store.capacity() < logical {
+        let capacity = stores.faults.capacity().min(stores.evictor.capacity());
+        if capacity < logical {
             return Err(PagerError::DeviceTooSmall {
-                device: store.capacity(),
+                device: capacity,
                 logical,
             });
         }
-        let uffd = Uffd::new().map_err(|e| uffd_err(&e))?;
+        let uffd = Arc::new(Uffd::new().map_err(|e| uffd_err(&e))?);
         for s in &spans {
             uffd.register(s.host, s.len as usize)
                 .map_err(|e| uffd_err(&format!("register {} bytes: {e}", s.len)))?;
         }
-        let counters = Arc::new(Counters::default());
-        counters.target.store(target_pages, Ordering::Relaxed);
-        let wake = EventFd::new(EFD_NONBLOCK).map_err(PagerError::Thread)?;
-        let mut worker = Worker {
+        let shared = Arc::new(Shared {
+            ledger: Mutex::new(Ledger {
+                table: PageTable::new((logical / PAGE_SIZE) as usize),
+                reserved: 0,
+                stuck: false,
+                deferred: false,
+                wanted: 0,
+            }),
+            work: Condvar::new(),
+            room: Condvar::new(),
+            counters: Counters::default(),
+            wake: EventFd::new(EFD_NONBLOCK).map_err(PagerError::Thread)?,
+        });
+        shared
+            .counters
+            .target
+            .store(target_pages, Ordering::Relaxed);
+        let spans = Arc::new(spans);
+        let faulter =
+            faults::Faulter::new(uffd.clone(), spans.clone(), shared.clone(), stores.faults);
+        let evictor = evict::Evictor::new(
             uffd,
-            memory: memory.clone(),
-            memfd: memfd.try_clone().map_err(PagerError::Thread)?,
+            memory.clone(),
+            memfd.try_clone().map_err(PagerError::Thread)?,
             spans,
-            table: PageTable::new((logical / PAGE_SIZE) as usize),
-            store,
-            counters: counters.clone(),
-            wake: wake.try_clone().map_err(PagerError::Thread)?,
-            waiting: Vec::new(),
-            last_fault: None,
-            buf: vec![0u8; EVICT_BATCH * PAGE_SIZE as usize],
+            shared.clone(),
+            stores.evictor,
+        );
+        let mut pager = Pager {
+            shared,
+            logical_pages: logical / PAGE_SIZE,
+            reconnectors,
+            threads: Vec::new(),
         };
+        pager.spawn("pager", move || faulter.run())?;
+        pager.spawn("pager-evict", move || evictor.run())?;
+        Ok(pager)
+    }
+
+    fn spawn(
+        &mut self,
+        name: &str,
+        body: impl FnOnce() + Send + 'static,
+    ) -> Result<(), PagerError> {
         let thread = std::thread::Builder::new()
-            .name("pager".into())
+            .name(name.into())
             .stack_size(256 << 10)
             .spawn(move || {
                 crate::seccomp::apply(crate::seccomp::Role::Pager);
-                worker.run();
+                body();
             })
             .map_err(PagerError::Thread)?;
-        Ok(Pager {
-            counters,
-            logical_pages: logical / PAGE_SIZE,
-            reconnector,
-            wake,
-            thread: Some(thread),
-        })
+        self.threads.push(thread);
+        Ok(())
     }
 
     /// A new resident target (the manager recomputes it as the pool's
     /// partitions start, stop and fault).
     pub fn set_target(&self, pages: u64) {
-        self.counters.target.store(pages, Ordering::Relaxed);
-        let _ = self.wake.write(1);
+        self.shared.counters.target.store(pages, Ordering::Relaxed);
+        self.shared.nudge();
     }
 
     /// A new connection to the paging device (the partition manager
-    /// re-brokered it after the VIOS came back); taken at the next
-    /// reconnect attempt.
-    pub fn hand_over_paging_socket(&self, stream: std::os::unix::net::UnixStream) {
-        self.reconnector.hand_over(stream);
-        let _ = self.wake.write(1);
+    /// re-brokered it after the VIOS came back), for the evictor's
+    /// connection if `evictor`, else the fault thread's; taken at that
+    /// thread's next reconnect attempt.
+    pub fn hand_over_paging_socket(&self, stream: std::os::unix::net::UnixStream, evictor: bool) {
+        let slot = if evictor {
+            &self.reconnectors.evictor
+        } else {
+            &self.reconnectors.faults
+        };
+        slot.hand_over(stream);
+        self.shared.nudge();
     }
 
     pub fn report(&self) -> PagerReport {
-        let c = &self.counters;
+        let c = &self.shared.counters;
         PagerReport {
             logical_pages: self.logical_pages,
             target_pages: c.target.load(Ordering::Relaxed),
@@ -243,7 +387,8 @@ impl Pager {
             page_outs: c.page_outs.load(Ordering::Relaxed),
             zero_outs: c.zero_outs.load(Ordering::Relaxed),
             zero_fills: c.zero_fills.load(Ordering::Relaxed),
-            stalled: c.stalled.load(Ordering::Relaxed),
+            stalled: c.read_stalled.load(Ordering::Relaxed)
+                || c.write_stalled.load(Ordering::Relaxed),
         }
     }
 }
@@ -270,9 +415,11 @@ impl std::fmt::Display for PagerReport {
 
 impl Drop for Pager {
     fn drop(&mut self) {
-        self.counters.stop.store(true, Ordering::Relaxed);
-        let _ = self.wake.write(1);
-        if let Some(t) = self.thread.take() {
+        self.shared.counters.stop.store(true, Ordering::Relaxed);
+        // Under the lock, so a thread about to wait cannot miss it.
+        drop(self.shared.lock());
+        self.shared.nudge();
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
@@ -287,447 +434,18 @@ struct Span {
     first_page: usize,
 }
 
-/// The pager thread's state.
-struct Worker {
-    uffd: Uffd,
-    /// Keeps the mappings alive; the pager reads pages through it.
-    memory: GuestMemoryMmap,
-    memfd: File,
-    spans: Vec<Span>,
-    table: PageTable,
-    store: Box<dyn PagingStore>,
-    counters: Arc<Counters>,
-    wake: EventFd,
-    /// Faults that need the device while it is gone (host addresses).
-    waiting: Vec<(usize, Instant)>,
-    last_fault: Option<usize>,
-    /// Eviction copies, one batch.
-    buf: Vec<u8>,
-}
-
-impl Worker {
-    fn run(&mut self) {
-        loop {
-            if self.counters.stop.load(Ordering::Relaxed) {
-                return;
-            }
-            let stalled = self.counters.stalled.load(Ordering::Relaxed);
-            // Eviction runs ahead of the faults: the pager keeps `slack`
-            // pages free below the target, so a fault rarely waits for a
-            // write-out.
-            let over = !stalled && self.table.resident() + self.slack() > self.target();
-            let timeout = if over {
-                0
-            } else if stalled {
-                RECONNECT_INTERVAL.as_millis() as i32
-            } else {
-                -1
-            };
-            let mut fds = [
-                libc::pollfd {
-                    fd: self.uffd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.wake.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: `fds` is a valid array of two pollfds that lives
-            // across the call; poll only writes `revents`.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    tracing::error!(error = %e, "pager: poll failed; paging stops");
-                    return;
-                }
-                continue;
-            }
-            if fds[1].revents != 0 {
-                let _ = self.wake.read();
-            }
-            if stalled {
-                self.try_reconnect();
-            }
-            self.serve_faults();
-            if over {
-                self.evict_batch(self.slack());
-            }
-        }
+impl Span {
+    fn pages(&self) -> usize {
+        (self.len / PAGE_SIZE) as usize
     }
 
-    fn target(&self) -> u64 {
-        self.counters.target.load(Ordering::Relaxed)
+    fn holds_page(&self, page: usize) -> bool {
+        page >= self.first_page && page < self.first_page + self.pages()
     }
 
-    /// Free pages kept below the target: two batches, at most an eighth
-    /// of it.
-    fn slack(&self) -> u64 {
-        (2 * EVICT_BATCH as u64).min(self.target() / 8)
-    }
-
-    fn publish_resident(&self) {
-        self.counters
-            .resident
-            .store(self.table.resident(), Ordering::Relaxed);
-    }
-
-    fn stall(&mut self, what: &str, e: StoreError) {
-        match e {
-            StoreError::Disconnected => {
-                if !self.counters.stalled.swap(true, Ordering::Relaxed) {
-                    tracing::warn!("pager: paging device gone during {what}; faults wait for it");
-                }
-            }
-            StoreError::Failed(m) => {
-                // Not retried on a live device: treat as gone until it
-                // answers a reconnect, so no page is served wrong.
-                tracing::error!(error = %m, "pager: paging device failed during {what}");
-                self.counters.stalled.store(true, Ordering::Relaxed);
-            }
-        }
-    }
-
-    fn try_reconnect(&mut self) {
-        if self.store.reconnect().is_ok() {
-            tracing::info!(
-                waiting = self.waiting.len(),
-                "pager: paging device back; serving the faults that waited"
-            );
-            self.counters.stalled.store(false, Ordering::Relaxed);
-            let waiting = std::mem::take(&mut self.waiting);
-            for (addr, since) in waiting {
-                self.serve(addr, since);
-            }
-        }
-    }
-
-    /// Reads every pending fault event and serves it.
-    fn serve_faults(&mut self) {
-        loop {
-            match self.uffd.read_fault() {
-                Ok(Some(Fault::Missing(addr))) => self.serve(addr, Instant::now()),
-                // The writer is woken when its page's eviction ends (it
-                // then faults as missing).
-                Ok(Some(Fault::WriteProtect(_))) => {}
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::error!(error = %e, "pager: cannot read a fault");
-                    return;
-                }
-            }
-        }
-    }
-
-    /// The span and page of host address `addr`.
-    fn page_of(&self, addr: usize) -> Option<(usize, usize)> {
-        self.spans.iter().enumerate().find_map(|(i, s)| {
-            (addr >= s.host && ((addr - s.host) as u64) < s.len)
-                .then(|| (i, s.first_page + (addr - s.host) / PAGE_SIZE as usize))
-        })
-    }
-
-    fn host_of(&self, span: usize, page: usize) -> usize {
-        let s = &self.spans[span];
-        s.host + (page - s.first_page) * PAGE_SIZE as usize
-    }
-
-    /// Serves one missing-page fault at host address `addr`.
-    fn serve(&mut self, addr: usize, since: Instant) {
-        let Some((span, page)) = self.page_of(addr) else {
-            tracing::warn!(
-                addr = format_args!("{addr:#x}"),
-                "pager: fault outside guest RAM"
-            );
-            return;
-        };
-        let host = self.host_of(span, page);
-        match self.table.state(page) {
-            Some(PageState::Resident) | None => {
-                // Another mapping's fault already brought it in.
-                let _ = self.uffd.wake(host, PAGE_SIZE as usize);
-            }
-            Some(PageState::Zero) => {
-                // Sequential faults on pages never written (a guest
-                // clearing or filling memory) get the next ones too.
-                let count = self.run_ahead(span, page, PageState::Zero);
-                let sequential = self.sequential(page);
-                self.make_room(count as u64);
-                if self.table.resident() + count as u64 > self.target()
-                    && self.counters.stalled.load(Ordering::Relaxed)
-                {
-                    // No room until the device is back.
-                    self.waiting.push((addr, since));
-                    return;
-                }
-                if let Err(e) = self.uffd.zeropage(host, count * PAGE_SIZE as usize) {
-                    tracing::error!(error = %e, "pager: cannot place a zero page");
-                    return;
-                }
-                for p in page..page + count {
-                    self.table.paged_in_as(p, sequential);
-                }
-                self.counters
-                    .zero_fills
-                    .fetch_add(count as u64, Ordering::Relaxed);
-                self.publish_resident();
-                self.last_fault = Some(page + count - 1);
-                return;
-            }
-            Some(PageState::Out) => {
-                if self.counters.stalled.load(Ordering::Relaxed) {
-                    self.waiting.push((addr, since));
-                    return;
-                }
-                // The next fault is sequential if it follows the last
-                // page this one placed (prefetched pages included).
-                if let Some(last) = self.page_in(span, page, since, addr) {
-                    self.last_fault = Some(last);
-                }
-                return;
-            }
-        }
-        self.last_fault = Some(page);
-    }
-
-    /// Whether a fault on `page` continues a sequential run.
-    fn sequential(&self, page: usize) -> bool {
-        self.last_fault.is_some_and(|l| l + 1 == page)
-    }
-
-    /// How many pages from `page` to bring in at once: 1, or when faults
-    /// run sequentially up to [`PREFETCH`] consecutive pages of the same
-    /// span in `state`.
-    fn run_ahead(&self, span: usize, page: usize, state: PageState) -> usize {
-        if !self.sequential(page) {
-            return 1;
-        }
-        let s = &self.spans[span];
-        let span_end = s.first_page + (s.len / PAGE_SIZE) as usize;
-        let mut count = 1;
-        while count < PREFETCH
-            && page + count < span_end
-            && self.table.state(page + count) == Some(state)
-        {
-            count += 1;
-        }
-        count
-    }
-
-    /// Reads `page` (and, when faults run sequentially, the out pages
-    /// after it in the same span) from the device and places them; returns
-    /// the last page placed.
-    fn page_in(&mut self, span: usize, page: usize, since: Instant, addr: usize) -> Option<usize> {
-        let count = self.run_ahead(span, page, PageState::Out);
-        let sequential = self.sequential(page);
-        self.make_room(count as u64);
-        let offsets: Vec<u64> = (page..page + count).map(|p| p as u64 * PAGE_SIZE).collect();
-        let host = self.host_of(span, page);
-        let len = count * PAGE_SIZE as usize;
-        let placed = match self.store.read_pages(&offsets) {
-            Ok(data) if data.len() >= len => {
-                // SAFETY: `host..host+len` lies in one registered span and
-                // every page of it is missing (state Out); `data` holds
-                // `len` bytes and stays valid until the store's next call.
-                Ok(unsafe { self.uffd.copy(data.as_ptr(), host, len) })
-            }
-            Ok(data) => Err(StoreError::Failed(format!(
-                "short read: {} of {len} bytes",
-                data.len()
-            ))),
-            Err(e) => Err(e),
-        };
-        match placed {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "pager: cannot place a page");
-                return None;
-            }
-            Err(e) => {
-                self.stall("a page-in", e);
-                self.waiting.push((addr, since));
-                return None;
-            }
-        }
-        for p in page..page + count {
-            self.table.paged_in_as(p, sequential);
-        }
-        let c = &self.counters;
-        c.page_ins.fetch_add(count as u64, Ordering::Relaxed);
-        let waited = since.elapsed().as_nanos() as u64;
-        c.page_in_ns.fetch_add(waited, Ordering::Relaxed);
-        c.page_in_latency.record(waited);
-        self.publish_resident();
-        Some(page + count - 1)
-    }
-
-    /// Writes out one batch of victims to get nearer the target, or
-    /// `room` pages below it (a fault about to bring them in).
-    fn evict_batch(&mut self, room: u64) -> bool {
-        let excess = (self.table.resident() + room).saturating_sub(self.target()) as usize;
-        let guard = (2 * EVICT_BATCH).min(self.target() as usize / 4);
-        let victims = self.table.victims(excess.min(EVICT_BATCH), guard);
-        if victims.is_empty() {
-            return false;
-        }
-        let located: Vec<Victim> = victims
-            .iter()
-            .filter_map(|&page| {
-                let (span, s) = self.spans.iter().enumerate().find(|(_, s)| {
-                    page >= s.first_page && page < s.first_page + (s.len / PAGE_SIZE) as usize
-                })?;
-                Some(Victim {
-                    page,
-                    span,
-                    host: self.host_of(span, page),
-                    gpa: s.gpa + (page - s.first_page) as u64 * PAGE_SIZE,
-                })
-            })
-            .collect();
-        let page_runs = Victim::runs(&located);
-        // 1. No more writes through our mapping (vCPUs, VMM threads).
-        for r in &page_runs {
-            if let Err(e) = self.uffd.write_protect(r.host, r.len(), true) {
-                tracing::error!(error = %e, "pager: cannot write-protect pages to evict");
-                self.unprotect(&page_runs);
-                return false;
-            }
-        }
-        // 2. Copy them; zero pages need no write.
-        let mut zero = vec![false; located.len()];
-        for (i, v) in located.iter().enumerate() {
-            let slot = &mut self.buf[i * PAGE_SIZE as usize..(i + 1) * PAGE_SIZE as usize];
-            if self.memory.read_slice(slot, GuestAddress(v.gpa)).is_err() {
-                tracing::error!(
-                    gpa = format_args!("{:#x}", v.gpa),
-                    "pager: cannot read a page to evict"
-                );
-                self.unprotect(&page_runs);
-                return false;
-            }
-            // Slice equality is a memcmp, fast in every build.
-            zero[i] = *slot == ZERO_PAGE[..];
-        }
-        let writes: Vec<(u64, &[u8])> = located
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !zero[*i])
-            .map(|(i, v)| {
-                (
-                    v.page as u64 * PAGE_SIZE,
-                    &self.buf[i * PAGE_SIZE as usize..(i + 1) * PAGE_SIZE as usize],
-                )
-            })
-            .collect();
-        let written = writes.len() as u64;
-        // 3. To the device.
-        if !writes.is_empty() {
-            if let Err(e) = self.store.write_pages(&writes) {
-                drop(writes);
-                self.unprotect(&page_runs);
-                self.stall("a page-out", e);
-                return false;
-            }
-        }
-        drop(writes);
-        // 4. Out of memory, then let blocked writers go (they fault back in).
-        for r in &page_runs {
-            let off = (r.first_page as u64 * PAGE_SIZE) as libc::off_t;
-            // SAFETY: fallocate on our memfd; punching a hole frees the
-            // pages' memory and touches no memory of ours.
-            let ret = unsafe {
-                libc::fallocate(
-                    self.memfd.as_raw_fd(),
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    off,
-                    r.len() as libc::off_t,
-                )
-            };
-            if ret < 0 {
-                tracing::error!(error = %std::io::Error::last_os_error(), "pager: cannot release pages");
-                self.unprotect(&page_runs);
-                return false;
-            }
-        }
-        for (i, v) in located.iter().enumerate() {
-            self.table.paged_out(v.page, zero[i]);
-        }
-        self.unprotect(&page_runs);
-        let c = &self.counters;
-        c.page_outs.fetch_add(written, Ordering::Relaxed);
-        c.zero_outs
-            .fetch_add(located.len() as u64 - written, Ordering::Relaxed);
-        self.publish_resident();
-        true
-    }
-
-    /// Makes room for `pages` more resident pages under the target.
-    /// When it has to evict at all it evicts a whole batch (down to the
-    /// slack below the target), so that the next faults find room without
-    /// waiting for a write-out.
-    fn make_room(&mut self, pages: u64) {
-        while self.table.resident() + pages > self.target()
-            && !self.counters.stalled.load(Ordering::Relaxed)
-        {
-            if !self.evict_batch(pages + self.slack()) {
-                return;
-            }
-        }
-    }
-
-    fn unprotect(&self, page_runs: &[Run]) {
-        for r in page_runs {
-            if let Err(e) = self.uffd.write_protect(r.host, r.len(), false) {
-                tracing::error!(error = %e, "pager: cannot lift write protection");
-            }
-        }
-    }
-}
-
-/// A page picked for eviction, located.
-struct Victim {
-    page: usize,
-    span: usize,
-    host: usize,
-    gpa: u64,
-}
-
-/// Consecutive victims in one span: one ioctl, one punch.
-struct Run {
-    first_page: usize,
-    host: usize,
-    pages: usize,
-}
-
-impl Run {
-    fn len(&self) -> usize {
-        self.pages * PAGE_SIZE as usize
-    }
-}
-
-impl Victim {
-    /// `victims` (ascending) grouped into runs.
-    fn runs(victims: &[Victim]) -> Vec<Run> {
-        let mut out: Vec<(usize, Run)> = Vec::new();
-        for v in victims {
-            match out.last_mut() {
-                Some((span, r)) if *span == v.span && r.first_page + r.pages == v.page => {
-                    r.pages += 1
-                }
-                _ => out.push((
-                    v.span,
-                    Run {
-                        first_page: v.page,
-                        host: v.host,
-                        pages: 1,
-                    },
-                )),
-            }
-        }
-        out.into_iter().map(|(_, r)| r).collect()
+    /// Where this process maps `page` (one of this span's).
+    fn host_of(&self, page: usize) -> usize {
+        self.host + (page - self.first_page) * PAGE_SIZE as usize
     }
 }
 

@@ -18,6 +18,18 @@ pub enum PageState {
     Resident,
     /// Not in memory; its contents are on the paging device.
     Out,
+    /// Being written out (the evictor picked it): still in the memfd and
+    /// counted resident until [`PageTable::paged_out`], never picked or
+    /// prefetched again; a fault on it (after its release) waits for the
+    /// write-out to end.
+    Leaving,
+}
+
+impl PageState {
+    /// Whether the page's memory is in the memfd (counted resident).
+    pub fn in_memory(self) -> bool {
+        matches!(self, PageState::Resident | PageState::Leaving)
+    }
 }
 
 /// Every page's state, the resident count and the eviction policy: a
@@ -83,10 +95,10 @@ impl PageTable {
         let Some(s) = self.state.get_mut(page) else {
             return;
         };
-        if *s != PageState::Resident {
-            *s = PageState::Resident;
+        if !s.in_memory() {
             self.resident += 1;
         }
+        *s = PageState::Resident;
         if sequential {
             if !self.in_scan[page] {
                 self.in_scan[page] = true;
@@ -101,7 +113,7 @@ impl PageTable {
     /// The page left memory; `zero`: it held only zeros (nothing written).
     pub fn paged_out(&mut self, page: usize, zero: bool) {
         if let Some(s) = self.state.get_mut(page) {
-            if *s == PageState::Resident {
+            if s.in_memory() {
                 self.resident -= 1;
             }
             *s = if zero {
@@ -109,6 +121,15 @@ impl PageTable {
             } else {
                 PageState::Out
             };
+        }
+    }
+
+    /// A write-out of `page` failed: it is resident as before.
+    pub fn stayed(&mut self, page: usize) {
+        if let Some(s) = self.state.get_mut(page) {
+            if *s == PageState::Leaving {
+                *s = PageState::Resident;
+            }
         }
     }
 
@@ -126,7 +147,8 @@ impl PageTable {
         }
     }
 
-    /// Up to `max` resident, unpinned pages to evict, in ascending order:
+    /// Up to `max` resident, unpinned pages to evict (marked
+    /// [`PageState::Leaving`]), in ascending order:
     /// scan pages first, newest first, sparing the `guard` newest; then by
     /// the clock (second chance): a page referenced since the hand last
     /// passed is spared once. Looks at each page at most twice, so it ends
@@ -156,6 +178,9 @@ impl PageTable {
         }
         out.sort_unstable();
         out.dedup();
+        for &p in &out {
+            self.state[p] = PageState::Leaving;
+        }
         out
     }
 
@@ -235,7 +260,15 @@ mod tests {
             t.paged_out(p, false);
         }
         assert_eq!(t.victims(8, 0), vec![3]);
+        // Picked: leaving, still counted, not picked twice.
+        assert_eq!(t.state(3), Some(PageState::Leaving));
+        assert_eq!(t.resident(), 2);
+        assert!(t.victims(8, 0).is_empty());
+        // A failed write-out: resident again, and a victim again.
+        t.stayed(3);
+        assert_eq!(t.victims(8, 0), vec![3]);
         t.paged_out(3, false);
+        assert_eq!(t.resident(), 1);
         assert!(
             t.victims(8, 0).is_empty(),
             "a pinned page is never a victim"

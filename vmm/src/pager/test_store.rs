@@ -4,10 +4,12 @@
 use super::{PagingStore, StoreError, PAGE_SIZE};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+/// One connection to an in-memory device; [`MemStore::connection`] makes
+/// another to the same pages (the pager has one per thread).
 pub(crate) struct MemStore {
-    pages: HashMap<u64, Vec<u8>>,
+    pages: Arc<Mutex<HashMap<u64, Vec<u8>>>>,
     capacity: u64,
     out: Vec<u8>,
     /// While set, every request fails as disconnected.
@@ -33,9 +35,35 @@ impl MemStore {
         }
     }
 
+    /// A second connection to the same device.
+    pub(crate) fn connection(&self) -> Self {
+        MemStore {
+            pages: self.pages.clone(),
+            capacity: self.capacity,
+            out: Vec::new(),
+            down: self.down.clone(),
+            writes: self.writes.clone(),
+            reads: self.reads.clone(),
+        }
+    }
+
+    /// Both of the pager's connections to a new device.
+    pub(crate) fn stores(capacity: u64) -> (super::Stores, Probe) {
+        let faults = MemStore::new(capacity);
+        let probe = faults.probe();
+        let evictor = faults.connection();
+        (
+            super::Stores {
+                faults: Box::new(faults),
+                evictor: Box::new(evictor),
+            },
+            probe,
+        )
+    }
+
     pub(crate) fn new(capacity: u64) -> Self {
         MemStore {
-            pages: HashMap::new(),
+            pages: Arc::default(),
             capacity,
             out: Vec::new(),
             down: Arc::default(),
@@ -54,10 +82,11 @@ impl PagingStore for MemStore {
         if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::Disconnected);
         }
+        let mut stored = self.pages.lock().unwrap_or_else(|p| p.into_inner());
         for (offset, data) in pages {
             assert_eq!(data.len() as u64, PAGE_SIZE);
             assert!(offset + PAGE_SIZE <= self.capacity);
-            self.pages.insert(*offset, data.to_vec());
+            stored.insert(*offset, data.to_vec());
         }
         self.writes.fetch_add(pages.len() as u64, Ordering::SeqCst);
         Ok(())
@@ -68,8 +97,9 @@ impl PagingStore for MemStore {
             return Err(StoreError::Disconnected);
         }
         self.out.clear();
+        let stored = self.pages.lock().unwrap_or_else(|p| p.into_inner());
         for o in offsets {
-            match self.pages.get(o) {
+            match stored.get(o) {
                 Some(p) => self.out.extend_from_slice(p),
                 // A page never written reads as zeros, as on a fresh disk.
                 None => self.out.resize(self.out.len() + PAGE_SIZE as usize, 0),

@@ -7,7 +7,9 @@ use super::test_store::{MemStore, Probe};
 use super::*;
 use crate::memory::GuestRam;
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Instant;
+use vm_memory::{Bytes, GuestAddress};
 
 /// Value of the qword at guest address `a`.
 fn pattern(a: u64, seed: u64) -> u64 {
@@ -16,13 +18,12 @@ fn pattern(a: u64, seed: u64) -> u64 {
 
 fn start(mib: u64, target_pages: u64) -> Option<(GuestRam, Pager, Probe)> {
     let ram = GuestRam::new(mib).unwrap();
-    let store = MemStore::new(mib << 20);
-    let probe = store.probe();
+    let (stores, probe) = MemStore::stores(mib << 20);
     match Pager::start(
         &ram.memory,
         &ram.memfd,
-        Box::new(store),
-        virtio_devices::paging::HandOver::default(),
+        stores,
+        Reconnectors::default(),
         target_pages,
     ) {
         Ok(p) => Some((ram, p, probe)),
@@ -183,8 +184,8 @@ fn a_lower_target_is_reached_and_a_small_device_is_refused() {
     let e = Pager::start(
         &small.memory,
         &small.memfd,
-        Box::new(MemStore::new(1 << 20)),
-        virtio_devices::paging::HandOver::default(),
+        MemStore::stores(1 << 20).0,
+        Reconnectors::default(),
         64,
     )
     .err()
