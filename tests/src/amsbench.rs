@@ -9,6 +9,10 @@
 //! * [`PagingLimits`]: the VIOS through the pager's own driver
 //!   (`virtio_devices::paging::PagingDisk`): one-page read latency and
 //!   sequential 64-page batches both ways;
+//! * [`pager_round_trips`]: the pager's own page-in with nothing else
+//!   running: a host thread loading from evicted pages of a real pager
+//!   (both its threads, its two connections to a real VIOS) with room for
+//!   every page, so no write-out runs beside the faults;
 //! * /proc readers for a thread's CPU time and a VMM's memory beyond guest
 //!   RAM.
 
@@ -21,6 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use virtio_devices::paging::{PagingDisk, MAX_BATCH_PAGES, PAGE_SIZE};
+use vm_memory::{Bytes, GuestAddress};
 use vmm::pager::uffd::{Fault, Placed, Uffd};
 
 fn os_err(what: &str) -> String {
@@ -322,6 +327,69 @@ pub fn guest_ram_bytes(pid: u32) -> Option<u64> {
         .filter_map(|fd| std::fs::metadata(fd.path()).ok())
         .map(|m| m.blocks() * 512)
         .max()
+}
+
+/// Fault-to-running-again times (ns) of up to `faults` single-page
+/// page-ins through a real pager whose paging device is the VIOS on
+/// `socket` (image at least `mib` MiB): every page of `mib` MiB is
+/// written, the target lowered until all but 2 MiB are out, then raised
+/// to the whole size, and pages are loaded 97 apart (never sequential: one
+/// 4 KiB read each), timed by the loading thread. Loads that found their
+/// page resident are not counted.
+pub fn pager_round_trips(socket: &Path, mib: u64, faults: usize) -> Result<Vec<u64>, String> {
+    use vmm::pager::{device, Pager};
+    let ram = vmm::memory::GuestRam::new(mib).map_err(|e| e.to_string())?;
+    let source = vmm::config::DiskSource::VhostUser(socket.to_path_buf());
+    let (stores, reconnectors) = device::connect(&source, None).map_err(|e| e.to_string())?;
+    let pages = ram.size / PAGE_SIZE as u64;
+    let pager = Pager::start(&ram.memory, &ram.memfd, stores, reconnectors, pages)
+        .map_err(|e| e.to_string())?;
+    let value = |p: u64| p.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    for p in 0..pages {
+        ram.memory
+            .write_obj(value(p), GuestAddress(p * PAGE_SIZE as u64))
+            .map_err(|e| e.to_string())?;
+    }
+    let low = 512;
+    pager.set_target(low);
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while pager.report().resident_pages > low {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the pager never got under {low} pages: {}",
+                pager.report()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    pager.set_target(pages);
+    let mut lat = Vec::with_capacity(faults);
+    let mut page = 0;
+    for _ in 0..pages {
+        if lat.len() == faults {
+            break;
+        }
+        page = (page + 97) % pages;
+        let before = pager.report().page_ins;
+        let t = Instant::now();
+        let got: u64 = ram
+            .memory
+            .read_obj(GuestAddress(page * PAGE_SIZE as u64))
+            .map_err(|e| e.to_string())?;
+        let took = t.elapsed().as_nanos() as u64;
+        if got != value(page) {
+            return Err(format!("page {page} came back wrong: {got:#x}"));
+        }
+        // The count goes up right after the copy that woke this thread.
+        let counted = Instant::now();
+        while pager.report().page_ins == before && counted.elapsed().as_micros() < 200 {
+            std::hint::spin_loop();
+        }
+        if pager.report().page_ins > before {
+            lat.push(took);
+        }
+    }
+    Ok(lat)
 }
 
 #[cfg(test)]

@@ -245,6 +245,9 @@ impl Faulter {
                 l.wanted = 0;
                 return false;
             }
+            if l.wanted == 0 {
+                shared.counters.room_waits.fetch_add(1, Ordering::Relaxed);
+            }
             l.wanted = count;
             shared.work.notify_one();
             l = match shared.room.wait_timeout(l, ROOM_WAIT) {
@@ -354,6 +357,9 @@ impl Faulter {
             let waited = since.elapsed().as_nanos() as u64;
             c.page_in_ns.fetch_add(waited, Ordering::Relaxed);
             c.page_in_latency.record(waited);
+            if count == 1 {
+                c.single_latency.record(waited);
+            }
         }
     }
 }

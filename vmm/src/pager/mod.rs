@@ -123,6 +123,12 @@ pub struct PagerReport {
     /// percentile, nanoseconds (0 before the first page-in).
     pub page_in_p50_ns: u64,
     pub page_in_p99_ns: u64,
+    /// The same for page-ins of a single page (no read-ahead: one fault,
+    /// one 4 KiB read, one copy).
+    pub single_p50_ns: u64,
+    pub single_p99_ns: u64,
+    /// Faults that found no room and waited for the evictor.
+    pub room_waits: u64,
     /// Pages written to the device.
     pub page_outs: u64,
     /// Pages released without a write (zero).
@@ -157,6 +163,8 @@ struct Counters {
     page_ins: AtomicU64,
     page_in_ns: AtomicU64,
     page_in_latency: latency::Histogram,
+    single_latency: latency::Histogram,
+    room_waits: AtomicU64,
     page_outs: AtomicU64,
     zero_outs: AtomicU64,
     zero_fills: AtomicU64,
@@ -384,6 +392,9 @@ impl Pager {
             page_in_ns: c.page_in_ns.load(Ordering::Relaxed),
             page_in_p50_ns: c.page_in_latency.percentile(0.50),
             page_in_p99_ns: c.page_in_latency.percentile(0.99),
+            single_p50_ns: c.single_latency.percentile(0.50),
+            single_p99_ns: c.single_latency.percentile(0.99),
+            room_waits: c.room_waits.load(Ordering::Relaxed),
             page_outs: c.page_outs.load(Ordering::Relaxed),
             zero_outs: c.zero_outs.load(Ordering::Relaxed),
             zero_fills: c.zero_fills.load(Ordering::Relaxed),
@@ -397,7 +408,7 @@ impl std::fmt::Display for PagerReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "logical={} target={} resident={} page_ins={} page_in_us={} page_in_p50_us={} page_in_p99_us={} page_outs={} zero_outs={} zero_fills={}{}",
+            "logical={} target={} resident={} page_ins={} page_in_us={} page_in_p50_us={} page_in_p99_us={} single_p50_us={} single_p99_us={} room_waits={} page_outs={} zero_outs={} zero_fills={}{}",
             self.logical_pages,
             self.target_pages,
             self.resident_pages,
@@ -405,6 +416,9 @@ impl std::fmt::Display for PagerReport {
             self.page_in_ns / 1000,
             self.page_in_p50_ns / 1000,
             self.page_in_p99_ns / 1000,
+            self.single_p50_ns / 1000,
+            self.single_p99_ns / 1000,
+            self.room_waits,
             self.page_outs,
             self.zero_outs,
             self.zero_fills,
