@@ -15,18 +15,22 @@
 //!   ([`DiskSource`]: image, vhost-user socket or fd, `vios:` export).
 //! - [`memory`]: the `memory` section ([`MemorySpec`]): dedicated or
 //!   shared (Active Memory Sharing) memory, checked into [`SharedMemory`].
+//! - [`cpu`]: the `cpu` section ([`CpuSpec`]): processor entitlement in
+//!   processing units, capped or uncapped with a weight.
 //! - [`vios`]: a VIOS partition ([`ViosDefinition`]: the images it exports).
 //! - [`manager`]: the fields only the partition manager acts on:
 //!   [`RestartPolicy`] (`restart`) and [`SegmentSpec`] (`segments`).
 //!
 //! See docs/manager.md and docs/vios.md for the JSON schema.
 
+pub mod cpu;
 pub mod manager;
 pub mod memory;
 pub mod partition;
 pub mod source;
 pub mod vios;
 
+pub use cpu::{CpuMode, CpuSpec, ProcUnits, DEFAULT_CPU_WEIGHT};
 pub use manager::{
     check_segment_size, check_segments, valid_segment_id, RestartPolicy, SegmentSpec,
     MAX_SEGMENT_SIZE, SEGMENT_PAGE,
@@ -89,6 +93,8 @@ pub enum ConfigError {
     CmdlineTooLong(usize),
     #[error("memory: {0}")]
     MemorySpec(String),
+    #[error("cpu: {0}")]
+    Cpu(String),
 }
 
 /// Longest partition name.

@@ -2,6 +2,7 @@
 //! `vmm`'s flags fill in), and the checks that turn it into a
 //! [`PartitionConfig`].
 
+use crate::cpu::CpuSpec;
 use crate::manager::{RestartPolicy, SegmentSpec};
 use crate::memory::{MemorySpec, SharedMemory};
 use crate::source::DiskSource;
@@ -155,6 +156,10 @@ pub struct PartitionDefinition {
     /// Dedicated (default) or shared memory (Active Memory Sharing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<Box<MemorySpec>>,
+    /// Manager-side: processor entitlement (docs/workload.md; the VMM
+    /// ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuSpec>,
 }
 
 impl PartitionDefinition {
@@ -204,6 +209,7 @@ impl PartitionDefinition {
             restart: over.restart.or(self.restart),
             segments: over.segments.or(self.segments),
             memory: over.memory.or(self.memory),
+            cpu: over.cpu.or(self.cpu),
         }
     }
 
@@ -228,6 +234,9 @@ impl PartitionDefinition {
         let vcpus = self.vcpus.unwrap_or(DEFAULT_VCPUS);
         if vcpus == 0 || vcpus > u64::from(MAX_VCPUS) {
             return Err(ConfigError::Vcpus(vcpus));
+        }
+        if let Some(cpu) = &self.cpu {
+            cpu.check(vcpus).map_err(ConfigError::Cpu)?;
         }
         let (memory_mib, shared) = MemorySpec::resolve(self.memory.as_deref(), self.memory_mib)?;
         let memory_mib = memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);

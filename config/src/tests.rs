@@ -409,3 +409,25 @@ fn broken_memory_sections_are_named() {
         assert!(e.contains(says), "{json}: {e}");
     }
 }
+
+#[test]
+fn cpu_sections_are_checked_with_the_field_named() {
+    let d = parse(r#"{"kernel":"k","vcpus":2,"cpu":{"entitled":0.5,"mode":"capped","max":2}}"#)
+        .unwrap();
+    let cpu = d.cpu.unwrap();
+    assert_eq!((cpu.entitled.0, cpu.max().0), (50, 200));
+    assert!(d.clone().validate().is_ok());
+    let e = parse(r#"{"kernel":"k","cpu":{"entitled":0.5,"weight":300}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cpu.weight"), "{e}");
+    let e = parse(r#"{"kernel":"k","vcpus":1,"cpu":{"entitled":2}}"#)
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cpu: 2.00 processing units for 1 vCPU(s): at most 1.00"),
+        "{e}"
+    );
+}

@@ -513,6 +513,12 @@ pub fn handle(mgr: &Arc<Manager>, request: Request) -> (Response, Option<File>) 
         Request::Kill { name } => status(mgr.kill(&name)),
         Request::Pause { name } => status(mgr.pause(&name, true)),
         Request::Resume { name } => status(mgr.pause(&name, false)),
+        Request::SetCpu {
+            name,
+            entitled,
+            mode,
+            weight,
+        } => status(mgr.set_cpu(&name, entitled, mode, weight)),
         Request::List => Response::List {
             partitions: mgr.list(),
         },

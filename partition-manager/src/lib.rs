@@ -34,6 +34,8 @@
 //! - [`pool`]: the shared memory pool part (Active Memory Sharing: its
 //!   size and paging devices, stored; the running shared-memory
 //!   partitions' goals and targets; the arithmetic in [`pool::targets`]).
+//! - [`workload`]: processor entitlement (cgroups holding each partition's
+//!   vCPU threads) and the vCPUs' use, sampled once a second.
 //! - [`manager`]: the façade [`Manager`]: operator requests, process
 //!   events, routed to the parts under one lock.
 //! - [`daemon`]: the listening socket (mode 0600, `SO_PEERCRED`), one
@@ -64,6 +66,7 @@ pub mod restart;
 pub mod run_as;
 pub mod store;
 pub mod vios;
+pub mod workload;
 
 pub use config::ManagerConfig;
 pub use error::ManagerError;

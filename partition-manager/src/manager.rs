@@ -49,6 +49,7 @@ use std::time::{Duration, Instant};
 
 mod memory;
 mod sharing;
+mod workload;
 
 /// Everything under the manager's one lock: the parts and the store they
 /// write through to.
@@ -57,6 +58,7 @@ struct State {
     partitions: PartitionTable,
     grants: GrantEngine,
     pool: Pool,
+    workload: crate::workload::Workload,
 }
 
 impl State {
@@ -79,6 +81,7 @@ impl State {
         let ended = grants.release_held(store, partitions, name);
         self.after_ended(&ended);
         self.release_memory(name);
+        self.workload.release(name);
     }
 }
 
@@ -108,6 +111,11 @@ impl Manager {
         }
         let partitions = PartitionTable::load(&cfg, records);
         let pool = Pool::load(&store)?;
+        let workload = crate::workload::Workload::new(&cfg.state_dir);
+        tracing::info!(
+            controller = workload.controller().name(),
+            "workload: CPU controller"
+        );
         let mgr = Arc::new(Manager {
             cfg,
             state: Mutex::new(State {
@@ -115,12 +123,14 @@ impl Manager {
                 partitions,
                 grants,
                 pool,
+                workload,
             }),
             changed: Condvar::new(),
             guesses: FailedGuesses::new(),
         });
         mgr.recover()?;
         mgr.start_pool_tick();
+        mgr.start_workload_sampler();
         Ok(mgr)
     }
 
@@ -417,6 +427,7 @@ impl Manager {
 
     /// Spawns the process of `name` (lock held) and its channel thread.
     fn spawn(self: &Arc<Self>, state: &mut State, name: &str) -> Result<u64, ManagerError> {
+        state.check_cpu(name)?;
         let generation = state.partitions.next_generation();
         // Disks served by a VIOS (`vios:<vios>/<disk>`): the grant is
         // checked and a socketpair brokered per disk; the VMM inherits its
@@ -512,6 +523,7 @@ impl ControlEvents for Manager {
             }
             crate::vios::on_ready(partitions, grants.table(), name);
             state.rebroker_paging(name);
+            state.place_vcpus(name);
         }
         self.changed.notify_all();
     }

@@ -133,6 +133,7 @@ fn status_of(cfg: &ManagerConfig, p: &Partition) -> PartitionStatus {
         kind: p.rec.definition.kind().map(str::to_string),
         exports,
         memory: None,
+        cpu: None,
     }
 }
 

@@ -51,7 +51,7 @@ pub use pool::{
     SharedMemoryStatus, PAGES_PER_MIB,
 };
 
-pub use parvm_config::{Definition, RestartPolicy};
+pub use parvm_config::{CpuMode, Definition, ProcUnits, RestartPolicy};
 use serde::{Deserialize, Serialize};
 
 /// Lifecycle state of a partition, as stored and shown.
@@ -145,6 +145,30 @@ pub struct PartitionStatus {
     /// dedicated memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<SharedMemoryStatus>,
+    /// Processor entitlement and use (docs/workload.md); absent when the
+    /// partition has no `cpu` section and no process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuStatus>,
+}
+
+/// A partition's processor figures, as `parctl status` and `parctl top`
+/// show them (`lparstat`'s entitlement and physical consumption).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuStatus {
+    /// Processing units entitled (`null` without a `cpu` section: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entitled: Option<parvm_config::ProcUnits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<parvm_config::CpuMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u8>,
+    /// Processing units the vCPU threads used over the last sample
+    /// (about a second), `null` before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used: Option<parvm_config::ProcUnits>,
+    /// The cgroup the vCPU threads run in, while they run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 /// Kinds of errors the manager answers with.
@@ -219,6 +243,18 @@ pub enum Request {
     },
     Pause {
         name: String,
+    },
+    /// Changes a partition's processor entitlement, running or not
+    /// (PowerVM's dynamic LPAR): what is given replaces the stored `cpu`
+    /// section's field, within its min and max.
+    SetCpu {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entitled: Option<parvm_config::ProcUnits>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<parvm_config::CpuMode>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weight: Option<u8>,
     },
     Resume {
         name: String,

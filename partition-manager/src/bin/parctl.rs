@@ -20,6 +20,8 @@ use vmm_sys_util::terminal::Terminal;
 #[path = "common/pool_view.rs"]
 mod pool_view;
 use pool_view::{print_pool, print_shared};
+#[path = "common/workload_view.rs"]
+mod workload_view;
 
 /// Control parvm partitions through the partition manager.
 ///
@@ -62,6 +64,24 @@ enum Cmd {
     Pause { name: String },
     /// Let a paused partition's vCPUs run again.
     Resume { name: String },
+    /// Change a partition's processor entitlement, running or not:
+    /// cpu.entitled=UNITS (1.0 is one core), cpu.mode=capped|uncapped,
+    /// cpu.weight=0-255 (docs/workload.md).
+    Set {
+        name: String,
+        #[arg(value_name = "KEY=VALUE", required = true)]
+        settings: Vec<String>,
+    },
+    /// A live table of the partitions: entitlement and use of processors,
+    /// memory and page-ins (like AIX's topas/lparstat).
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+        interval: f64,
+        /// Print this many tables, then exit (default: until interrupted).
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
     /// List partitions (a table, or JSON).
     List {
         #[arg(long)]
@@ -343,6 +363,9 @@ fn print_status(s: &PartitionStatus) {
     if let Some(m) = &s.memory {
         print_shared(m);
     }
+    if let Some(c) = &s.cpu {
+        workload_view::print_cpu(c);
+    }
 }
 
 fn expect_status(answer: Response) -> anyhow::Result<PartitionStatus> {
@@ -365,7 +388,16 @@ fn log_file(answer: (Response, Vec<OwnedFd>)) -> anyhow::Result<File> {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let socket = args.socket.unwrap_or_else(default_socket);
+    if let Cmd::Top { interval, count } = &args.command {
+        if !interval.is_finite() || *interval < 0.1 || *interval > 3600.0 {
+            bail!("--interval {interval}: give 0.1 to 3600 seconds");
+        }
+        let client = Client::connect(&socket)?;
+        return workload_view::top(&client, Duration::from_secs_f64(*interval), *count);
+    }
     let request = match &args.command {
+        Cmd::Set { name, settings } => workload_view::set_request(name, settings)?,
+        Cmd::Top { .. } => bail!("top makes its own requests"),
         Cmd::Define { file, restart } => {
             let file = definition::from_file(file)?;
             Request::Define {
@@ -489,6 +521,20 @@ fn run(args: Args) -> anyhow::Result<()> {
                 print_table(&partitions);
             }
         }
+        Cmd::Set { .. } => {
+            let s = expect_status(answer.0)?;
+            match &s.cpu {
+                Some(c) => println!(
+                    "{}: cpu {} processing units, {}, weight {}",
+                    s.name,
+                    c.entitled.map(|e| e.to_string()).unwrap_or_default(),
+                    c.mode.map(|m| m.to_string()).unwrap_or_default(),
+                    c.weight.unwrap_or_default()
+                ),
+                None => println!("{}: set", s.name),
+            }
+        }
+        Cmd::Top { .. } => {}
         Cmd::Status { json, .. } => {
             let s = expect_status(answer.0)?;
             if json {

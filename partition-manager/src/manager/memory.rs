@@ -48,6 +48,7 @@ impl State {
         if let Some(Definition::Partition(def)) = self.partitions.definition(&status.name) {
             status.memory = self.pool.status(&status.name, def);
         }
+        self.decorate_cpu(&mut status);
         status
     }
 

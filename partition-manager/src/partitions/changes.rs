@@ -93,6 +93,27 @@ impl PartitionTable {
         Ok(status)
     }
 
+    /// Replaces a VMM partition's `cpu` section (recorded).
+    pub(crate) fn set_cpu(
+        &mut self,
+        store: &Store,
+        name: &str,
+        cpu: parvm_config::CpuSpec,
+    ) -> Result<(), ManagerError> {
+        let p = self.get_mut(name)?;
+        let Definition::Partition(def) = &mut p.rec.definition else {
+            return Err(ManagerError::NotFound(name.into()));
+        };
+        let before = def.cpu.replace(cpu);
+        if let Err(e) = store.put(&p.rec) {
+            if let Definition::Partition(def) = &mut p.rec.definition {
+                def.cpu = before;
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
     /// Forgets an inactive partition.
     pub(crate) fn undefine(&mut self, store: &Store, name: &str) -> Result<(), ManagerError> {
         let p = self.get(name)?;
