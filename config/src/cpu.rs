@@ -17,7 +17,9 @@ pub const DEFAULT_CPU_WEIGHT: u8 = 128;
 /// The least entitlement per virtual processor (PowerVM's 0.05).
 pub const MIN_UNITS_PER_VCPU: ProcUnits = ProcUnits(5);
 
-/// Processing units in hundredths of a core (JSON: a number such as 0.25).
+/// Processing units in hundredths of a core (JSON: a number such as 0.25;
+/// 0 is a valid figure, e.g. what an idle partition used, and refused
+/// where it makes no sense by the check of what holds it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ProcUnits(pub u32);
 
@@ -37,9 +39,9 @@ impl ProcUnits {
     }
 
     fn from_f64(v: f64) -> Result<Self, String> {
-        if !v.is_finite() || v <= 0.0 || v > 1000.0 {
+        if !v.is_finite() || !(0.0..=1000.0).contains(&v) {
             return Err(format!(
-                "{v} processing units: give a number above 0 (1.0 is one core)"
+                "{v} processing units: give a number from 0 to 1000 (1.0 is one core)"
             ));
         }
         let hundredths = (v * 100.0).round();
@@ -165,7 +167,8 @@ mod tests {
         assert_eq!(ProcUnits::parse("2"), Ok(ProcUnits(200)));
         assert_eq!(ProcUnits(5).to_string(), "0.05");
         assert_eq!(ProcUnits(150).to_string(), "1.50");
-        for bad in ["0", "-1", "0.001", "x", "", "NaN", "inf", "1e9"] {
+        assert_eq!(ProcUnits::parse("0"), Ok(ProcUnits(0)));
+        for bad in ["-1", "0.001", "x", "", "NaN", "inf", "1e9"] {
             assert!(ProcUnits::parse(bad).is_err(), "{bad}");
         }
     }
@@ -187,6 +190,7 @@ mod tests {
         for (json, vcpus, says) in [
             (r#"{"entitled":1.5}"#, 1, "at most 1.00"),
             (r#"{"entitled":0.05}"#, 2, "at least 0.10"),
+            (r#"{"entitled":0}"#, 1, "at least 0.05"),
             (r#"{"entitled":0.5,"min":0.6}"#, 1, "outside"),
             (r#"{"entitled":0.5,"max":0.4}"#, 1, "outside"),
         ] {
@@ -194,7 +198,6 @@ mod tests {
             assert!(e.contains(says), "{json}: {e}");
         }
         for (json, says) in [
-            (r#"{"entitled":0}"#, "above 0"),
             (r#"{"entitled":0.333}"#, "two decimals"),
             (r#"{"entitled":0.5,"mode":"dedicated"}"#, "unknown variant"),
             (r#"{"entitled":0.5,"weight":300}"#, "u8"),

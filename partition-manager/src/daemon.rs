@@ -519,6 +519,14 @@ pub fn handle(mgr: &Arc<Manager>, request: Request) -> (Response, Option<File>) 
             mode,
             weight,
         } => status(mgr.set_cpu(&name, entitled, mode, weight)),
+        Request::PolicySet { policy } => match mgr.set_policy(policy) {
+            Ok((policy, moves)) => Response::Policy { policy, moves },
+            Err(e) => error_response(&e),
+        },
+        Request::PolicyShow => {
+            let (policy, moves) = mgr.policy();
+            Response::Policy { policy, moves }
+        }
         Request::List => Response::List {
             partitions: mgr.list(),
         },

@@ -111,7 +111,10 @@ impl Manager {
         }
         let partitions = PartitionTable::load(&cfg, records);
         let pool = Pool::load(&store)?;
-        let workload = crate::workload::Workload::new(&cfg.state_dir);
+        let mut workload = crate::workload::Workload::new(&cfg.state_dir);
+        if let Some(policy) = store.policy()? {
+            workload.set_policy(policy);
+        }
         tracing::info!(
             controller = workload.controller().name(),
             "workload: CPU controller"

@@ -108,6 +108,8 @@ impl Store {
              CREATE TABLE IF NOT EXISTS doorbells (
                  id TEXT PRIMARY KEY, info TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS pool (
+                 id TEXT PRIMARY KEY, info TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS workload (
                  id TEXT PRIMARY KEY, info TEXT NOT NULL);",
         )
         .map_err(err)?;
@@ -386,6 +388,16 @@ impl Store {
     /// The pool's row, if a pool was created.
     pub fn pool<T: DeserializeOwned>(&self) -> Result<Option<T>, StoreError> {
         Ok(self.all_json("pool", "id")?.into_iter().next())
+    }
+
+    /// The workload policy's row (docs/workload.md), written through.
+    pub fn put_policy<T: serde::Serialize>(&self, policy: &T) -> Result<(), StoreError> {
+        self.put_json("workload", "id", "policy", policy)
+    }
+
+    /// The workload policy, if one was set.
+    pub fn policy<T: DeserializeOwned>(&self) -> Result<Option<T>, StoreError> {
+        Ok(self.all_json("workload", "id")?.into_iter().next())
     }
 
     pub fn all_doorbells(&self) -> Result<Vec<DoorbellInfo>, StoreError> {

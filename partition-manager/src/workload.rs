@@ -10,13 +10,18 @@
 //! ([`Workload::to_sample`], [`Workload::record`]).
 
 pub mod cgroup;
+pub mod policy;
 
 use cgroup::{Controller, Limits, PERIOD_US};
 use parvm_config::{CpuMode, CpuSpec, ProcUnits};
-use parvm_protocol::CpuStatus;
-use std::collections::BTreeMap;
+use parvm_protocol::{CpuStatus, Policy, PolicyMove};
+use policy::{Plan, Track, View};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// Policy moves kept for `parctl policy show`.
+pub const MOVES_KEPT: usize = 100;
 
 /// How often the manager samples the vCPU threads' run time.
 pub const SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -30,6 +35,9 @@ struct Placed {
     /// Run time summed over the threads at the last sample.
     last: Option<(u64, Instant)>,
     used: Option<ProcUnits>,
+    /// The entitlement in force when the policy moved it from the
+    /// definition's.
+    current: Option<ProcUnits>,
 }
 
 pub struct Workload {
@@ -38,6 +46,9 @@ pub struct Workload {
     /// (`parvm-<hash>`), so that two managers never share groups.
     base: String,
     placed: BTreeMap<String, Placed>,
+    policy: Policy,
+    tracks: BTreeMap<String, Track>,
+    moves: VecDeque<PolicyMove>,
 }
 
 /// FNV-1a: a stable short name for the state directory.
@@ -67,6 +78,9 @@ impl Workload {
             controller,
             base: format!("parvm-{:08x}", fnv(&state_dir.display().to_string()) as u32),
             placed: BTreeMap::new(),
+            policy: Policy::default(),
+            tracks: BTreeMap::new(),
+            moves: VecDeque::new(),
         }
     }
 
@@ -92,8 +106,16 @@ impl Workload {
         if tids.is_empty() {
             return Err(format!("no vCPU threads found in process {pid}"));
         }
+        let keep = self.placed.get(name).filter(|p| p.pid == pid);
+        let (last, used, current) =
+            keep.map_or((None, None, None), |p| (p.last, p.used, p.current));
         let group = match cpu {
             Some(cpu) => {
+                // What the policy moved it to, for this process.
+                let cpu = &CpuSpec {
+                    entitled: current.unwrap_or(cpu.entitled),
+                    ..*cpu
+                };
                 self.check_start(Some(cpu))?;
                 let group = self
                     .controller
@@ -105,8 +127,6 @@ impl Workload {
             }
             None => None,
         };
-        let keep = self.placed.get(name).filter(|p| p.pid == pid);
-        let (last, used) = keep.map_or((None, None), |p| (p.last, p.used));
         self.placed.insert(
             name.to_string(),
             Placed {
@@ -115,6 +135,7 @@ impl Workload {
                 group,
                 last,
                 used,
+                current,
             },
         );
         Ok(())
@@ -166,7 +187,8 @@ impl Workload {
             return None;
         }
         Some(CpuStatus {
-            entitled: cpu.map(|c| c.entitled),
+            entitled: cpu.map(|c| placed.and_then(|p| p.current).unwrap_or(c.entitled)),
+            desired: cpu.map(|c| c.entitled),
             mode: cpu.map(|c| c.mode),
             weight: cpu.map(|c| c.weight()),
             used: placed.and_then(|p| p.used),
@@ -175,6 +197,72 @@ impl Workload {
                 .map(|g| g.display().to_string()),
         })
     }
+}
+
+impl Workload {
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
+    /// The last moves, oldest first.
+    pub fn moves(&self) -> Vec<PolicyMove> {
+        self.moves.iter().cloned().collect()
+    }
+
+    /// `parctl set` gave `name` a new entitlement: the policy's is dropped.
+    pub fn forget_move(&mut self, name: &str) {
+        if let Some(p) = self.placed.get_mut(name) {
+            p.current = None;
+        }
+    }
+
+    /// One round of the policy over the running partitions with a `cpu`
+    /// section whose min and max differ (`specs`): the moves made, each
+    /// recorded with the time `now` (Unix seconds). The caller re-places
+    /// each moved partition ([`Workload::place`] takes the new figure).
+    pub fn run_policy(&mut self, specs: &[(String, CpuSpec)], now: u64) -> Vec<PolicyMove> {
+        let views: Vec<View> = specs
+            .iter()
+            .filter(|(_, c)| c.min() < c.max())
+            .filter_map(|(name, c)| {
+                let p = self.placed.get(name)?;
+                Some(View {
+                    name: name.clone(),
+                    current: p.current.unwrap_or(c.entitled),
+                    desired: c.entitled,
+                    min: c.min(),
+                    max: c.max(),
+                    used: p.used?,
+                })
+            })
+            .collect();
+        let pool = self.policy.pool.unwrap_or_else(host_cores);
+        let moves = self.policy.plan(&views, &mut self.tracks, pool);
+        for m in &moves {
+            if let Some(p) = self.placed.get_mut(&m.partition) {
+                p.current = Some(m.to);
+            }
+            let mut m = m.clone();
+            m.at = now;
+            tracing::info!(partition = %m.partition, from = %m.from, to = %m.to, reason = %m.reason, "workload policy: entitlement moved");
+            if self.moves.len() == MOVES_KEPT {
+                self.moves.pop_front();
+            }
+            self.moves.push_back(m);
+        }
+        moves
+    }
+}
+
+/// The host's online processors as processing units.
+fn host_cores() -> ProcUnits {
+    // SAFETY: sysconf reads a system value; no memory is passed.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    ProcUnits::cores(u64::try_from(n).unwrap_or(1).max(1))
 }
 
 /// The summed run time of `tids` of `pid` (threads that are gone count 0).
@@ -218,6 +306,7 @@ mod tests {
                 group: None,
                 last: None,
                 used: None,
+                current: None,
             },
         );
         let t = Instant::now();

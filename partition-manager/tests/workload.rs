@@ -15,6 +15,14 @@ use std::time::{Duration, Instant};
 mod common;
 use common::*;
 
+/// The tests measure CPU use: one at a time, so that they do not take
+/// each other's cycles on the 2 CPUs.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Whether the host has a CPU controller the manager can use (the
 /// machines this runs on have cgroup v1 `cpu`).
 fn have_controller() -> bool {
@@ -88,6 +96,7 @@ fn capped_partitions_use_their_entitlement_and_set_moves_it() {
         eprintln!("skipped: no cgroup CPU controller on this host");
         return;
     }
+    let _one = serial();
     let env = Env::new("cpu-capped");
     // Bad sections: one line naming the field, nothing defined.
     let bad = env.dir.join("bad.json");
@@ -128,9 +137,11 @@ fn capped_partitions_use_their_entitlement_and_set_moves_it() {
     assert!(tasks.lines().any(|t| t == a.1.to_string()), "{tasks}");
 
     // A cap is enforced every 100 ms period: use never goes over it by
-    // more than scheduling rounding (+0.03), and the group was throttled
-    // (the cap, not the machine, held the vCPU back). It can fall short
-    // of the cap when other work holds the 2 CPUs, so the floor is loose.
+    // more than scheduling rounding (+0.03), and a's group (0.25) was
+    // throttled: the cap, not the machine, held its vCPU back. Use can fall
+    // well short of a cap when other work holds the 2 CPUs (docs/pvm.md:
+    // a spinning vCPU got 0.44 under a 0.75 cap on a busy host), so the
+    // floor is loose and b (0.75) is not required to reach its cap.
     let throttled = |g: &str| -> u64 {
         let stat = std::fs::read_to_string(Path::new(g).join("cpu.stat"))
             .or_else(|_| std::fs::read_to_string(Path::new(g).join("vcpus/cpu.stat")))
@@ -141,16 +152,15 @@ fn capped_partitions_use_their_entitlement_and_set_moves_it() {
             .parse()
             .unwrap()
     };
-    let group_b = env.status("b")["cpu"]["cgroup"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let before = (throttled(&group), throttled(&group_b));
+    let before = throttled(&group);
     let u = used(&[a, b], Duration::from_secs(5));
     assert!((0.03..=0.28).contains(&u[0]), "a used {:.3} of 0.25", u[0]);
     assert!((0.03..=0.78).contains(&u[1]), "b used {:.3} of 0.75", u[1]);
-    assert!(throttled(&group) > before.0, "a was never throttled");
-    assert!(throttled(&group_b) > before.1, "b was never throttled");
+    assert!(
+        throttled(&group) > before,
+        "a was never throttled (used {:.3})",
+        u[0]
+    );
     // The manager's own sample: never above the cap either.
     let seen = env.status("a")["cpu"]["used"].as_f64().unwrap();
     assert!((0.0..=0.3).contains(&seen), "manager saw {seen}");
@@ -195,6 +205,7 @@ fn uncapped_partitions_on_one_core_split_it_by_weight() {
         eprintln!("skipped: no cgroup CPU controller on this host");
         return;
     }
+    let _one = serial();
     let env = Env::new("cpu-weights");
     define_spinner(
         &env,
@@ -238,4 +249,100 @@ fn uncapped_partitions_on_one_core_split_it_by_weight() {
     );
     env.ok(&["stop", "light"]);
     env.ok(&["stop", "heavy"]);
+}
+
+/// The entitlement the manager has in force for `name` now.
+fn entitled(env: &Env, name: &str) -> f64 {
+    env.status(name)["cpu"]["entitled"].as_f64().unwrap()
+}
+
+fn wait_entitled(env: &Env, want: &[(&str, f64)], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now: Vec<f64> = want.iter().map(|(n, _)| entitled(env, n)).collect();
+        // The pool (1.0) is never exceeded on the way.
+        assert!(now.iter().sum::<f64>() <= 1.0 + 1e-9, "{now:?}");
+        if want
+            .iter()
+            .zip(&now)
+            .all(|((_, w), n)| (w - n).abs() < 1e-9)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "entitlements {now:?}, waiting for {want:?}; {}",
+            env.ok(&["policy", "show"])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_policy_lends_an_idle_partitions_entitlement_and_gives_it_back() {
+    if !have_controller() {
+        eprintln!("skipped: no cgroup CPU controller on this host");
+        return;
+    }
+    let _one = serial();
+    let env = Env::new("cpu-policy");
+    let range = serde_json::json!({"entitled": 0.5, "mode": "capped", "min": 0.1, "max": 0.9});
+    define_spinner(&env, "a", range.clone());
+    define_spinner(&env, "b", range);
+    started(&env, "a");
+    started(&env, "b");
+    let write = |name: &str, v: Value| {
+        let p = env.dir.join(name);
+        std::fs::write(&p, v.to_string()).unwrap();
+        p.display().to_string()
+    };
+    let e = env.fails(&[
+        "policy",
+        "set",
+        &write("bad.json", serde_json::json!({"idle_pct": 95})),
+    ]);
+    assert!(
+        e.contains("idle_pct 95 must be below starved_pct 90"),
+        "{e}"
+    );
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    // Off by default: nothing moves.
+    assert!(env.ok(&["policy", "show"]).contains("enabled:     no"));
+    // Thresholds low enough that a vCPU counts as starved on a busy host
+    // too (it may get half its cap, docs/pvm.md); a paused one uses 0.
+    let policy = serde_json::json!({"enabled": true, "pool": 1.0, "starved_pct": 40,
+        "idle_pct": 10, "hold_samples": 2, "cooldown_samples": 1, "step": 0.2});
+    env.ok(&["policy", "set", &write("policy.json", policy)]);
+
+    // A idle (paused: its vCPU does not run), B starved at its cap.
+    env.ok(&["pause", "a"]);
+    wait_entitled(&env, &[("a", 0.1), ("b", 0.9)], Duration::from_secs(40));
+    // B's group has the new cap.
+    let group = env.status("b")["cpu"]["cgroup"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let quota = std::fs::read_to_string(Path::new(&group).join("cpu.cfs_quota_us"))
+        .or_else(|_| std::fs::read_to_string(Path::new(&group).join("vcpus/cpu.max")))
+        .unwrap();
+    assert!(quota.starts_with("90000"), "{quota}");
+
+    // A busy again: the policy gives back what A lent.
+    env.ok(&["resume", "a"]);
+    wait_entitled(&env, &[("a", 0.5), ("b", 0.5)], Duration::from_secs(40));
+    // Steady load: no more moves (no oscillation).
+    let moves = |env: &Env| -> usize {
+        let v: Value = serde_json::from_str(&env.ok(&["policy", "show", "--json"])).unwrap();
+        v["moves"].as_array().unwrap().len()
+    };
+    let settled = moves(&env);
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(moves(&env), settled, "{}", env.ok(&["policy", "show"]));
+    let shown = env.ok(&["policy", "show"]);
+    assert!(shown.contains("b: 0.50 -> 0.70 (starved"), "{shown}");
+    assert!(shown.contains("from a, left unused"), "{shown}");
+    assert!(shown.contains("above its desired entitlement"), "{shown}");
+    assert_eq!(env.status("a")["cpu"]["desired"], 0.5);
+    env.ok(&["stop", "a"]);
+    env.ok(&["stop", "b"]);
 }

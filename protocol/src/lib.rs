@@ -38,6 +38,7 @@ pub mod frame;
 pub mod grant;
 pub mod managed;
 pub mod pool;
+pub mod workload;
 
 pub use frame::{
     Channel, Fds, Message, ProtocolError, HEADER_LEN, MAGIC, MAX_FDS, MAX_FRAME, VERSION,
@@ -53,6 +54,7 @@ pub use pool::{
 
 pub use parvm_config::{CpuMode, Definition, ProcUnits, RestartPolicy};
 use serde::{Deserialize, Serialize};
+pub use workload::{Policy, PolicyMove};
 
 /// Lifecycle state of a partition, as stored and shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -155,9 +157,13 @@ pub struct PartitionStatus {
 /// show them (`lparstat`'s entitlement and physical consumption).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuStatus {
-    /// Processing units entitled (`null` without a `cpu` section: no limit).
+    /// Processing units entitled now (`null` without a `cpu` section: no
+    /// limit); the policy may have moved it from `desired`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entitled: Option<parvm_config::ProcUnits>,
+    /// The definition's entitlement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<parvm_config::ProcUnits>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<parvm_config::CpuMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -360,6 +366,13 @@ pub enum Request {
         device: PagingDevice,
     },
     PoolShow,
+    /// Replaces the workload policy (docs/workload.md); answered with
+    /// [`Response::Policy`].
+    PolicySet {
+        policy: Policy,
+    },
+    /// The workload policy and its recent moves.
+    PolicyShow,
 }
 
 /// Manager -> `parctl` (or a reconnecting VMM).
@@ -414,6 +427,11 @@ pub enum Response {
         doorbells: Vec<DoorbellInfo>,
     },
     /// The pool after `pool_*`.
+    /// The workload policy and its last moves, oldest first.
+    Policy {
+        policy: Policy,
+        moves: Vec<PolicyMove>,
+    },
     Pool {
         pool: PoolInfo,
     },

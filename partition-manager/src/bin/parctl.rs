@@ -82,6 +82,9 @@ enum Cmd {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
+    /// The workload policy: entitlement moved between partitions by use.
+    #[command(subcommand)]
+    Policy(workload_view::PolicyCmd),
     /// List partitions (a table, or JSON).
     List {
         #[arg(long)]
@@ -397,6 +400,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let request = match &args.command {
         Cmd::Set { name, settings } => workload_view::set_request(name, settings)?,
+        Cmd::Policy(cmd) => cmd.request()?,
         Cmd::Top { .. } => bail!("top makes its own requests"),
         Cmd::Define { file, restart } => {
             let file = definition::from_file(file)?;
@@ -535,6 +539,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         Cmd::Top { .. } => {}
+        Cmd::Policy(cmd) => cmd.print(answer.0)?,
         Cmd::Status { json, .. } => {
             let s = expect_status(answer.0)?;
             if json {

@@ -8,7 +8,7 @@ use crate::error::ManagerError;
 use crate::process::spawn_thread;
 use crate::workload::{run_ns, SAMPLE_INTERVAL};
 use parvm_config::{CpuSpec, Definition, PartitionDefinition, ProcUnits, DEFAULT_VCPUS};
-use parvm_protocol::{CpuMode, PartitionState, PartitionStatus};
+use parvm_protocol::{CpuMode, PartitionState, PartitionStatus, Policy, PolicyMove};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -46,6 +46,33 @@ impl State {
         self.workload
             .check_start(self.cpu_of(name).as_ref())
             .map_err(|m| ManagerError::StartFailed(name.into(), m))
+    }
+
+    /// One round of the workload policy; each moved partition's group
+    /// gets its new entitlement.
+    fn run_policy(&mut self) {
+        let specs: Vec<(String, CpuSpec)> = self
+            .partitions
+            .names()
+            .into_iter()
+            // A paused partition keeps its entitlement (and lends it).
+            .filter(|n| {
+                matches!(
+                    self.partitions.state(n),
+                    Some(PartitionState::Running | PartitionState::Paused)
+                )
+            })
+            .filter_map(|n| Some((n.clone(), self.cpu_of(&n)?)))
+            .collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let moves = self.workload.run_policy(&specs, now);
+        let mut moved: Vec<&str> = moves.iter().map(|m| m.partition.as_str()).collect();
+        moved.dedup();
+        for name in moved {
+            self.place_vcpus(name);
+        }
     }
 
     pub(super) fn decorate_cpu(&self, status: &mut PartitionStatus) {
@@ -120,6 +147,8 @@ impl Manager {
             None => return Err(ManagerError::NotFound(name.into())),
         };
         let cpu = changed_cpu(name, &def, entitled, mode, weight)?;
+        // The operator's figure replaces what the policy moved it to.
+        st.workload.forget_move(name);
         if let Some(live) = st.partitions.live(name) {
             let pid = live.pid;
             st.workload
@@ -130,6 +159,23 @@ impl Manager {
         tracing::info!(partition = %name, entitled = %cpu.entitled, mode = %cpu.mode, weight = cpu.weight(), "cpu entitlement changed");
         let status = st.partitions.status(name)?;
         Ok(st.decorate(status))
+    }
+
+    /// `parctl policy set`: checked, stored, in force from the next sample.
+    pub fn set_policy(&self, policy: Policy) -> Result<(Policy, Vec<PolicyMove>), ManagerError> {
+        policy
+            .check()
+            .map_err(|m| ManagerError::BadRequest(format!("workload policy: {m}")))?;
+        let mut state = self.lock();
+        state.store.put_policy(&policy)?;
+        state.workload.set_policy(policy);
+        tracing::info!(enabled = policy.enabled, "workload policy set");
+        Ok((policy, state.workload.moves()))
+    }
+
+    pub fn policy(&self) -> (Policy, Vec<PolicyMove>) {
+        let state = self.lock();
+        (state.workload.policy(), state.workload.moves())
     }
 
     /// Starts the sampling thread, which ends with the manager: every
@@ -165,6 +211,7 @@ impl Manager {
             for (name, pid, ns, at) in samples {
                 state.workload.record(&name, pid, ns, at);
             }
+            state.run_policy();
         });
     }
 }

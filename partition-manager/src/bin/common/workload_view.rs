@@ -5,11 +5,86 @@
 use anyhow::{bail, Context};
 use partition_manager::client::Client;
 use partition_manager::protocol::{
-    CpuMode, CpuStatus, PartitionStatus, ProcUnits, Request, Response, PAGES_PER_MIB,
+    CpuMode, CpuStatus, PartitionStatus, Policy, PolicyMove, ProcUnits, Request, Response,
+    PAGES_PER_MIB,
 };
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// `parctl policy ...`: the workload policy (docs/workload.md, "Policy").
+#[derive(clap::Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Replace the policy with the JSON file's (in force from the next
+    /// sample; stored).
+    Set { file: PathBuf },
+    /// Show the policy and its last moves.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl PolicyCmd {
+    pub fn request(&self) -> anyhow::Result<Request> {
+        Ok(match self {
+            PolicyCmd::Set { file } => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read policy file {}", file.display()))?;
+                let policy: Policy = serde_json::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("policy file {}: {e}", file.display()))?;
+                policy
+                    .check()
+                    .map_err(|m| anyhow::anyhow!("policy file {}: {m}", file.display()))?;
+                Request::PolicySet { policy }
+            }
+            PolicyCmd::Show { .. } => Request::PolicyShow,
+        })
+    }
+
+    pub fn print(&self, answer: Response) -> anyhow::Result<()> {
+        let Response::Policy { policy, moves } = answer else {
+            bail!("unexpected answer from the partition manager: {answer:?}");
+        };
+        match self {
+            PolicyCmd::Show { json: true } => println!(
+                "{}",
+                serde_json::json!({ "policy": policy, "moves": moves })
+            ),
+            PolicyCmd::Show { json: false } => print_policy(&policy, &moves),
+            PolicyCmd::Set { .. } => println!(
+                "workload policy {}",
+                if policy.enabled { "on" } else { "off" }
+            ),
+        }
+        Ok(())
+    }
+}
+
+fn print_policy(p: &Policy, moves: &[PolicyMove]) {
+    println!("enabled:     {}", if p.enabled { "yes" } else { "no" });
+    println!(
+        "pool:        {}",
+        p.pool.map_or("the host's cores".into(), |u| format!(
+            "{u} processing units"
+        ))
+    );
+    println!(
+        "starved at:  {}% of the entitlement used, idle below {}%",
+        p.starved_pct, p.idle_pct
+    );
+    println!(
+        "hysteresis:  {} samples before a move, {} after it, steps of {}",
+        p.hold_samples, p.cooldown_samples, p.step
+    );
+    for m in moves {
+        println!(
+            "{} {}: {} -> {} ({})",
+            m.at, m.partition, m.from, m.to, m.reason
+        );
+    }
+}
 
 /// `parctl set NAME KEY=VALUE...` as a request.
 pub fn set_request(name: &str, assignments: &[String]) -> anyhow::Result<Request> {

@@ -1,0 +1,74 @@
+//! The workload policy's settings and its moves, as `parctl policy` sends
+//! and shows them (docs/workload.md, "Policy"); the logic is the
+//! partition manager's.
+
+use parvm_config::ProcUnits;
+use serde::{Deserialize, Serialize};
+
+/// The policy as its file (`parctl policy set FILE`) and `parctl policy
+/// show` have it. Off by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    pub enabled: bool,
+    /// Processing units the entitlements of running partitions may add up
+    /// to (PowerVM's shared processor pool); `null`: the host's cores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<ProcUnits>,
+    /// A partition using at least this % of its entitlement is starved.
+    pub starved_pct: u32,
+    /// A partition using less than this % of its entitlement leaves it
+    /// unused (a donor).
+    pub idle_pct: u32,
+    /// Consecutive samples (one a second) a partition must be starved or
+    /// idle before a move.
+    pub hold_samples: u32,
+    /// Samples a partition is left alone after a move that touched it.
+    pub cooldown_samples: u32,
+    /// Processing units one move shifts at most.
+    pub step: ProcUnits,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            enabled: false,
+            pool: None,
+            starved_pct: 90,
+            idle_pct: 50,
+            hold_samples: 3,
+            cooldown_samples: 5,
+            step: ProcUnits(10),
+        }
+    }
+}
+
+impl Policy {
+    /// Checks a policy read from outside.
+    pub fn check(&self) -> Result<(), String> {
+        if self.idle_pct >= self.starved_pct || self.starved_pct > 100 {
+            return Err(format!(
+                "idle_pct {} must be below starved_pct {}, which is at most 100",
+                self.idle_pct, self.starved_pct
+            ));
+        }
+        if self.step.0 == 0 {
+            return Err("step must be above 0".into());
+        }
+        if self.hold_samples == 0 || self.hold_samples > 3600 || self.cooldown_samples > 3600 {
+            return Err("hold_samples must be 1-3600 and cooldown_samples 0-3600".into());
+        }
+        Ok(())
+    }
+}
+
+/// A change of one partition's entitlement by the policy, with its reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyMove {
+    /// Unix time (seconds) it was made.
+    pub at: u64,
+    pub partition: String,
+    pub from: ProcUnits,
+    pub to: ProcUnits,
+    pub reason: String,
+}
