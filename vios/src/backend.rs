@@ -46,6 +46,12 @@ pub const MAX_QUEUES: usize = parvm_config::MAX_VIOS_QUEUES;
 
 /// Offset of `num_queues` (u16) in `struct virtio_blk_config`.
 const NUM_QUEUES_OFFSET: usize = 34;
+/// Most chains one drain of a queue pops before it yields: a driver that
+/// keeps publishing (a busy guest, or a hostile client whose used ring
+/// overlaps its available index, so that every completion publishes a new
+/// chain) is served in turns, and the worker thread gets back to its event
+/// loop (a stop, the other queues) in between.
+pub const MAX_CHAINS_PER_DRAIN: usize = 4 * QUEUE_SIZE as usize;
 
 /// Why a client's memory table was refused.
 #[derive(Debug, thiserror::Error)]
@@ -239,10 +245,12 @@ impl VhostUserBlk {
         };
         let event_idx = self.event_idx.load(Ordering::Acquire);
         let mut used = false;
+        let mut popped = 0usize;
         let notify = {
             let mut state = vring.get_mut();
+            let kick = state.get_kick().as_ref().map(|k| k.as_raw_fd());
             let queue = state.get_queue_mut();
-            loop {
+            'drain: loop {
                 if event_idx {
                     if let Err(e) = queue.disable_notification(&*mem) {
                         self.client_error("cannot disable notifications", &e);
@@ -252,6 +260,7 @@ impl VhostUserBlk {
                 let mut progressed = false;
                 while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
                     progressed = true;
+                    popped += 1;
                     let completion = core.process(chain);
                     match queue.add_used(&*mem, completion.head_index, completion.used_len) {
                         Ok(()) => {
@@ -259,6 +268,20 @@ impl VhostUserBlk {
                             self.completed.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(e) => self.client_error("cannot add to the used ring", &e),
+                    }
+                    if popped >= MAX_CHAINS_PER_DRAIN {
+                        // Come back after the event loop's turn: a kick
+                        // of our own, so nothing published is left behind
+                        // (with EVENT_IDX the driver will not kick again).
+                        if let Some(fd) = kick {
+                            let one = 1u64.to_ne_bytes();
+                            // SAFETY: an 8-byte write from a local buffer
+                            // to the queue's kick eventfd, which the vring
+                            // state holds open while its guard is alive.
+                            unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
+                        }
+                        debug!(disk = %self.id, client = %self.client, popped, "vios: drain yields");
+                        break 'drain;
                     }
                 }
                 if !event_idx {
