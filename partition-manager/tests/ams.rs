@@ -178,3 +178,61 @@ fn two_partitions_under_pressure_split_the_pool_by_weight() {
     env.ok(&["stop", "light"]);
     env.ok(&["stop", "heavy"]);
 }
+
+#[test]
+fn an_idle_partitions_share_of_the_pool_goes_to_the_busy_one() {
+    // Pool 40 MiB, two 64 MiB partitions of equal weight: goals 20 and
+    // 20 MiB while both are new. B only spins (it touches a few MiB and
+    // then nothing): after 10 s without a fault it is idle, its goal drops
+    // to what it holds plus a slack of 4 MiB (docs/ams.md, "Demand"), and
+    // A, sweeping all of its memory, grows into the rest. Never below what
+    // B holds, never above the pool.
+    let env = Env::new("ams-idle");
+    ensure_vios(&env.vmm);
+    vios_and_pool(&env, 64, 40);
+    env.ok(&[
+        "define",
+        &memtest(&env, "busy", 64, 128, "parvm.passes=400"),
+    ]);
+    let idle = write_json(
+        &env.dir,
+        "idle.json",
+        serde_json::json!({
+            "name": "idle", "kernel": guest_path("tiny.elf"),
+            "cmdline": "console=ttyS0 parvm.test=hang",
+            "memory": {"mode": "shared", "logical_mib": 64, "weight": 128},
+        }),
+    );
+    env.ok(&["define", &idle]);
+    env.ok(&["start", "busy"]);
+    env.ok(&["start", "idle"]);
+    env.wait_log("idle", "parvm-guest: hanging");
+    let mem = |n: &str| env.status(n)["memory"].clone();
+    let pages = |v: &Value, k: &str| v[k].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (b, i) = (mem("busy"), mem("idle"));
+        let (bt, it) = (pages(&b, "target_pages"), pages(&i, "target_pages"));
+        assert!(
+            bt + it <= 40 * 256,
+            "targets {bt} + {it} pages over the pool"
+        );
+        assert!(
+            pages(&b, "resident_pages") + pages(&i, "resident_pages") <= 40 * 256 + 2 * 128,
+            "{b} {i}"
+        );
+        if bt >= 30 * 256 {
+            // The idle one keeps its minimum and what it holds.
+            assert!(it >= 2 * 256, "idle target {it} pages");
+            assert!(it >= pages(&i, "resident_pages"), "{i}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "busy target {bt}, idle target {it} pages after 60 s: {b} {i}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    env.ok(&["stop", "busy"]);
+    env.ok(&["stop", "idle"]);
+}
