@@ -23,6 +23,24 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A manager for test `name`, and this test's turn; `None` (skipped, said
+/// on stderr) on a host without a CPU controller.
+fn setup(name: &str) -> Option<(Env, std::sync::MutexGuard<'static, ()>)> {
+    if !have_controller() {
+        eprintln!("skipped: no cgroup CPU controller on this host");
+        return None;
+    }
+    let turn = serial();
+    Some((Env::new(name), turn))
+}
+
+/// A group's CPU cap as the kernel holds it (v1 quota, or v2 `cpu.max`).
+fn quota(group: &str) -> String {
+    std::fs::read_to_string(Path::new(group).join("cpu.cfs_quota_us"))
+        .or_else(|_| std::fs::read_to_string(Path::new(group).join("vcpus/cpu.max")))
+        .unwrap()
+}
+
 /// Whether the host has a CPU controller the manager can use (the
 /// machines this runs on have cgroup v1 `cpu`).
 fn have_controller() -> bool {
@@ -92,12 +110,9 @@ fn started(env: &Env, name: &str) -> (u32, u32) {
 
 #[test]
 fn capped_partitions_use_their_entitlement_and_set_moves_it() {
-    if !have_controller() {
-        eprintln!("skipped: no cgroup CPU controller on this host");
+    let Some((env, _one)) = setup("cpu-capped") else {
         return;
-    }
-    let _one = serial();
-    let env = Env::new("cpu-capped");
+    };
     // Bad sections: one line naming the field, nothing defined.
     let bad = env.dir.join("bad.json");
     std::fs::write(
@@ -171,9 +186,7 @@ fn capped_partitions_use_their_entitlement_and_set_moves_it() {
         out.contains("a: cpu 0.50 processing units, capped"),
         "{out}"
     );
-    let quota = std::fs::read_to_string(Path::new(&group).join("cpu.cfs_quota_us"))
-        .or_else(|_| std::fs::read_to_string(Path::new(&group).join("vcpus/cpu.max")))
-        .unwrap();
+    let quota = quota(&group);
     assert!(quota.starts_with("50000"), "{quota}");
     let u = used(&[a], Duration::from_secs(3));
     assert!((0.03..=0.53).contains(&u[0]), "a used {:.3} of 0.50", u[0]);
@@ -201,12 +214,9 @@ fn capped_partitions_use_their_entitlement_and_set_moves_it() {
 
 #[test]
 fn uncapped_partitions_on_one_core_split_it_by_weight() {
-    if !have_controller() {
-        eprintln!("skipped: no cgroup CPU controller on this host");
+    let Some((env, _one)) = setup("cpu-weights") else {
         return;
-    }
-    let _one = serial();
-    let env = Env::new("cpu-weights");
+    };
     define_spinner(
         &env,
         "light",
@@ -280,12 +290,9 @@ fn wait_entitled(env: &Env, want: &[(&str, f64)], timeout: Duration) {
 
 #[test]
 fn the_policy_lends_an_idle_partitions_entitlement_and_gives_it_back() {
-    if !have_controller() {
-        eprintln!("skipped: no cgroup CPU controller on this host");
+    let Some((env, _one)) = setup("cpu-policy") else {
         return;
-    }
-    let _one = serial();
-    let env = Env::new("cpu-policy");
+    };
     let range = serde_json::json!({"entitled": 0.5, "mode": "capped", "min": 0.1, "max": 0.9});
     define_spinner(&env, "a", range.clone());
     define_spinner(&env, "b", range);
@@ -322,9 +329,7 @@ fn the_policy_lends_an_idle_partitions_entitlement_and_gives_it_back() {
         .as_str()
         .unwrap()
         .to_string();
-    let quota = std::fs::read_to_string(Path::new(&group).join("cpu.cfs_quota_us"))
-        .or_else(|_| std::fs::read_to_string(Path::new(&group).join("vcpus/cpu.max")))
-        .unwrap();
+    let quota = quota(&group);
     assert!(quota.starts_with("90000"), "{quota}");
 
     // A busy again: the policy gives back what A lent.
