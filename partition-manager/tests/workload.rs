@@ -171,11 +171,21 @@ fn capped_partitions_use_their_entitlement_and_set_moves_it() {
     let u = used(&[a, b], Duration::from_secs(5));
     assert!((0.03..=0.28).contains(&u[0]), "a used {:.3} of 0.25", u[0]);
     assert!((0.03..=0.78).contains(&u[1]), "b used {:.3} of 0.75", u[1]);
-    assert!(
-        throttled(&group) > before,
-        "a was never throttled (used {:.3})",
-        u[0]
-    );
+    // Throttling shows the cap held the vCPU back, when it got near the
+    // cap at all: on a host so busy that it did not, there is nothing to
+    // show (said on stderr), and the bound above is what holds.
+    if u[0] >= 0.2 {
+        assert!(
+            throttled(&group) > before,
+            "a was never throttled (used {:.3})",
+            u[0]
+        );
+    } else {
+        eprintln!(
+            "a used only {:.3} of its 0.25: host busy, throttling not checked",
+            u[0]
+        );
+    }
     // The manager's own sample: never above the cap either.
     let seen = env.status("a")["cpu"]["used"].as_f64().unwrap();
     assert!((0.0..=0.3).contains(&seen), "manager saw {seen}");
