@@ -115,7 +115,7 @@ impl Manager {
         if let Some(policy) = store.policy()? {
             workload.set_policy(policy);
         }
-        tracing::info!(
+        tracing::debug!(
             controller = workload.controller().name(),
             "workload: CPU controller"
         );
