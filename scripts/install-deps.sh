@@ -10,13 +10,24 @@
 #                       ACPI tables with it (default suite)
 #   cpio xz-utils       tests/linux/build-image.sh packs the Linux test
 #                       initramfs (cpio) and unpacks .ko.xz modules (xz)
+#   curl                partition-manager/tests/api.rs drives the HTTP API
+#                       with `curl --unix-socket`, as docs/api.md shows
+#   python3-prometheus-client
+#                       the same tests parse /metrics with Prometheus's own
+#                       (Python) parser
+#   python3-venv        target/pyenv: a virtualenv (with the system's
+#                       packages) holding schemathesis from PyPI, which
+#                       tests/api.rs runs against the served OpenAPI document
 #
 # Idempotent: packages already installed are skipped, and `apt-get update`
 # runs at most once, only when something has to be installed. Usable by CI as
 # root (no sudo needed); as a normal user it uses sudo when available.
 set -euo pipefail
 
-PKGS=(binutils qemu-system-x86 python3 acpica-tools cpio xz-utils)
+PKGS=(binutils qemu-system-x86 python3 acpica-tools cpio xz-utils curl python3-prometheus-client python3-venv)
+# PyPI packages in target/pyenv (pinned: a new release may check more).
+PY_PKGS=(schemathesis==4.32.5)
+PYENV="$(cd "$(dirname "$0")/.." && pwd)/target/pyenv"
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -25,8 +36,21 @@ for p in "${PKGS[@]}"; do
     fi
 done
 
+# The virtualenv for the PyPI packages (after the Debian ones: it needs
+# python3-venv and sees python3-prometheus-client).
+pyenv() {
+    if [ -x "$PYENV/bin/schemathesis" ]; then
+        echo "install-deps: $PYENV present (${PY_PKGS[*]})"
+        return
+    fi
+    echo "install-deps: creating $PYENV with ${PY_PKGS[*]}"
+    /usr/bin/python3 -m venv --system-site-packages "$PYENV"
+    "$PYENV/bin/pip" install --quiet "${PY_PKGS[@]}"
+}
+
 if [ "${#missing[@]}" -eq 0 ]; then
     echo "install-deps: all present (${PKGS[*]})"
+    pyenv
     exit 0
 fi
 
@@ -44,3 +68,4 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update
 $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+pyenv

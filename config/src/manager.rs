@@ -11,6 +11,7 @@ pub const MAX_SEGMENT_SIZE: u64 = 1 << 30;
 
 /// What the manager does when a partition's VMM fails.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case", try_from = "String")]
 pub enum RestartPolicy {
     /// Leave it crashed.
@@ -58,6 +59,7 @@ impl std::str::FromStr for RestartPolicy {
 /// A segment declared in a partition definition (`"segments": [...]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SegmentSpec {
     pub id: String,
     /// Size in KiB (or `size` in bytes); a multiple of 4.

@@ -502,7 +502,25 @@ pub fn handle(mgr: &Arc<Manager>, request: Request) -> (Response, Option<File>) 
             definition,
             restart,
             segments,
-        } => status(mgr.define(definition, restart, &segments)),
+            dry_run,
+        } => status(mgr.define(definition, restart, &segments, dry_run)),
+        Request::Show { name } => match mgr.show(&name) {
+            Ok(stored) => Response::Definition {
+                name,
+                definition: stored.definition,
+                restart: stored.restart,
+                segments: stored.segments,
+            },
+            Err(e) => error_response(&e),
+        },
+        Request::Update {
+            name,
+            definition,
+            restart,
+        } => status(mgr.update(&name, definition, restart)),
+        Request::Events { since, wait_ms } => {
+            Response::Events(mgr.events(since, Duration::from_millis(wait_ms)))
+        }
         Request::Undefine { name } => match mgr.undefine(&name) {
             Ok(()) => Response::Undefined { name },
             Err(e) => error_response(&e),

@@ -34,6 +34,9 @@ pub enum DefinitionError {
     },
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A value out of range, named with the file it is in.
+    #[error("partition definition {path}: {source}")]
+    Invalid { path: PathBuf, source: ConfigError },
 }
 
 /// A checked definition: what vmm will parse, the config it yields, and the
@@ -73,15 +76,24 @@ pub fn from_file(path: &Path) -> Result<FileDefinition, DefinitionError> {
             if def.name.is_none() {
                 return Err(DefinitionError::NoName(path.to_path_buf()));
             }
-            def.clone().validate()?;
+            def.clone()
+                .validate()
+                .map_err(|source| invalid(path, source))?;
         }
-        Definition::Vios(def) => def.validate()?,
+        Definition::Vios(def) => def.validate().map_err(|source| invalid(path, source))?,
     }
     Ok(FileDefinition {
         definition,
         restart,
         segments,
     })
+}
+
+fn invalid(path: &Path, source: ConfigError) -> DefinitionError {
+    DefinitionError::Invalid {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The manager's check of a partition definition received from a client.

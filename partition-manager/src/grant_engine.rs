@@ -229,6 +229,14 @@ impl GrantEngine {
         Ok(created)
     }
 
+    /// Segments [`Self::create_declared`] made that are not to be kept (a
+    /// dry run).
+    pub(crate) fn discard(&mut self, created: &[SegmentInfo]) {
+        for c in created {
+            self.table.remove_resource(&c.name);
+        }
+    }
+
     /// An undefined partition's segments go, and every grant of them ends,
     /// as do the grants made to it (grantees still running are told to
     /// unmap; not waited for).

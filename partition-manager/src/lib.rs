@@ -17,6 +17,9 @@
 //!   drop a spawned child makes before `exec`.
 //! - [`config`]: [`ManagerConfig`], paths, timeouts, the run-as user;
 //!   [`error`]: [`ManagerError`].
+//! - [`events`]: the event log (a bounded ring of numbered
+//!   [`protocol::Event`]s the parts report, and counts per type) that
+//!   `parctl events` and the HTTP API follow.
 //! - [`process`]: spawning a `vmm`/`vios` with a socketpair as its control
 //!   channel; pids, signals, tokens, helper threads.
 //! - [`ratelimit`]: bounded logging ([`ratelimit::LogLimiter`]) and the
@@ -41,6 +44,9 @@
 //! - [`daemon`]: the listening socket (mode 0600, `SO_PEERCRED`), one
 //!   thread per connection dispatching requests to the [`Manager`];
 //!   [`client`]: connecting to it and making one request.
+//! - [`api`]: the HTTP API (REST resources carried out by
+//!   [`daemon::handle`], the event stream, `/metrics`, the OpenAPI
+//!   document) on a second Unix socket and optionally a loopback port.
 //!
 //! The benchmark binaries share their scratch-manager harness from
 //! `src/bin/common/` (not part of the library).
@@ -49,12 +55,14 @@
 
 pub use parvm_protocol as protocol;
 
+pub mod api;
 pub mod channel;
 pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod definition;
 pub mod error;
+pub mod events;
 pub mod grant_engine;
 pub mod grants;
 pub mod manager;

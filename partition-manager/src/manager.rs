@@ -32,6 +32,7 @@
 use crate::channel::{self, ControlEvents};
 use crate::config::ManagerConfig;
 use crate::error::ManagerError;
+use crate::events::EventLog;
 use crate::grant_engine::{Ended, GrantEngine};
 use crate::partitions::{PartitionTable, Recovered, StartProgress};
 use crate::pool::Pool;
@@ -47,6 +48,7 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+mod definitions;
 mod memory;
 mod sharing;
 mod workload;
@@ -91,6 +93,8 @@ pub struct Manager {
     changed: Condvar,
     /// Failed cookie guesses per caller.
     guesses: FailedGuesses,
+    /// What followers of `parctl events` see.
+    events: Arc<EventLog>,
 }
 
 impl Manager {
@@ -109,7 +113,8 @@ impl Manager {
         for rec in &records {
             grants.register_blocks(&rec.definition);
         }
-        let partitions = PartitionTable::load(&cfg, records);
+        let events = Arc::new(EventLog::default());
+        let partitions = PartitionTable::load(&cfg, records, events.clone());
         let pool = Pool::load(&store)?;
         let mut workload = crate::workload::Workload::new(&cfg.state_dir);
         if let Some(policy) = store.policy()? {
@@ -130,6 +135,7 @@ impl Manager {
             }),
             changed: Condvar::new(),
             guesses: FailedGuesses::new(),
+            events,
         });
         mgr.recover()?;
         mgr.start_pool_tick();
@@ -207,25 +213,9 @@ impl Manager {
         mut definition: Definition,
         restart: RestartPolicy,
         segments: &[parvm_protocol::SegmentSpec],
+        dry_run: bool,
     ) -> Result<PartitionStatus, ManagerError> {
-        let (inner_restart, inner_segments) = definition.take_manager_fields();
-        if inner_restart.is_some() || !inner_segments.is_empty() {
-            return Err(ManagerError::BadRequest(
-                "`restart` and `segments` travel beside the definition, not in it".into(),
-            ));
-        }
-        let name = match &definition {
-            Definition::Vios(vios) => {
-                crate::vios::check(vios)?;
-                vios.name.clone()
-            }
-            Definition::Partition(def) => {
-                crate::definition::check(def, restart)
-                    .map_err(|e| ManagerError::BadRequest(e.to_string()))?
-                    .config
-                    .name
-            }
-        };
+        let name = checked_name(&mut definition, restart)?;
         let mut state = self.lock();
         if let Definition::Partition(def) = &definition {
             state.pool.check_definition(&state.partitions, &name, def)?;
@@ -233,6 +223,11 @@ impl Manager {
         let (store, partitions, grants) = state.parts();
         partitions.check_new(&name)?;
         let created = grants.create_declared(&name, segments)?;
+        if dry_run {
+            // Every check passed: nothing is kept.
+            grants.discard(&created);
+            return Ok(partitions.preview(&name, definition, restart));
+        }
         grants.register_blocks(&definition);
         let status = partitions.define(store, &name, definition, restart)?;
         grants.record_segments(store, &created)?;
@@ -325,8 +320,14 @@ impl Manager {
 
     /// Orderly stop: `Stop` on the control channel (SIGTERM if none), then
     /// SIGKILL after the stop timeout.
+    /// A partition that is not active is left as it is (its status is the
+    /// answer): stopping is idempotent.
     pub fn stop(&self, name: &str) -> Result<PartitionStatus, ManagerError> {
         let mut state = self.lock();
+        let status = state.partitions.status(name)?;
+        if !status.state.is_active() {
+            return Ok(state.decorate(status));
+        }
         let st = &mut *state;
         let (generation, pid) = st.partitions.request_stop(&st.store, name)?;
         self.changed.notify_all();
@@ -482,6 +483,12 @@ impl Manager {
 
     fn schedule_restart(self: &Arc<Self>, name: String, epoch: u64, restarts: u32) {
         let delay = backoff(restarts);
+        self.events
+            .push(parvm_protocol::EventKind::RestartScheduled {
+                partition: name.clone(),
+                attempt: restarts + 1,
+                delay_ms: delay.as_millis() as u64,
+            });
         tracing::info!(partition = %name, delay_ms = delay.as_millis() as u64, attempt = restarts + 1, "restarting after a failure");
         let mgr = self.clone();
         spawn_thread("restart", move || {
@@ -500,6 +507,32 @@ impl Manager {
             }
         });
     }
+}
+
+/// The manager's checks of a definition received from a client (they
+/// never trust `parctl`'s): its name.
+fn checked_name(
+    definition: &mut Definition,
+    restart: RestartPolicy,
+) -> Result<String, ManagerError> {
+    let (inner_restart, inner_segments) = definition.take_manager_fields();
+    if inner_restart.is_some() || !inner_segments.is_empty() {
+        return Err(ManagerError::BadRequest(
+            "`restart` and `segments` travel beside the definition, not in it".into(),
+        ));
+    }
+    Ok(match &*definition {
+        Definition::Vios(vios) => {
+            crate::vios::check(vios)?;
+            vios.name.clone()
+        }
+        Definition::Partition(def) => {
+            crate::definition::check(def, restart)
+                .map_err(|e| ManagerError::BadRequest(e.to_string()))?
+                .config
+                .name
+        }
+    })
 }
 
 /// The events of the control channels, routed to the parts.
@@ -524,7 +557,13 @@ impl ControlEvents for Manager {
                     }
                 });
             }
-            crate::vios::on_ready(partitions, grants.table(), name);
+            for (client, disk) in crate::vios::on_ready(partitions, grants.table(), name) {
+                self.events.push(parvm_protocol::EventKind::ViosReconnect {
+                    vios: name.into(),
+                    client,
+                    disk,
+                });
+            }
             state.rebroker_paging(name);
             state.place_vcpus(name);
         }
@@ -536,8 +575,29 @@ impl ControlEvents for Manager {
         if !state.partitions.is_current(name, generation) {
             return;
         }
+        let fault = match &msg {
+            ToManager::Fault {
+                key, gpa, write, ..
+            } => key
+                .strip_prefix("grant:")
+                .and_then(|s| s.parse::<u64>().ok())
+                .map(|id| (id, *gpa, *write)),
+            _ => None,
+        };
         let st = &mut *state;
         st.grants.on_answer(&st.store, name, msg);
+        if let Some((id, gpa, write)) = fault {
+            if let Some(g) = st.grants.grants_by_id(&[id]).into_iter().next() {
+                self.events.push(parvm_protocol::EventKind::GrantFault {
+                    id,
+                    segment: g.segment,
+                    grantee: g.grantee,
+                    gpa,
+                    write,
+                    faults: g.faults,
+                });
+            }
+        }
         self.changed.notify_all();
     }
 

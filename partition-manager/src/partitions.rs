@@ -10,6 +10,7 @@
 
 use crate::config::ManagerConfig;
 use crate::error::ManagerError;
+use crate::events::EventLog;
 use crate::process::{constant_time_eq, now_secs, process_alive, send_signal};
 use crate::restart::{self, RunEnd, MAX_RESTARTS};
 use crate::store::{Record, Store};
@@ -21,6 +22,7 @@ use parvm_protocol::{
     RestartPolicy, ToManager,
 };
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A live VMM (or VIOS) process.
@@ -97,6 +99,8 @@ pub(crate) struct PartitionTable {
     cfg: ManagerConfig,
     parts: BTreeMap<String, Partition>,
     next_generation: u64,
+    /// Where its state changes are told (`parctl events`).
+    events: Arc<EventLog>,
 }
 
 fn status_of(cfg: &ManagerConfig, p: &Partition) -> PartitionStatus {
@@ -145,7 +149,7 @@ fn put(store: &Store, rec: &Record, what: &str) {
 
 impl PartitionTable {
     /// The table of the stored records (no process known yet).
-    pub(crate) fn load(cfg: &ManagerConfig, records: Vec<Record>) -> Self {
+    pub(crate) fn load(cfg: &ManagerConfig, records: Vec<Record>, events: Arc<EventLog>) -> Self {
         let parts = records
             .into_iter()
             .map(|rec| {
@@ -163,6 +167,7 @@ impl PartitionTable {
             cfg: cfg.clone(),
             parts,
             next_generation: 1,
+            events,
         }
     }
 
@@ -212,6 +217,40 @@ impl PartitionTable {
 
     pub(crate) fn status(&self, name: &str) -> Result<PartitionStatus, ManagerError> {
         self.get(name).map(|p| status_of(&self.cfg, p))
+    }
+
+    /// The status `name` would have if `definition` were defined now.
+    pub(crate) fn preview(
+        &self,
+        name: &str,
+        definition: Definition,
+        restart: RestartPolicy,
+    ) -> PartitionStatus {
+        let p = Partition {
+            rec: Record {
+                name: name.into(),
+                definition,
+                restart,
+                state: PartitionState::Defined,
+                last_exit: None,
+                pid: None,
+                pid_start: None,
+                token: None,
+                restarts: 0,
+                since: now_secs(),
+            },
+            run: None,
+            epoch: 0,
+            ready_generation: 0,
+            exports: None,
+        };
+        status_of(&self.cfg, &p)
+    }
+
+    /// The stored definition and restart policy of `name`.
+    pub(crate) fn stored(&self, name: &str) -> Result<(Definition, RestartPolicy), ManagerError> {
+        self.get(name)
+            .map(|p| (p.rec.definition.clone(), p.rec.restart))
     }
 
     pub(crate) fn list(&self) -> Vec<PartitionStatus> {

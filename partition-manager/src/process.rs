@@ -72,7 +72,7 @@ pub(crate) fn random_token() -> Result<String, std::io::Error> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

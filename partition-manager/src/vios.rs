@@ -203,9 +203,15 @@ pub(crate) fn broker(
 /// process. Broker a new socketpair for every disk of every running client
 /// that names it, and hand the client's VMM its end with
 /// `vhost_user_reconnect` (the VMM replays the in-flight requests).
-pub(crate) fn on_ready(partitions: &PartitionTable, grants: &GrantTable, vios_name: &str) {
+/// Returns the (client, disk) pairs given a fresh connection.
+pub(crate) fn on_ready(
+    partitions: &PartitionTable,
+    grants: &GrantTable,
+    vios_name: &str,
+) -> Vec<(String, String)> {
+    let mut done = Vec::new();
     let Some(Definition::Vios(vios_def)) = partitions.definition(vios_name) else {
-        return;
+        return done;
     };
     // (client, client disk id, export)
     let mut wanted = Vec::new();
@@ -222,10 +228,14 @@ pub(crate) fn on_ready(partitions: &PartitionTable, grants: &GrantTable, vios_na
         }
     }
     for (client, disk_id, export) in wanted {
-        if let Err(e) = rebroker(partitions, grants, vios_def, &client, &disk_id, &export) {
-            tracing::warn!(partition = %client, vios = %vios_name, disk = %disk_id, error = %e, "VIOS disk not re-brokered");
+        match rebroker(partitions, grants, vios_def, &client, &disk_id, &export) {
+            Ok(()) => done.push((client, disk_id)),
+            Err(e) => {
+                tracing::warn!(partition = %client, vios = %vios_name, disk = %disk_id, error = %e, "VIOS disk not re-brokered")
+            }
         }
     }
+    done
 }
 
 fn rebroker(

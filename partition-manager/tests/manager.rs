@@ -158,7 +158,8 @@ fn starting_and_stopping_are_visible_and_a_stuck_vmm_is_killed() {
     );
     assert!(!alive(pid));
     let f = parvm_tests::wait(start, Duration::from_secs(10));
-    assert_eq!(f.code(), Some(1), "{}{}", f.stdout, f.stderr);
+    // start_failed
+    assert_eq!(f.code(), Some(16), "{}{}", f.stdout, f.stderr);
     assert!(f.stderr.contains("did not start"), "{}", f.stderr);
     // An operator stop is not a failure: no restart.
     std::thread::sleep(Duration::from_millis(300));
@@ -267,7 +268,8 @@ fn kill_9_of_the_manager_leaves_partitions_running_and_they_reattach() {
     let comeback = pid_of(&env.status("comeback"));
 
     env.kill_manager();
-    assert!(env.parctl(&["list"]).code() == Some(1));
+    // The manager cannot be reached: exit status 3.
+    assert_eq!(env.parctl(&["list"]).code(), Some(3));
     std::thread::sleep(Duration::from_millis(200));
     assert!(
         alive(keep) && alive(dies) && alive(comeback),
@@ -352,16 +354,19 @@ fn bad_operator_input_gets_one_line_errors() {
     let e = env.fails(&["resume", "dup"]);
     assert!(e.contains("only a paused partition can be resumed"), "{e}");
     env.ok(&["stop", "dup"]);
-    let e = env.fails(&["stop", "dup"]);
+    // Stopping a stopped partition is not an error (it stays stopped).
+    assert_eq!(env.ok(&["stop", "dup"]).trim(), "dup: stopped (stopped)");
+    let e = env.fails_with(&["pause", "dup"], 13);
     assert!(
         e.contains("partition `dup` is stopped: it is not running"),
         "{e}"
     );
 
     for cmd in [
-        "stop", "start", "kill", "status", "logs", "undefine", "restart",
+        "stop", "start", "kill", "status", "logs", "undefine", "restart", "show",
     ] {
-        let e = env.fails(&[cmd, "ghost"]);
+        // not_found
+        let e = env.fails_with(&[cmd, "ghost"], 11);
         assert!(e.contains("no partition named `ghost`"), "{cmd}: {e}");
     }
     let e = env.fails(&[
@@ -370,8 +375,8 @@ fn bad_operator_input_gets_one_line_errors() {
         &env.dir.join("nowhere.sock").display().to_string(),
     ]);
     assert!(e.contains("cannot connect to the partition manager"), "{e}");
-    // clap usage errors are non-zero too.
-    assert_ne!(env.parctl(&["frobnicate"]).code(), Some(0));
+    // clap usage errors exit 2.
+    assert_eq!(env.parctl(&["frobnicate"]).code(), Some(2));
 }
 
 #[test]
@@ -426,12 +431,14 @@ fn the_socket_is_private_and_other_uids_are_refused() {
     // The scratch directory must be searchable to reach the socket at all.
     std::fs::set_permissions(&env.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let f = as_nobody(&env);
-    assert_eq!(f.code(), Some(1), "{}{}", f.stdout, f.stderr);
+    // unreachable: the socket's mode keeps it out
+    assert_eq!(f.code(), Some(3), "{}{}", f.stdout, f.stderr);
     assert!(f.stderr.contains("Permission denied"), "{}", f.stderr);
     // With the file mode opened up, SO_PEERCRED still refuses the uid.
     std::fs::set_permissions(&env.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let f = as_nobody(&env);
-    assert_eq!(f.code(), Some(1), "{}{}", f.stdout, f.stderr);
+    // permission_denied
+    assert_eq!(f.code(), Some(14), "{}{}", f.stdout, f.stderr);
     assert!(
         f.stderr
             .contains("uid 65534 may not use this partition manager"),

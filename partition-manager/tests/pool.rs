@@ -419,7 +419,12 @@ fn shared_memory_starts_get_a_device_and_room_or_a_one_line_error() {
     assert_eq!(p["free_pages"], 16 * 256);
     for child in [start_a, start_b] {
         let f = parvm_tests::wait(child, Duration::from_secs(10));
-        assert_eq!(f.code(), Some(1), "{}", f.stderr);
+        assert!(
+            matches!(f.code(), Some(c) if c >= 10),
+            "{:?} {}",
+            f.code(),
+            f.stderr
+        );
     }
     let _ = std::fs::remove_dir_all(bin);
 }

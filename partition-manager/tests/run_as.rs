@@ -199,7 +199,8 @@ fn partitions_run_as_nobody_boot_use_a_vios_disk_and_reattach() {
     std::os::unix::process::CommandExt::uid(&mut cmd, NOBODY);
     std::os::unix::process::CommandExt::gid(&mut cmd, NOBODY);
     let f = run(cmd, Duration::from_secs(10));
-    assert_eq!(f.code(), Some(1), "{}{}", f.stdout, f.stderr);
+    // permission_denied
+    assert_eq!(f.code(), Some(14), "{}{}", f.stdout, f.stderr);
     assert!(f.stderr.contains("it may only re-attach"), "{}", f.stderr);
     env.ok(&["stop", "hang"]);
     env.ok(&["stop", "vios1"]);

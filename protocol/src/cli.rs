@@ -7,15 +7,52 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 /// Logs to stderr. `PARVM_LOG` is a level (`debug`) or per-target
 /// directives (`vmm=debug,virtio_devices=info`); without it, `default`.
+/// `PARVM_LOG_FORMAT=json` writes one JSON object a line (for journald or
+/// a log shipper) instead of text. A value that does not parse is said
+/// once, as a warning, and the default used.
 pub fn init_logging(default: tracing::Level) {
-    let filter: tracing_subscriber::filter::Targets = std::env::var("PARVM_LOG")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| tracing_subscriber::filter::Targets::new().with_default(default));
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(filter)
-        .init();
+    let fallback = || tracing_subscriber::filter::Targets::new().with_default(default);
+    let mut warnings = Vec::new();
+    let filter: tracing_subscriber::filter::Targets = match std::env::var("PARVM_LOG") {
+        Ok(v) => match v.parse() {
+            Ok(f) => f,
+            Err(e) => {
+                warnings.push(format!(
+                    "PARVM_LOG=`{v}` ignored ({e}); logging at {default}"
+                ));
+                fallback()
+            }
+        },
+        Err(_) => fallback(),
+    };
+    let json = match std::env::var("PARVM_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") | Ok("") | Err(_) => false,
+        Ok(other) => {
+            warnings.push(format!(
+                "PARVM_LOG_FORMAT=`{other}` ignored (text or json); logging as text"
+            ));
+            false
+        }
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    if json {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .init();
+    } else {
+        registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init();
+    }
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
 }
 
 /// The error and its causes on one line, skipping causes the message

@@ -93,6 +93,7 @@ impl<'de> Deserialize<'de> for GrantCookie {
 
 /// What a grantee may do with a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Rights {
     /// Read only: mapped as a KVM_MEM_READONLY slot.
@@ -129,6 +130,7 @@ impl std::str::FromStr for Rights {
 
 /// Where a grant is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum GrantState {
     /// Minted, not accepted yet.
@@ -174,9 +176,11 @@ impl std::str::FromStr for GrantState {
 /// One row of the grant table (`parctl grants --json`). Stable shape:
 /// fields may be added, never renamed or removed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GrantInfo {
     /// Short number of the grant (also names its mapping in the VMM).
     pub id: u64,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^pvg1-[0-9a-f]{32}$"))]
     pub cookie: GrantCookie,
     /// `OWNER/ID` of the segment.
     pub segment: String,
@@ -184,6 +188,7 @@ pub struct GrantInfo {
     pub grantee: String,
     pub rights: Rights,
     /// The grant this one was regranted from.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub parent: Option<GrantCookie>,
     pub state: GrantState,
     /// Where the grantee mapped it (while accepted).
@@ -203,6 +208,7 @@ pub struct GrantInfo {
 
 /// One memory segment (`parctl grants --json`, `parctl segment ...`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SegmentInfo {
     /// `OWNER/ID`.
     pub name: String,
@@ -220,6 +226,7 @@ pub struct SegmentInfo {
 /// (nothing to program; delivered without a kernel worker, so faster).
 /// Exactly one of `gsi` and `vector`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DoorbellInfo {
     pub id: String,
@@ -278,15 +285,19 @@ mod hex_address {
 
 /// Who maps a configured segment at start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SharedMap {
     pub partition: String,
+    /// A number or a "0x..." string.
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     pub gpa: Address,
     pub rights: Rights,
 }
 
 /// One segment of a shared-segment configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SharedSegment {
     pub owner: String,
@@ -294,6 +305,7 @@ pub struct SharedSegment {
     pub size_kib: u64,
     /// Where the owner maps it (none: the owner does not map it).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Value>))]
     pub gpa: Option<Address>,
     #[serde(default)]
     pub map: Vec<SharedMap>,
@@ -303,6 +315,7 @@ pub struct SharedSegment {
 /// configs/*.shared.json): segments, their owners, who maps them where at
 /// start, and doorbells.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SharedConfig {
     #[serde(default)]

@@ -34,12 +34,15 @@
 //! partition manager, `parctl`) depends on it.
 
 pub mod cli;
+mod error_kind;
+pub mod event;
 pub mod frame;
 pub mod grant;
 pub mod managed;
 pub mod pool;
 pub mod workload;
 
+pub use event::{Event, EventBatch, EventKind};
 pub use frame::{
     Channel, Fds, Message, ProtocolError, HEADER_LEN, MAGIC, MAX_FDS, MAX_FRAME, VERSION,
 };
@@ -58,6 +61,7 @@ pub use workload::{Policy, PolicyMove};
 
 /// Lifecycle state of a partition, as stored and shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PartitionState {
     /// Defined, never started.
@@ -118,6 +122,7 @@ impl std::str::FromStr for PartitionState {
 /// One partition as `parctl status --json` and `list --json` show it. The
 /// field set is stable: fields may be added, never renamed or removed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PartitionStatus {
     pub name: String,
     pub state: PartitionState,
@@ -156,21 +161,26 @@ pub struct PartitionStatus {
 /// A partition's processor figures, as `parctl status` and `parctl top`
 /// show them (`lparstat`'s entitlement and physical consumption).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CpuStatus {
     /// Processing units entitled now (`null` without a `cpu` section: no
     /// limit); the policy may have moved it from `desired`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
     pub entitled: Option<parvm_config::ProcUnits>,
     /// The definition's entitlement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
     pub desired: Option<parvm_config::ProcUnits>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub mode: Option<parvm_config::CpuMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u8>,
     /// Processing units the vCPU threads used over the last sample
     /// (about a second), `null` before the first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
     pub used: Option<parvm_config::ProcUnits>,
     /// The cgroup the vCPU threads run in, while they run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -179,6 +189,7 @@ pub struct CpuStatus {
 
 /// Kinds of errors the manager answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The request could not be decoded or a field is invalid.
@@ -228,6 +239,33 @@ pub enum Request {
         /// Memory segments the partition owns (manager-side field).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         segments: Vec<SegmentSpec>,
+        /// Check everything a define checks (the manager's checks
+        /// included) and change nothing: `parctl validate`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        dry_run: bool,
+    },
+    /// The stored definition: answered with [`Response::Definition`].
+    Show {
+        name: String,
+    },
+    /// Changes a defined partition: a new `definition` (same name; only
+    /// while it is not active) and/or a new `restart` policy (any time).
+    /// Answered with its status.
+    Update {
+        name: String,
+        #[serde(default)]
+        definition: Option<Definition>,
+        #[serde(default)]
+        restart: Option<RestartPolicy>,
+    },
+    /// The events after `since` (0: from the oldest held); with
+    /// `wait_ms`, waits up to that long (at most 30 s) for one to come.
+    /// Answered with [`Response::Events`].
+    Events {
+        #[serde(default)]
+        since: u64,
+        #[serde(default)]
+        wait_ms: u64,
     },
     Undefine {
         name: String,
@@ -435,6 +473,16 @@ pub enum Response {
     Pool {
         pool: PoolInfo,
     },
+    /// A partition's stored definition (`show`): absolute paths, the
+    /// manager-side fields beside it.
+    Definition {
+        name: String,
+        definition: Definition,
+        restart: RestartPolicy,
+        segments: Vec<SegmentSpec>,
+    },
+    /// Events after the `since` asked for.
+    Events(EventBatch),
     Error {
         kind: ErrorKind,
         message: String,

@@ -58,8 +58,10 @@ impl std::fmt::Display for PagingDevice {
 
 /// One paging device as `parctl pool show --json` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PagingDeviceInfo {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub device: PagingDevice,
     /// Bytes, as its VIOS last reported (`null` before its VIOS ran
     /// under this manager).
@@ -71,6 +73,7 @@ pub struct PagingDeviceInfo {
 /// One member of the pool (a running shared-memory partition), in
 /// `parctl pool show --json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PoolMemberInfo {
     pub partition: String,
@@ -87,6 +90,7 @@ pub struct PoolMemberInfo {
 
 /// The pool, `parctl pool show --json` (pages of 4 KiB).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PoolInfo {
     pub size_mib: u64,
@@ -105,10 +109,12 @@ pub struct PoolInfo {
 /// A shared-memory partition's figures in `parctl status` (those
 /// `lparstat -m` shows on PowerVM); pages of 4 KiB.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SharedMemoryStatus {
     pub logical_mib: u64,
     pub weight: u8,
     /// Its paging device while it runs (or the one its definition names).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub paging: Option<PagingDevice>,
     /// The figures below come from its VMM's last report: `false` before
     /// the first one of this run.

@@ -82,6 +82,7 @@ impl Manager {
             }))?,
             restart: RestartPolicy::Never,
             segments,
+            dry_run: false,
         })?;
         Ok(())
     }

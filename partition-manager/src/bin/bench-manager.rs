@@ -95,6 +95,7 @@ fn measure(args: &Args, bin: &Path, kernel: &Path, n: usize) -> anyhow::Result<R
             }))?,
             restart: RestartPolicy::Never,
             segments: Vec::new(),
+            dry_run: false,
         })?;
     }
     let names = Arc::new(names);

@@ -1,33 +1,50 @@
 //! `parctl`: the operator's command line to the partition manager. See
 //! docs/manager.md.
+//!
+//! Modules: `output` (text printing), `console` (the console session),
+//! `follow` (`parctl events`), `edit` (`show`, `edit`, `update`,
+//! `validate`); this file: the commands, one request each, `--json`,
+//! errors and exit codes.
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
-use partition_manager::client::Client;
+use partition_manager::client::{Client, ClientError};
 use partition_manager::daemon::default_socket;
 use partition_manager::definition;
 use partition_manager::protocol::{
-    GrantCookie, GrantInfo, GrantState, PagingDevice, PartitionStatus, Request, Response,
-    RestartPolicy, Rights, SegmentInfo,
+    PagingDevice, PartitionStatus, Request, Response, RestartPolicy, Rights,
 };
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io::{Seek, SeekFrom};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Duration;
-use vmm_sys_util::terminal::Terminal;
 
 #[path = "common/pool_view.rs"]
 mod pool_view;
-use pool_view::{print_pool, print_shared};
+use pool_view::print_pool;
 #[path = "common/workload_view.rs"]
 mod workload_view;
 
+#[path = "parctl/console.rs"]
+mod console;
+#[path = "parctl/edit.rs"]
+mod edit;
+#[path = "parctl/follow.rs"]
+mod follow;
+#[path = "parctl/output.rs"]
+mod output;
+use output::{print_grants, print_status, print_table, status_line};
+
 /// Control parvm partitions through the partition manager.
 ///
-/// Every command prints one line of error and exits with status 1 when it
-/// fails. `--json` output shapes are stable and documented in
-/// docs/manager.md.
+/// Every command prints one line of error when it fails and exits with a
+/// status that says why: 3 the manager cannot be reached, 4 it did not
+/// answer within --timeout, 5 protocol error, 10 and up the manager's
+/// error kind (11 not_found, 13 invalid_state, ...; docs/manager.md, "Exit
+/// status"), 1 anything else, 2 a usage error. With --json every command
+/// prints JSON, errors too ({"error": {"kind", "message"}}); the shapes
+/// are stable and documented in docs/manager.md.
 #[derive(Parser, Debug)]
 #[command(name = "parctl", version)]
 struct Args {
@@ -35,6 +52,14 @@ struct Args {
     /// /run/parvm/pm.sock].
     #[arg(long, global = true, value_name = "PATH", env = "PARVM_SOCKET")]
     socket: Option<PathBuf>,
+    /// Print the answer (or the error) as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Seconds to wait for the manager's answer [default: 5, or 60 for
+    /// commands that wait for a VMM: start, stop, restart, kill, pause,
+    /// resume, accept, revoke, pool resize].
+    #[arg(long, global = true, value_name = "SECS", value_parser = parse_secs)]
+    timeout: Option<Duration>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -49,12 +74,45 @@ enum Cmd {
         /// Restart policy, overriding the file's "restart".
         #[arg(long, value_name = "never|on-failure")]
         restart: Option<RestartPolicy>,
+        /// Have the manager check everything a define checks, and define
+        /// nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check a definition file as `define` reads it (fields, ranges,
+    /// paths), without a manager; `define --dry-run` asks the manager too.
+    Validate { file: PathBuf },
+    /// Print a partition's stored definition (a file `update` and
+    /// `define` take).
+    Show { name: String },
+    /// Replace a stopped partition's definition with FILE (same name), and/or
+    /// change its restart policy (any time).
+    Update {
+        name: String,
+        file: Option<PathBuf>,
+        #[arg(long, value_name = "never|on-failure")]
+        restart: Option<RestartPolicy>,
+    },
+    /// Edit a partition's stored definition in $VISUAL or $EDITOR, then
+    /// update it.
+    Edit { name: String },
+    /// Follow what happens: state changes, restarts, grant revokes and
+    /// faults, VIOS reconnects, pool changes, as they happen.
+    Events {
+        /// Start after this event number (0: from the oldest the manager
+        /// holds).
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Print what the manager holds and exit instead of following.
+        #[arg(long)]
+        no_follow: bool,
     },
     /// Remove a stopped partition from the registry (its logs stay).
     Undefine { name: String },
     /// Start a partition; returns once its vCPUs run.
     Start { name: String },
-    /// Stop a partition in an orderly way (killed if it takes too long).
+    /// Stop a partition in an orderly way (killed if it takes too long); a
+    /// partition that is not running is left as it is (exit 0).
     Stop { name: String },
     /// Stop (if running) and start a partition.
     Restart { name: String },
@@ -86,16 +144,9 @@ enum Cmd {
     #[command(subcommand)]
     Policy(workload_view::PolicyCmd),
     /// List partitions (a table, or JSON).
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     /// Show one partition.
-    Status {
-        name: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Status { name: String },
     /// Attach to a running partition's serial console: its output follows,
     /// input goes to the guest. On a terminal, Ctrl-] detaches.
     Console { name: String },
@@ -167,10 +218,7 @@ enum Cmd {
     Share { file: PathBuf },
     /// Show segments and the grant tree (resource, grantor, grantee, rights,
     /// state).
-    Grants {
-        #[arg(long)]
-        json: bool,
-    },
+    Grants,
     /// The shared memory pool (Active Memory Sharing, docs/ams.md).
     #[command(subcommand)]
     Pool(PoolCmd),
@@ -202,10 +250,7 @@ enum PoolCmd {
         device: PagingDevice,
     },
     /// Size, paging devices and who has each, pages resident, loaned, free.
-    Show {
-        #[arg(long)]
-        json: bool,
-    },
+    Show,
 }
 
 #[derive(Subcommand, Debug)]
@@ -238,143 +283,39 @@ fn parse_number(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
-fn print_grants(segments: &[SegmentInfo], grants: &[GrantInfo]) {
-    println!(
-        "SEGMENT / GRANT                         RIGHTS  STATE      GPA         FAULTS  COOKIE"
-    );
-    fn walk(grants: &[GrantInfo], parent: Option<GrantCookie>, segment: &str, depth: usize) {
-        for g in grants
-            .iter()
-            .filter(|g| g.parent == parent && g.segment == segment)
-        {
-            let label = format!(
-                "{}#{} {} -> {}",
-                "  ".repeat(depth),
-                g.id,
-                g.grantor,
-                g.grantee
-            );
-            let gpa = match (g.state, g.gpa) {
-                (GrantState::Accepted, Some(a)) => format!("{a:#x}"),
-                _ => "-".into(),
-            };
-            println!(
-                "{label:<39} {:<7} {:<10} {gpa:<11} {:<7} {}",
-                g.rights.to_string(),
-                g.state.to_string(),
-                g.faults,
-                g.cookie
-            );
-            walk(grants, Some(g.cookie), segment, depth + 1);
-        }
-    }
-    for s in segments {
-        let gpa = s.gpa.map(|a| format!(" at {a:#x}")).unwrap_or_default();
-        println!("{} ({} KiB{gpa})", s.name, s.size / 1024);
-        walk(grants, None, &s.name, 1);
-    }
-    // Other resources (VIOS disks: docs/vios.md) that have grants.
-    let mut others: Vec<&str> = grants
-        .iter()
-        .map(|g| g.segment.as_str())
-        .filter(|r| !segments.iter().any(|s| s.name == *r))
-        .collect();
-    others.sort_unstable();
-    others.dedup();
-    for r in others {
-        println!("{r} (VIOS disk)");
-        walk(grants, None, r, 1);
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 86_400.0 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("`{s}` is not a number of seconds from 0 to 86400")),
     }
 }
 
-fn status_line(s: &PartitionStatus) -> String {
-    match (s.pid, &s.last_exit) {
-        (Some(pid), _) => format!("{}: {} (pid {pid})", s.name, s.state),
-        (None, Some(why)) => format!("{}: {} ({why})", s.name, s.state),
-        (None, None) => format!("{}: {}", s.name, s.state),
+/// The default of `--timeout`: requests that wait for a VMM (start,
+/// stop, ...) take up to the manager's own timeouts.
+fn default_timeout(cmd: &Cmd) -> Duration {
+    match cmd {
+        Cmd::Start { .. }
+        | Cmd::Stop { .. }
+        | Cmd::Restart { .. }
+        | Cmd::Kill { .. }
+        | Cmd::Pause { .. }
+        | Cmd::Resume { .. }
+        | Cmd::Accept { .. }
+        | Cmd::Revoke { .. }
+        | Cmd::Share { .. }
+        | Cmd::Pool(PoolCmd::Resize { .. }) => Duration::from_secs(60),
+        _ => Duration::from_secs(5),
     }
 }
 
-fn print_table(parts: &[PartitionStatus]) {
-    let rows: Vec<[String; 7]> = parts
-        .iter()
-        .map(|p| {
-            [
-                p.name.clone(),
-                p.state.to_string(),
-                p.pid.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
-                p.vcpus.to_string(),
-                match p.memory {
-                    Some(_) => format!("{}M-shared", p.memory_mib),
-                    None => format!("{}M", p.memory_mib),
-                },
-                p.restart.to_string(),
-                p.last_exit.clone().unwrap_or_else(|| "-".into()),
-            ]
-        })
-        .collect();
-    let head = [
-        "NAME",
-        "STATE",
-        "PID",
-        "VCPUS",
-        "MEMORY",
-        "RESTART",
-        "LAST EXIT",
-    ];
-    let mut width = head.map(str::len);
-    for r in &rows {
-        for (w, c) in width.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                s.push_str(&format!("{c:<w$}  ", w = width[i]));
-            }
-        }
-        println!("{}", s.trim_end());
-    };
-    line(head.to_vec());
-    for r in &rows {
-        line(r.iter().map(String::as_str).collect());
-    }
-}
-
-fn print_status(s: &PartitionStatus) {
-    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    println!("name:        {}", s.name);
-    println!("state:       {}", s.state);
-    println!(
-        "pid:         {}",
-        s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
-    );
-    println!("vcpus:       {}", s.vcpus);
-    println!("memory:      {} MiB", s.memory_mib);
-    println!("kernel:      {}", s.kernel);
-    println!(
-        "restart:     {} ({} automatic restarts)",
-        s.restart, s.restarts
-    );
-    println!("last exit:   {}", opt(&s.last_exit));
-    println!("attached:    {}", if s.attached { "yes" } else { "no" });
-    println!("console log: {}", s.console_log);
-    if let Some(m) = &s.memory {
-        print_shared(m);
-    }
-    if let Some(c) = &s.cpu {
-        workload_view::print_cpu(c);
-    }
+fn unexpected(answer: &Response) -> anyhow::Error {
+    anyhow::Error::new(ClientError::Unexpected(format!("{answer:?}")))
 }
 
 fn expect_status(answer: Response) -> anyhow::Result<PartitionStatus> {
     match answer {
         Response::Status { status } => Ok(status),
-        other => bail!("unexpected answer from the partition manager: {other:?}"),
+        other => Err(unexpected(&other)),
     }
 }
 
@@ -385,31 +326,41 @@ fn log_file(answer: (Response, Vec<OwnedFd>)) -> anyhow::Result<File> {
             .next()
             .map(File::from)
             .ok_or_else(|| anyhow!("the partition manager sent no log file descriptor")),
-        (other, _) => bail!("unexpected answer from the partition manager: {other:?}"),
+        (other, _) => Err(unexpected(&other)),
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
-    let socket = args.socket.unwrap_or_else(default_socket);
-    if let Cmd::Top { interval, count } = &args.command {
-        if !interval.is_finite() || *interval < 0.1 || *interval > 3600.0 {
-            bail!("--interval {interval}: give 0.1 to 3600 seconds");
-        }
-        let client = Client::connect(&socket)?;
-        return workload_view::top(&client, Duration::from_secs_f64(*interval), *count);
-    }
-    let request = match &args.command {
-        Cmd::Set { name, settings } => workload_view::set_request(name, settings)?,
-        Cmd::Policy(cmd) => cmd.request()?,
-        Cmd::Top { .. } => bail!("top makes its own requests"),
-        Cmd::Define { file, restart } => {
+fn print_json(v: &serde_json::Value) {
+    println!("{v}");
+}
+
+/// The request a command sends (`None`: a command that needs no manager).
+fn request_of(cmd: &Cmd) -> anyhow::Result<Option<Request>> {
+    Ok(Some(match cmd {
+        Cmd::Define {
+            file,
+            restart,
+            dry_run,
+        } => {
             let file = definition::from_file(file)?;
             Request::Define {
                 definition: file.definition,
                 restart: restart.or(file.restart).unwrap_or_default(),
                 segments: file.segments,
+                dry_run: *dry_run,
             }
         }
+        Cmd::Set { name, settings } => workload_view::set_request(name, settings)?,
+        Cmd::Policy(cmd) => cmd.request()?,
+        Cmd::Validate { .. } | Cmd::Edit { .. } | Cmd::Events { .. } | Cmd::Top { .. } => {
+            return Ok(None)
+        }
+        Cmd::Show { name } => Request::Show { name: name.clone() },
+        Cmd::Update {
+            name,
+            file,
+            restart,
+        } => edit::update_request(name, file.as_deref(), *restart)?,
         Cmd::Undefine { name } => Request::Undefine { name: name.clone() },
         Cmd::Start { name } => Request::Start { name: name.clone() },
         Cmd::Stop { name } => Request::Stop { name: name.clone() },
@@ -417,8 +368,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Kill { name } => Request::Kill { name: name.clone() },
         Cmd::Pause { name } => Request::Pause { name: name.clone() },
         Cmd::Resume { name } => Request::Resume { name: name.clone() },
-        Cmd::List { .. } => Request::List,
-        Cmd::Status { name, .. } => Request::Status { name: name.clone() },
+        Cmd::List => Request::List,
+        Cmd::Status { name } => Request::Status { name: name.clone() },
         Cmd::Console { name } => Request::Console { name: name.clone() },
         Cmd::Logs { name } => Request::Logs { name: name.clone() },
         Cmd::Segment(SegmentCmd::Create { segment, size, gpa }) => {
@@ -480,7 +431,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             dst_offset: *dst_offset,
             len: *len,
         },
-        Cmd::Grants { .. } => Request::Grants,
+        Cmd::Grants => Request::Grants,
         Cmd::Pool(PoolCmd::Create { size, paging }) => Request::PoolCreate {
             size_mib: *size,
             paging: paging.clone(),
@@ -492,7 +443,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Pool(PoolCmd::RemovePaging { device }) => Request::PoolRemovePaging {
             device: device.clone(),
         },
-        Cmd::Pool(PoolCmd::Show { .. }) => Request::PoolShow,
+        Cmd::Pool(PoolCmd::Show) => Request::PoolShow,
         Cmd::Share { file } => {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
@@ -506,25 +457,80 @@ fn run(args: Args) -> anyhow::Result<()> {
             })?;
             Request::Share { config }
         }
-    };
-    let client = Client::connect(&socket)?;
-    let answer = client.call(&request)?;
-    match args.command {
-        Cmd::Define { .. } => println!("defined {}", expect_status(answer.0)?.name),
-        Cmd::Undefine { name } => println!("undefined {name}"),
-        Cmd::List { json } => {
-            let Response::List { partitions } = answer.0 else {
-                bail!(
-                    "unexpected answer from the partition manager: {:?}",
-                    answer.0
-                );
-            };
-            if json {
-                println!("{}", serde_json::json!({ "partitions": partitions }));
-            } else {
-                print_table(&partitions);
-            }
+    }))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let socket = args.socket.clone().unwrap_or_else(default_socket);
+    let timeout = args
+        .timeout
+        .unwrap_or_else(|| default_timeout(&args.command));
+    let json = args.json;
+    let connect = || Client::connect_within(&socket, Some(timeout));
+    match &args.command {
+        Cmd::Validate { file } => return edit::validate(file, json),
+        Cmd::Edit { name } => return edit::edit(&connect()?, name, json),
+        Cmd::Events { since, no_follow } => {
+            return follow::events(&socket, args.timeout, *since, !*no_follow, json)
         }
+        Cmd::Top { interval, count } => {
+            if !interval.is_finite() || *interval < 0.1 || *interval > 3600.0 {
+                bail!("--interval {interval}: give 0.1 to 3600 seconds");
+            }
+            if json {
+                bail!("top is a live table: --json does not apply (use `list --json`)");
+            }
+            return workload_view::top(&connect()?, Duration::from_secs_f64(*interval), *count);
+        }
+        Cmd::Console { .. } if json => {
+            bail!("console is interactive: --json does not apply (use `logs --json`)")
+        }
+        _ => {}
+    }
+    let Some(request) = request_of(&args.command)? else {
+        return Ok(());
+    };
+    let mut client = connect()?;
+    let answer = client.call(&request)?;
+    if json {
+        match args.command {
+            Cmd::Logs { name } => {
+                let path = match &answer.0 {
+                    Response::LogFile { path, .. } => path.clone(),
+                    other => return Err(unexpected(other)),
+                };
+                let mut f = log_file(answer)?;
+                f.seek(SeekFrom::Start(0))?;
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut f, &mut bytes)?;
+                let text = String::from_utf8_lossy(&bytes);
+                print_json(&serde_json::json!({ "name": name, "path": path, "log": text }));
+            }
+            _ => print_json(&partition_manager::api::routes::answer_body(answer.0)),
+        }
+        return Ok(());
+    }
+    match args.command {
+        Cmd::Define { dry_run: true, .. } => {
+            println!(
+                "{}: valid (dry run: nothing defined)",
+                expect_status(answer.0)?.name
+            )
+        }
+        Cmd::Define { .. } => println!("defined {}", expect_status(answer.0)?.name),
+        Cmd::Show { .. } => edit::print_stored(answer.0)?,
+        Cmd::Update { name, .. } => {
+            expect_status(answer.0)?;
+            println!("updated {name}");
+        }
+        Cmd::Undefine { name } => println!("undefined {name}"),
+        Cmd::List => {
+            let Response::List { partitions } = answer.0 else {
+                return Err(unexpected(&answer.0));
+            };
+            print_table(&partitions);
+        }
+        Cmd::Status { .. } => print_status(&expect_status(answer.0)?),
         Cmd::Set { .. } => {
             let s = expect_status(answer.0)?;
             match &s.cpu {
@@ -538,31 +544,26 @@ fn run(args: Args) -> anyhow::Result<()> {
                 None => println!("{}: set", s.name),
             }
         }
-        Cmd::Top { .. } => {}
         Cmd::Policy(cmd) => cmd.print(answer.0)?,
-        Cmd::Status { json, .. } => {
-            let s = expect_status(answer.0)?;
-            if json {
-                println!("{}", serde_json::to_string(&s)?);
-            } else {
-                print_status(&s);
-            }
-        }
         Cmd::Logs { .. } => {
             let mut f = log_file(answer)?;
             f.seek(SeekFrom::Start(0))?;
             std::io::copy(&mut f, &mut std::io::stdout().lock())?;
         }
-        Cmd::Console { name } => console(&client, log_file(answer)?, &name)?,
+        Cmd::Console { name } => {
+            // The session lasts as long as the partition runs.
+            client.set_timeout(None);
+            console::console(&client, log_file(answer)?, &name)?
+        }
         Cmd::Segment(_) => match answer.0 {
             Response::Segment { segment } => {
                 println!("created {} ({} bytes)", segment.name, segment.size)
             }
-            other => bail!("unexpected answer from the partition manager: {other:?}"),
+            other => return Err(unexpected(&other)),
         },
         Cmd::Grant { .. } | Cmd::Regrant { .. } => match answer.0 {
             Response::Grant { grant } => println!("{}", grant.cookie),
-            other => bail!("unexpected answer from the partition manager: {other:?}"),
+            other => return Err(unexpected(&other)),
         },
         Cmd::Accept { .. } => match answer.0 {
             Response::Grant { grant } => match grant.gpa {
@@ -575,14 +576,14 @@ fn run(args: Args) -> anyhow::Result<()> {
                     grant.id, grant.segment, grant.grantee, grant.rights
                 ),
             },
-            other => bail!("unexpected answer from the partition manager: {other:?}"),
+            other => return Err(unexpected(&other)),
         },
         Cmd::Revoke { .. } => match answer.0 {
             Response::Revoked { revoked } => {
                 let ids: Vec<String> = revoked.iter().map(|g| format!("#{}", g.id)).collect();
                 println!("revoked {} grant(s): {}", revoked.len(), ids.join(" "));
             }
-            other => bail!("unexpected answer from the partition manager: {other:?}"),
+            other => return Err(unexpected(&other)),
         },
         Cmd::Share { .. } => match answer.0 {
             Response::Shared {
@@ -615,12 +616,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                     );
                 }
             }
-            other => bail!("unexpected answer from the partition manager: {other:?}"),
+            other => return Err(unexpected(&other)),
         },
         Cmd::Pool(cmd) => match answer.0 {
             Response::Pool { pool } => match cmd {
-                PoolCmd::Show { json: true } => println!("{}", serde_json::to_string(&pool)?),
-                PoolCmd::Show { json: false } => print_pool(&pool),
+                PoolCmd::Show => print_pool(&pool),
                 PoolCmd::Create { .. } | PoolCmd::Resize { .. } => println!(
                     "pool: {} MiB, {} paging device(s)",
                     pool.size_mib,
@@ -629,153 +629,95 @@ fn run(args: Args) -> anyhow::Result<()> {
                 PoolCmd::AddPaging { device } => println!("paging device {device} added"),
                 PoolCmd::RemovePaging { device } => println!("paging device {device} removed"),
             },
-            other => bail!("unexpected answer from the partition manager: {other:?}"),
+            other => return Err(unexpected(&other)),
         },
         Cmd::Copy { .. } => match answer.0 {
             Response::Copied { bytes } => println!("copied {bytes} bytes"),
-            other => bail!("unexpected answer from the partition manager: {other:?}"),
+            other => return Err(unexpected(&other)),
         },
-        Cmd::Grants { json } => match answer.0 {
+        Cmd::Grants => match answer.0 {
             Response::Grants {
                 segments,
                 grants,
                 doorbells,
             } => {
-                if json {
+                print_grants(&segments, &grants);
+                for d in &doorbells {
                     println!(
-                        "{}",
-                        serde_json::json!({ "segments": segments, "grants": grants, "doorbells": doorbells })
+                        "doorbell {}: {} ring {} -> {} {}",
+                        d.id,
+                        d.from,
+                        d.ring,
+                        d.to,
+                        d.target()
                     );
-                } else {
-                    print_grants(&segments, &grants);
-                    for d in &doorbells {
-                        println!(
-                            "doorbell {}: {} ring {} -> {} {}",
-                            d.id,
-                            d.from,
-                            d.ring,
-                            d.to,
-                            d.target()
-                        );
-                    }
                 }
             }
-            other => bail!("unexpected answer from the partition manager: {other:?}"),
+            other => return Err(unexpected(&other)),
         },
         _ => println!("{}", status_line(&expect_status(answer.0)?)),
     }
     Ok(())
 }
 
-/// Follows the console log and forwards stdin until the partition stops,
-/// stdin asks to detach (Ctrl-] on a terminal), or the manager goes away.
-fn console(client: &Client, mut log: File, name: &str) -> anyhow::Result<()> {
-    const DETACH: u8 = 0x1d; // Ctrl-]
-    let len = log.seek(SeekFrom::End(0))?;
-    log.seek(SeekFrom::Start(len.saturating_sub(4096)))?;
-    let stdin = std::io::stdin();
-    // SAFETY: isatty only inspects the descriptor.
-    let tty = unsafe { libc::isatty(stdin.as_raw_fd()) } == 1;
-    let _raw = if tty {
-        eprintln!("parctl: attached to {name}'s console; Ctrl-] detaches");
-        Some(RawMode::enter()?)
-    } else {
-        None
-    };
-    let mut out = std::io::stdout().lock();
-    let mut stdin_open = true;
-    let mut buf = vec![0u8; 4096];
-    let drain = |log: &mut File, out: &mut std::io::StdoutLock<'_>| -> std::io::Result<()> {
-        std::io::copy(log, out)?;
-        out.flush()
-    };
-    loop {
-        drain(&mut log, &mut out)?;
-        let mut fds = vec![libc::pollfd {
-            fd: client.channel().stream().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        if stdin_open {
-            fds.push(libc::pollfd {
-                fd: 0,
-                events: libc::POLLIN,
-                revents: 0,
-            });
+/// How a failure is reported: its kind (the manager's error kind, or
+/// `unreachable`, `timeout`, `protocol`, `bad_request` for a definition or
+/// argument parctl refused itself, `error` for the rest) and exit status.
+fn classify(e: &anyhow::Error) -> (&'static str, i32) {
+    for cause in e.chain() {
+        if let Some(c) = cause.downcast_ref::<ClientError>() {
+            return (c.kind_name(), c.exit_code());
         }
-        // SAFETY: `fds` is a valid array of pollfd of the given length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
-        if n <= 0 {
-            continue;
-        }
-        if fds[0].revents != 0 {
-            // The manager speaks only to end the session (or on error).
-            let ended = client.receive();
-            std::thread::sleep(Duration::from_millis(20));
-            drain(&mut log, &mut out)?;
-            return match ended {
-                Ok((Response::ConsoleEnded { reason }, _)) => {
-                    eprintln!("parctl: {name} stopped: {reason}");
-                    Ok(())
-                }
-                Ok((other, _)) => bail!("unexpected answer from the partition manager: {other:?}"),
-                Err(e) => Err(e.into()),
-            };
-        }
-        if stdin_open && fds.get(1).is_some_and(|f| f.revents != 0) {
-            let got = std::io::stdin().lock().read(&mut buf)?;
-            if got == 0 {
-                stdin_open = false;
-                continue;
-            }
-            let data = &buf[..got];
-            let (data, detach) = match data.iter().position(|&b| b == DETACH && tty) {
-                Some(i) => (&data[..i], true),
-                None => (data, false),
-            };
-            if !data.is_empty() {
-                client
-                    .channel()
-                    .send(
-                        &Request::ConsoleInput {
-                            data: data.to_vec(),
-                        },
-                        &[],
-                    )
-                    .context("cannot send console input")?;
-            }
-            if detach {
-                eprintln!("\r\nparctl: detached from {name}");
-                return Ok(());
-            }
+        if cause
+            .downcast_ref::<definition::DefinitionError>()
+            .is_some()
+            || cause
+                .downcast_ref::<partition_manager::protocol::grant::CookieError>()
+                .is_some()
+            || cause.downcast_ref::<serde_json::Error>().is_some()
+        {
+            let kind = partition_manager::protocol::ErrorKind::BadRequest;
+            return (kind.as_str(), partition_manager::client::exit_code(kind));
         }
     }
-}
-
-/// The terminal in raw mode until dropped.
-struct RawMode;
-
-impl RawMode {
-    fn enter() -> anyhow::Result<Self> {
-        std::io::stdin()
-            .lock()
-            .set_raw_mode()
-            .map_err(|e| anyhow!("cannot put the terminal in raw mode: {e}"))?;
-        Ok(RawMode)
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        let _ = std::io::stdin().lock().set_canon_mode();
-    }
+    ("error", 1)
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            // --help and --version are not failures; usage errors exit 2.
+            let json = std::env::args().any(|a| a == "--json");
+            if json && e.use_stderr() {
+                let msg = e.to_string();
+                let first = msg
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim_start_matches("error: ");
+                println!(
+                    "{}",
+                    serde_json::json!({"error": {"kind": "usage", "message": first}})
+                );
+                std::process::exit(2);
+            }
+            e.exit();
+        }
+    };
+    let json = args.json;
     if let Err(e) = run(args) {
-        // One line, whatever the error chain.
-        eprintln!("parctl: error: {}", partition_manager::one_line(&e));
-        std::process::exit(1);
+        let message = partition_manager::one_line(&e);
+        let (kind, code) = classify(&e);
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"error": {"kind": kind, "message": message}})
+            );
+        } else {
+            // One line, whatever the error chain.
+            eprintln!("parctl: error: {message}");
+        }
+        std::process::exit(code);
     }
 }

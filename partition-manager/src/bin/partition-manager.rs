@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
+use partition_manager::api::{self, Api};
 use partition_manager::config::DEFAULT_KVM_DEVICE;
 use partition_manager::daemon;
 use partition_manager::run_as::{Access, RunAs};
@@ -15,7 +16,13 @@ use std::time::Duration;
 /// served). Partitions keep running when the manager exits; a restarted
 /// manager takes them back.
 ///
-/// Logs go to stderr; set PARVM_LOG (e.g. `debug`) for more.
+/// An HTTP API (REST, events, /metrics, /openapi.json; docs/api.md) is
+/// served on --api-socket, and with --api-listen on a loopback port.
+///
+/// Logs go to stderr; set PARVM_LOG (e.g. `debug`) for more, and
+/// --log-format json (or PARVM_LOG_FORMAT=json) for JSON lines. Under
+/// systemd (Type=notify) it reports READY=1 once both sockets listen;
+/// SIGTERM stops it in order (partitions keep running).
 #[derive(Parser, Debug)]
 #[command(name = "partition-manager", version)]
 struct Args {
@@ -55,6 +62,26 @@ struct Args {
     /// node only the --run-as user may open.
     #[arg(long, value_name = "PATH")]
     kvm_device: Option<PathBuf>,
+    /// The HTTP API's Unix socket (mode 0600; the same uids as --socket)
+    /// [default: api.sock beside --socket].
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// Also serve the HTTP API on this loopback address (127.0.0.1:PORT or
+    /// [::1]:PORT), to clients that send the token of --api-token-file as
+    /// `Authorization: Bearer TOKEN`.
+    #[arg(long, value_name = "ADDR:PORT", requires = "api_token_file")]
+    api_listen: Option<std::net::SocketAddr>,
+    /// A file holding the bearer token of --api-listen (one line; keep it
+    /// private).
+    #[arg(long, value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
+    /// Log lines as text or JSON (one object a line) [default: text, or
+    /// PARVM_LOG_FORMAT].
+    #[arg(long, value_name = "text|json")]
+    log_format: Option<String>,
+    /// Print the HTTP API's OpenAPI document and exit.
+    #[arg(long)]
+    openapi: bool,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -85,7 +112,34 @@ fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
     })
 }
 
+/// The bearer token of `--api-listen`: the file's first line, at least 16
+/// characters.
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--api-token-file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.len() < 16 {
+        anyhow::bail!(
+            "--api-token-file {}: the token must be at least 16 characters",
+            path.display()
+        );
+    }
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(file = %path.display(), "the API token file is readable by others: chmod 600 it");
+        }
+    }
+    Ok(token)
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
+    if args.openapi {
+        use std::io::Write;
+        // A closed pipe (`| head`) is not an error worth a panic.
+        let _ = writeln!(std::io::stdout(), "{}", api::openapi::document());
+        return Ok(());
+    }
     if args.max_clients == 0 || args.client_timeout == 0 {
         anyhow::bail!("--max-clients and --client-timeout must be at least 1");
     }
@@ -122,7 +176,28 @@ fn run(args: Args) -> anyhow::Result<()> {
         run_as: run_as.clone(),
         kvm_device,
     })?;
+    let api_socket = match args.api_socket {
+        Some(p) => absolute(p)?,
+        None => socket.with_file_name("api.sock"),
+    };
+    let token = match &args.api_token_file {
+        Some(path) => Some(read_token(path)?),
+        None => None,
+    };
+    let tcp = args.api_listen.map(api::listen_tcp).transpose()?;
     let listener = daemon::listen(&socket, run_as.as_ref().map(|u| u.gid))?;
+    let api_listener = api::listen_unix(&api_socket)?;
+    service::on_shutdown(mgr.clone(), vec![socket.clone(), api_socket.clone()]);
+    let limits = daemon::Limits {
+        max_clients: args.max_clients,
+        client_timeout: Duration::from_secs(args.client_timeout),
+    };
+    Api::new(mgr.clone(), limits, None).serve_unix(api_listener);
+    if let Some(tcp) = tcp {
+        let addr = tcp.local_addr()?;
+        Api::new(mgr.clone(), limits, token).serve_tcp(tcp);
+        tracing::info!(%addr, "HTTP API listening on loopback (bearer token)");
+    }
     if let Some(user) = &run_as {
         // A partition that cannot dial the socket would run on, but never
         // come back to a restarted manager.
@@ -132,15 +207,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             })?;
         tracing::info!(uid = user.uid, gid = user.gid, groups = ?user.groups, "partitions run as {}", user.who());
     }
-    tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), "partition manager listening");
-    daemon::serve(
-        mgr,
-        listener,
-        daemon::Limits {
-            max_clients: args.max_clients,
-            client_timeout: Duration::from_secs(args.client_timeout),
-        },
-    );
+    tracing::info!(socket = %socket.display(), api_socket = %api_socket.display(), state_dir = %state_dir.display(), "partition manager listening");
+    service::notify("READY=1\nSTATUS=listening");
+    daemon::serve(mgr, listener, limits);
     Ok(())
 }
 
@@ -178,9 +247,16 @@ fn warn_if_others_can_write(socket: &std::path::Path) {
     }
 }
 
+#[path = "common/service.rs"]
+mod service;
+
 fn main() {
-    parvm_protocol::cli::init_logging(tracing::Level::INFO);
     let args = Args::parse();
+    if let Some(format) = &args.log_format {
+        std::env::set_var("PARVM_LOG_FORMAT", format);
+    }
+    parvm_protocol::cli::init_logging(tracing::Level::INFO);
+    service::take_notify_socket();
     if let Err(e) = run(args) {
         eprintln!(
             "partition-manager: error: {}",

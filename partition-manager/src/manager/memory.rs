@@ -184,6 +184,7 @@ impl Manager {
         st.pool
             .create(&st.store, &st.partitions, size_mib, paging)?;
         tracing::info!(size_mib, "shared memory pool created");
+        self.pool_event("created", size_mib, None);
         st.pool.info(&st.partitions)
     }
 
@@ -195,6 +196,7 @@ impl Manager {
         let changes = st.pool.resize(&st.store, size_mib)?;
         st.send_targets(&changes);
         tracing::info!(size_mib, "shared memory pool resized");
+        self.pool_event("resized", size_mib, None);
         let deadline = Instant::now() + self.cfg.ready_timeout;
         while state.pool.held() > state.pool.budget_pages() {
             let now = Instant::now();
@@ -219,7 +221,9 @@ impl Manager {
         st.pool
             .add_paging(&st.store, &st.partitions, device.clone())?;
         tracing::info!(%device, "paging device added to the pool");
-        st.pool.info(&st.partitions)
+        let info = st.pool.info(&st.partitions)?;
+        self.pool_event("paging_added", info.size_mib, Some(&device));
+        Ok(info)
     }
 
     pub fn pool_remove_paging(&self, device: &PagingDevice) -> Result<PoolInfo, ManagerError> {
@@ -227,7 +231,17 @@ impl Manager {
         let st = &mut *state;
         st.pool.remove_paging(&st.store, device)?;
         tracing::info!(%device, "paging device removed from the pool");
-        st.pool.info(&st.partitions)
+        let info = st.pool.info(&st.partitions)?;
+        self.pool_event("paging_removed", info.size_mib, Some(device));
+        Ok(info)
+    }
+
+    fn pool_event(&self, change: &str, size_mib: u64, device: Option<&PagingDevice>) {
+        self.events.push(parvm_protocol::EventKind::Pool {
+            change: change.into(),
+            size_mib,
+            device: device.map(|d| d.to_string()),
+        });
     }
 
     pub fn pool_show(&self) -> Result<PoolInfo, ManagerError> {

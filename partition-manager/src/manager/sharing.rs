@@ -82,7 +82,7 @@ impl Manager {
         gpa: Option<u64>,
     ) -> Result<GrantInfo, ManagerError> {
         let mut state = self.lock();
-        match state.grants.begin_accept(caller, cookie, gpa)? {
+        let g = match state.grants.begin_accept(caller, cookie, gpa)? {
             AcceptPlan::Block(id) => {
                 let st = &mut *state;
                 st.grants.accepted(&st.store, id, None)
@@ -93,7 +93,14 @@ impl Manager {
                 let st = &mut *state;
                 st.grants.accepted(&st.store, id, Some(at))
             }
-        }
+        }?;
+        self.events.push(parvm_protocol::EventKind::GrantAccepted {
+            id: g.id,
+            segment: g.segment.clone(),
+            grantee: g.grantee.clone(),
+            rights: g.rights,
+        });
+        Ok(g)
     }
 
     /// Sends `request` (a `Map`) with `memfd` to `partition`'s VMM and
@@ -218,6 +225,15 @@ impl Manager {
             state = self.wait(state, deadline - now);
         }
         state.grants.clear_grant_acks(&ids);
+        let revoked = state.grants.grants_by_id(&ids);
+        for g in &revoked {
+            self.events.push(parvm_protocol::EventKind::GrantRevoked {
+                id: g.id,
+                segment: g.segment.clone(),
+                grantor: g.grantor.clone(),
+                grantee: g.grantee.clone(),
+            });
+        }
         tracing::info!(
             by = %caller,
             count = ids.len(),
@@ -226,7 +242,7 @@ impl Manager {
             total_us = started.elapsed().as_micros() as u64,
             "revoked"
         );
-        Ok(state.grants.grants_by_id(&ids))
+        Ok(revoked)
     }
 
     /// The data mover: copies between two segments `caller` holds cookies

@@ -38,6 +38,12 @@ impl PartitionTable {
             }
             _ => {
                 tracing::warn!(partition = %name, pid = ?p.rec.pid, "VMM died while the manager was down");
+                self.events.state(
+                    name,
+                    p.rec.state,
+                    PartitionState::Crashed,
+                    Some("vmm exited while the manager was down"),
+                );
                 p.rec.state = PartitionState::Crashed;
                 p.rec.last_exit = Some("vmm exited while the manager was down".into());
                 p.rec.pid = None;
@@ -81,6 +87,9 @@ impl PartitionTable {
             since: now_secs(),
         };
         store.put(&rec)?;
+        self.events.push(parvm_protocol::EventKind::Defined {
+            partition: name.into(),
+        });
         let p = Partition {
             rec,
             run: None,
@@ -126,7 +135,47 @@ impl PartitionTable {
         }
         store.remove(name)?;
         self.parts.remove(name);
+        self.events.push(parvm_protocol::EventKind::Undefined {
+            partition: name.into(),
+        });
         Ok(())
+    }
+
+    /// A new stored definition (only while not active) and/or restart
+    /// policy (any time).
+    pub(crate) fn update(
+        &mut self,
+        store: &Store,
+        name: &str,
+        definition: Option<Definition>,
+        restart: Option<RestartPolicy>,
+    ) -> Result<PartitionStatus, ManagerError> {
+        let p = self
+            .parts
+            .get_mut(name)
+            .ok_or_else(|| ManagerError::NotFound(name.into()))?;
+        if definition.is_some() && p.rec.state.is_active() {
+            return Err(ManagerError::InvalidState {
+                name: name.into(),
+                state: p.rec.state,
+                message:
+                    "stop it before changing its definition (only --restart changes while it runs)",
+            });
+        }
+        let mut rec = p.rec.clone();
+        if let Some(d) = definition {
+            rec.definition = d;
+        }
+        if let Some(r) = restart {
+            rec.restart = r;
+        }
+        store.put(&rec)?;
+        p.rec = rec;
+        let status = status_of(&self.cfg, p);
+        self.events.push(parvm_protocol::EventKind::Updated {
+            partition: name.into(),
+        });
+        Ok(status)
     }
 
     /// An operator start: refused if active; a new epoch, restarts
@@ -157,8 +206,10 @@ impl PartitionTable {
         token: String,
         writer: Channel,
     ) -> Result<(), ManagerError> {
+        let events = self.events.clone();
         let p = self.get_mut(name)?;
         p.run = Some(Runtime::new(generation, pid, Some(writer)));
+        events.state(name, p.rec.state, PartitionState::Starting, None);
         p.rec.state = PartitionState::Starting;
         p.rec.pid = Some(pid);
         p.rec.pid_start = pid_start;
@@ -202,6 +253,7 @@ impl PartitionTable {
         store: &Store,
         name: &str,
     ) -> Result<(u64, u32), ManagerError> {
+        let events = self.events.clone();
         let p = self.active(name, "it is not running")?;
         p.epoch += 1;
         let is_vios = p.rec.definition.is_vios();
@@ -217,6 +269,7 @@ impl PartitionTable {
         if !sent {
             send_signal(pid, libc::SIGTERM);
         }
+        events.state(name, p.rec.state, PartitionState::Stopping, None);
         p.rec.state = PartitionState::Stopping;
         p.rec.since = now_secs();
         store.put(&p.rec)?;
@@ -357,6 +410,7 @@ impl PartitionTable {
         peer_pid: Option<u32>,
         chan: &Channel,
     ) -> Result<u64, ManagerError> {
+        let events = self.events.clone();
         let p = self.get_mut(name)?;
         let deny = |why: &str| {
             tracing::warn!(partition = %name, pid, ?peer_pid, why, "re-attach refused");
@@ -385,12 +439,18 @@ impl PartitionTable {
         run.writer = Some(writer);
         let generation = run.generation;
         if !run.stop_requested {
-            p.rec.state = if paused {
+            let to = if paused {
                 PartitionState::Paused
             } else {
                 PartitionState::Running
             };
+            events.state(name, p.rec.state, to, None);
+            p.rec.state = to;
         }
+        events.push(parvm_protocol::EventKind::Reattached {
+            partition: name.into(),
+            pid,
+        });
         p.ready_generation = generation;
         p.rec.since = now_secs();
         store.put(&p.rec)?;
@@ -461,6 +521,7 @@ impl PartitionTable {
             new_state == Some(PartitionState::Running) && p.rec.state == PartitionState::Starting;
         if let Some(state) = new_state {
             if p.rec.state != PartitionState::Stopping {
+                self.events.state(name, p.rec.state, state, None);
                 p.rec.state = state;
                 p.rec.since = now_secs();
                 put(store, &p.rec, "state");
@@ -495,6 +556,7 @@ impl PartitionTable {
         };
         let (state, reason) = restart::classify(&end, reported, process, &self.cfg.vmm_log(name));
         tracing::info!(partition = %name, pid = run.pid, %state, %reason, "VMM exited");
+        let from = p.rec.state;
         p.rec.state = state;
         p.rec.last_exit = Some(reason);
         p.rec.pid = None;
@@ -513,6 +575,8 @@ impl PartitionTable {
             }
         }
         put(store, &p.rec, "exit");
+        self.events
+            .state(name, from, state, p.rec.last_exit.as_deref());
         let due = automatic && p.rec.restarts < MAX_RESTARTS;
         Some(due.then_some((p.epoch, p.rec.restarts)))
     }

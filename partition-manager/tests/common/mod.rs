@@ -126,12 +126,28 @@ impl Env {
     }
 
     /// Runs parctl, expecting a one-line error; returns it.
-    pub fn fails(&self, args: &[&str]) -> String {
+    /// `parctl args` fails (any exit status but 0 and 2, the usage
+    /// error's) with one line of error; returns that line.
+    /// As [`Self::fails`], with exit status `code` (docs/manager.md, "Exit
+    /// status").
+    pub fn fails_with(&self, args: &[&str], code: i32) -> String {
         let f = self.parctl(args);
         assert_eq!(
             f.code(),
-            Some(1),
-            "parctl {args:?} should fail: {}{}",
+            Some(code),
+            "parctl {args:?}: {}{}",
+            f.stdout,
+            f.stderr
+        );
+        self.fails(args)
+    }
+
+    pub fn fails(&self, args: &[&str]) -> String {
+        let f = self.parctl(args);
+        assert!(
+            matches!(f.code(), Some(c) if c != 0 && c != 2),
+            "parctl {args:?} should fail: {:?} {}{}",
+            f.code(),
             f.stdout,
             f.stderr
         );

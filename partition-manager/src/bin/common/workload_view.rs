@@ -19,11 +19,9 @@ pub enum PolicyCmd {
     /// Replace the policy with the JSON file's (in force from the next
     /// sample; stored).
     Set { file: PathBuf },
-    /// Show the policy and its last moves.
-    Show {
-        #[arg(long)]
-        json: bool,
-    },
+    /// Show the policy and its last moves (`parctl --json policy show`:
+    /// `{"policy", "moves"}`).
+    Show,
 }
 
 impl PolicyCmd {
@@ -39,7 +37,7 @@ impl PolicyCmd {
                     .map_err(|m| anyhow::anyhow!("policy file {}: {m}", file.display()))?;
                 Request::PolicySet { policy }
             }
-            PolicyCmd::Show { .. } => Request::PolicyShow,
+            PolicyCmd::Show => Request::PolicyShow,
         })
     }
 
@@ -48,11 +46,7 @@ impl PolicyCmd {
             bail!("unexpected answer from the partition manager: {answer:?}");
         };
         match self {
-            PolicyCmd::Show { json: true } => println!(
-                "{}",
-                serde_json::json!({ "policy": policy, "moves": moves })
-            ),
-            PolicyCmd::Show { json: false } => print_policy(&policy, &moves),
+            PolicyCmd::Show => print_policy(&policy, &moves),
             PolicyCmd::Set { .. } => println!(
                 "workload policy {}",
                 if policy.enabled { "on" } else { "off" }
