@@ -165,7 +165,7 @@ impl Api {
 
     fn refuse(&self, conn: &mut Conn, kind: ErrorKind, message: &str) {
         if let Reply::Json(status, v) = error(kind, message) {
-            let _ = write_response(
+            let sent = write_response(
                 conn,
                 status,
                 "application/json",
@@ -173,6 +173,9 @@ impl Api {
                 v.to_string().as_bytes(),
                 true,
             );
+            if sent.is_ok() {
+                conn.finish();
+            }
         }
     }
 
@@ -253,7 +256,11 @@ impl Api {
             405 => vec![("Allow", allowed_methods(route).into())],
             _ => Vec::new(),
         };
-        write_response(conn, status, ct, &extra, &body, close).is_ok()
+        let sent = write_response(conn, status, ct, &extra, &body, close).is_ok();
+        if sent && close {
+            conn.finish();
+        }
+        sent
     }
 
     /// On the TCP listener: the bearer token, compared in constant time.

@@ -102,8 +102,32 @@ fn curl_defines_starts_lists_grants_and_stops_partitions() {
     );
     let e = curl_json(&env, "POST", "/v1/partitions", Some(&body), 409);
     assert_eq!(e["error"]["kind"], "already_exists");
+    // As `curl -d` sends it when not told the type (docs/api.md).
     let b = json!({"definition": definition(&env, "b")});
-    curl_json(&env, "POST", "/v1/partitions", Some(&b), 201);
+    let out = Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(env.dir.join("api.sock"))
+        .args(["http://localhost/v1/partitions", "-d", &b.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.ends_with("\n201"), "{text}");
+    let (code, text) = {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(env.dir.join("api.sock"))
+            .args([
+                "-H",
+                "Content-Type: text/xml",
+                "-d",
+                "<x/>",
+                "http://localhost/v1/grants",
+            ]);
+        let t = String::from_utf8(c.output().unwrap().stdout).unwrap();
+        let (b, c) = t.rsplit_once('\n').unwrap();
+        (c.to_string(), b.to_string())
+    };
+    assert_eq!(code, "415", "{text}");
 
     let s = curl_json(&env, "POST", "/v1/partitions/a/start", None, 200);
     assert_eq!(s["state"], "running");

@@ -39,6 +39,32 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// After a last answer: closing a socket with unread input resets the
+    /// connection, and the peer may lose the answer before it reads it. So
+    /// the write side is shut and what is in flight read away (half a
+    /// second, 1 MiB at most: a peer that keeps sending cannot stretch it).
+    pub fn finish(&mut self) {
+        let _ = match self {
+            Conn::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+            Conn::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+        };
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut sink = [0u8; 4096];
+        let mut left = 1usize << 20;
+        while left > 0 {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if wait.is_zero() || self.set_read_timeout(Some(wait)).is_err() {
+                return;
+            }
+            match self.read(&mut sink) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    }
+}
+
 impl Read for Conn {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {

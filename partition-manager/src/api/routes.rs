@@ -66,16 +66,18 @@ pub fn status_for(kind: ErrorKind) -> u16 {
 }
 
 pub fn error(kind: ErrorKind, message: impl Into<String>) -> Reply {
+    error_with(status_for(kind), kind, message)
+}
+
+/// An error of `kind` answered with another `status` than its own.
+pub fn error_with(status: u16, kind: ErrorKind, message: impl Into<String>) -> Reply {
     let body = ApiError {
         error: ApiErrorBody {
             kind,
             message: message.into(),
         },
     };
-    Reply::Json(
-        status_for(kind),
-        serde_json::to_value(body).unwrap_or_default(),
-    )
+    Reply::Json(status, serde_json::to_value(body).unwrap_or_default())
 }
 
 fn json(status: u16, v: impl Serialize) -> Reply {
@@ -154,10 +156,14 @@ pub fn answer_body(answer: Response) -> serde_json::Value {
 
 /// A JSON request body of type `T`, or the reply saying what is wrong.
 fn body<T: DeserializeOwned>(req: &HttpRequest) -> Result<T, Reply> {
+    // JSON, or what `curl -d` says when not told (its default type).
     if let Some(ct) = req.header("content-type") {
         let main = ct.split(';').next().unwrap_or("").trim();
-        if !main.eq_ignore_ascii_case("application/json") {
-            return Err(error(
+        if !main.eq_ignore_ascii_case("application/json")
+            && !main.eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        {
+            return Err(error_with(
+                415,
                 ErrorKind::BadRequest,
                 format!("request body of type `{main}`: send application/json"),
             ));

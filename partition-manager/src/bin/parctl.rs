@@ -222,6 +222,11 @@ enum Cmd {
     /// The shared memory pool (Active Memory Sharing, docs/ams.md).
     #[command(subcommand)]
     Pool(PoolCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell), e.g. `parctl completions bash > /etc/bash_completion.d/parctl`.
+    Completions { shell: clap_complete::Shell },
+    /// Print parctl's man page (roff), e.g. `parctl manpage | man -l -`.
+    Manpage,
 }
 
 #[derive(Subcommand, Debug)]
@@ -330,6 +335,15 @@ fn log_file(answer: (Response, Vec<OwnedFd>)) -> anyhow::Result<File> {
     }
 }
 
+/// Writes `bytes` to stdout; a reader that went away is no error.
+fn print_bytes(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
 fn print_json(v: &serde_json::Value) {
     println!("{v}");
 }
@@ -352,9 +366,12 @@ fn request_of(cmd: &Cmd) -> anyhow::Result<Option<Request>> {
         }
         Cmd::Set { name, settings } => workload_view::set_request(name, settings)?,
         Cmd::Policy(cmd) => cmd.request()?,
-        Cmd::Validate { .. } | Cmd::Edit { .. } | Cmd::Events { .. } | Cmd::Top { .. } => {
-            return Ok(None)
-        }
+        Cmd::Validate { .. }
+        | Cmd::Edit { .. }
+        | Cmd::Events { .. }
+        | Cmd::Top { .. }
+        | Cmd::Completions { .. }
+        | Cmd::Manpage => return Ok(None),
         Cmd::Show { name } => Request::Show { name: name.clone() },
         Cmd::Update {
             name,
@@ -468,6 +485,20 @@ fn run(args: Args) -> anyhow::Result<()> {
     let json = args.json;
     let connect = || Client::connect_within(&socket, Some(timeout));
     match &args.command {
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Args::command();
+            // Into a buffer: the generator panics on a closed stdout.
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "parctl", &mut out);
+            return print_bytes(&out);
+        }
+        Cmd::Manpage => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Args::command()).render(&mut out)?;
+            return print_bytes(&out);
+        }
         Cmd::Validate { file } => return edit::validate(file, json),
         Cmd::Edit { name } => return edit::edit(&connect()?, name, json),
         Cmd::Events { since, no_follow } => {
