@@ -647,9 +647,9 @@ pub fn handle(mgr: &Arc<Manager>, request: Request) -> (Response, Option<File>) 
     (answer, None)
 }
 
+/// The console log; for a VIOS (which has no console), its own output.
 fn open_log(mgr: &Manager, name: &str) -> Result<(File, PathBuf), ManagerError> {
-    mgr.status(name)?;
-    let path = mgr.cfg.console_log(name);
+    let path = PathBuf::from(mgr.status(name)?.console_log);
     match File::open(&path) {
         Ok(f) => Ok((f, path)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ManagerError::InvalidState {

@@ -132,7 +132,13 @@ fn status_of(cfg: &ManagerConfig, p: &Partition) -> PartitionStatus {
         restarts: p.rec.restarts,
         last_exit: p.rec.last_exit.clone(),
         attached: p.run.as_ref().is_some_and(|r| r.writer.is_some()),
-        console_log: cfg.console_log(&p.rec.name).display().to_string(),
+        // A VIOS has no console: its log is its own output.
+        console_log: match p.rec.definition.is_vios() {
+            true => cfg.vmm_log(&p.rec.name),
+            false => cfg.console_log(&p.rec.name),
+        }
+        .display()
+        .to_string(),
         since: p.rec.since,
         kind: p.rec.definition.kind().map(str::to_string),
         exports,

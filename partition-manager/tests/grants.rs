@@ -117,6 +117,18 @@ fn share_regrant_read_only_and_revoke_cascades_before_it_returns() {
     });
     assert_eq!(g2["rights"], "ro");
     assert_eq!(g2["parent"], cookie.as_str());
+    // The fault is an event too (parctl events).
+    let events = env.ok(&["events", "--no-follow", "--json"]);
+    let fault: serde_json::Value = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["type"] == "grant_fault")
+        .unwrap_or_else(|| panic!("no grant_fault in {events}"));
+    assert_eq!(
+        (fault["id"].as_u64(), fault["grantee"].as_str()),
+        (Some(2), Some("c"))
+    );
+    assert_eq!(fault["write"], true);
     assert!(
         g2["last_fault"]
             .as_str()

@@ -284,6 +284,23 @@ fn vios_killed_under_load_is_restarted_and_the_client_carries_on() {
         s["state"] == "running" && s["pid"].as_u64().is_some_and(|p| p as u32 != vios_pid)
     });
     assert_eq!(s["restarts"], 1, "{s}");
+    // The event stream shows the crash, the restart and the reconnect.
+    let events: Vec<serde_json::Value> = env
+        .ok(&["events", "--no-follow", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let at = |want: &dyn Fn(&serde_json::Value) -> bool| {
+        events
+            .iter()
+            .position(want)
+            .unwrap_or_else(|| panic!("{events:#?}"))
+    };
+    let crash = at(&|e| e["partition"] == "vios1" && e["to"] == "crashed");
+    let restart = at(&|e| e["type"] == "restart_scheduled" && e["partition"] == "vios1");
+    let reconnect =
+        at(&|e| e["type"] == "vios_reconnect" && e["vios"] == "vios1" && e["client"] == "web");
+    assert!(crash < restart && restart < reconnect, "{events:#?}");
     // The client ran on and finished its benchmark without an error.
     let s = env.wait_state("web", "stopped", Duration::from_secs(60));
     // The tiny guest ends with an i8042 reset after `poweroff`.
@@ -425,4 +442,39 @@ fn revoking_a_running_clients_grant_disconnects_it() {
         &e,
         "VIOS `vios1` has not granted disk `data` to partition `web`",
     );
+}
+
+/// configs/vios1.json as an operator would use it: beside its images
+/// (made here; the repository holds none), defined, started, listed as a
+/// VIOS, its log readable, a client granted one of its disks.
+#[test]
+fn the_vios_example_of_configs_exports_its_disks() {
+    let env = Env::new("vios-example");
+    ensure_vios(&env.vmm);
+    let example = parvm_tests::repo_root().join("configs/vios1.json");
+    let def = env.dir.join("vios1.json");
+    std::fs::copy(&example, &def).unwrap();
+    for img in ["vios1-data.img", "vios1-base.img"] {
+        std::fs::write(env.dir.join(img), vec![0u8; 1 << 20]).unwrap();
+    }
+    let def = def.display().to_string();
+    let v = env.ok(&["validate", &def]);
+    assert!(v.contains("a valid vios definition of `vios1`"), "{v}");
+    env.ok(&["define", &def]);
+    let s = env.status("vios1");
+    assert_eq!(s["restart"], "on-failure");
+    assert_eq!(s["exports"], serde_json::json!(["data", "base:ro"]));
+    env.ok(&["start", "vios1"]);
+    let list = env.ok(&["list"]);
+    let row = list.lines().find(|l| l.starts_with("vios1 ")).unwrap();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cells[..3], ["vios1", "vios", "running"], "{list}");
+    assert_eq!(&cells[4..6], ["-", "-"], "{list}");
+    // `logs` of a VIOS is its own output, not "never started".
+    env.ok(&["logs", "vios1"]);
+    env.ok(&["define", &env.hang_definition("c", "never")]);
+    let cookie = env.ok(&["grant", "vios1/base", "--to", "c"]);
+    let g = env.ok(&["accept", cookie.trim(), "--as", "c"]);
+    assert!(g.contains("vios1/base accepted by c (ro)"), "{g}");
+    env.ok(&["stop", "vios1"]);
 }

@@ -67,17 +67,24 @@ pub fn status_line(s: &PartitionStatus) -> String {
 }
 
 pub fn print_table(parts: &[PartitionStatus]) {
-    let rows: Vec<[String; 7]> = parts
+    let rows: Vec<[String; 8]> = parts
         .iter()
         .map(|p| {
+            // A VIOS has no vCPUs or guest RAM of its own.
+            let vios = p.kind.as_deref() == Some("vios");
             [
                 p.name.clone(),
+                p.kind.clone().unwrap_or_else(|| "vmm".into()),
                 p.state.to_string(),
                 p.pid.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
-                p.vcpus.to_string(),
-                match p.memory {
-                    Some(_) => format!("{}M-shared", p.memory_mib),
-                    None => format!("{}M", p.memory_mib),
+                match vios {
+                    true => "-".into(),
+                    false => p.vcpus.to_string(),
+                },
+                match (vios, &p.memory) {
+                    (true, _) => "-".into(),
+                    (false, Some(_)) => format!("{}M-shared", p.memory_mib),
+                    (false, None) => format!("{}M", p.memory_mib),
                 },
                 p.restart.to_string(),
                 p.last_exit.clone().unwrap_or_else(|| "-".into()),
@@ -86,6 +93,7 @@ pub fn print_table(parts: &[PartitionStatus]) {
         .collect();
     let head = [
         "NAME",
+        "KIND",
         "STATE",
         "PID",
         "VCPUS",
@@ -128,8 +136,10 @@ pub fn print_status(s: &PartitionStatus) {
     println!("memory:      {} MiB", s.memory_mib);
     println!("kernel:      {}", s.kernel);
     println!(
-        "restart:     {} ({} automatic restarts)",
-        s.restart, s.restarts
+        "restart:     {} ({} automatic restart{})",
+        s.restart,
+        s.restarts,
+        if s.restarts == 1 { "" } else { "s" }
     );
     println!("last exit:   {}", opt(&s.last_exit));
     println!("attached:    {}", if s.attached { "yes" } else { "no" });
