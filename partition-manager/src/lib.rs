@@ -22,6 +22,8 @@
 //!   `parctl events` and the HTTP API follow.
 //! - [`process`]: spawning a `vmm`/`vios` with a socketpair as its control
 //!   channel; pids, signals, tokens, helper threads.
+//! - [`logrotate`]: console and VMM logs rotated by size (copy, then
+//!   truncate: their writers append).
 //! - [`ratelimit`]: bounded logging ([`ratelimit::LogLimiter`]) and the
 //!   per-caller count of failed cookie guesses.
 //! - [`restart`]: restart policy (how a run ended, backoff, giving up).
@@ -65,6 +67,7 @@ pub mod error;
 pub mod events;
 pub mod grant_engine;
 pub mod grants;
+pub mod logrotate;
 pub mod manager;
 pub mod partitions;
 pub mod pool;

@@ -264,3 +264,31 @@ fn scripts_install_puts_binaries_units_completions_and_the_man_page_in_place() {
     );
     assert!(root.join("share/doc/parvm/docs/api.md").exists());
 }
+
+#[test]
+fn console_logs_are_rotated_by_size() {
+    let env = common::Env::with("rotate", vmm_binary(), &["--log-max-mib", "1"]);
+    env.ok(&["define", &env.hang_definition("chatty", "never")]);
+    env.ok(&["start", "chatty"]);
+    let log = env.state.join("logs/chatty.log");
+    // 2 MiB more than the limit allows, appended as the VMM appends.
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(&vec![b'x'; 2 << 20]).unwrap();
+    }
+    let old = env.state.join("logs/chatty.log.1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !old.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "not rotated:\n{}",
+            env.manager_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(std::fs::metadata(&old).unwrap().len() >= 2 << 20);
+    assert!(std::fs::metadata(&log).unwrap().len() < 1 << 20);
+    assert!(env.manager_log().contains("log rotated"));
+    env.ok(&["stop", "chatty"]);
+}

@@ -79,6 +79,10 @@ struct Args {
     /// PARVM_LOG_FORMAT].
     #[arg(long, value_name = "text|json")]
     log_format: Option<String>,
+    /// Rotate a console or VMM log (STATE/logs/*.log) once it grows past
+    /// this many MiB: copied to NAME.log.1, then emptied; 0 never rotates.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    log_max_mib: u64,
     /// Print the HTTP API's OpenAPI document and exit.
     #[arg(long)]
     openapi: bool,
@@ -186,6 +190,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let tcp = args.api_listen.map(api::listen_tcp).transpose()?;
     let listener = daemon::listen(&socket, run_as.as_ref().map(|u| u.gid))?;
+    if args.log_max_mib > 0 {
+        partition_manager::logrotate::start(state_dir.join("logs"), args.log_max_mib << 20);
+    }
     let api_listener = api::listen_unix(&api_socket)?;
     service::on_shutdown(mgr.clone(), vec![socket.clone(), api_socket.clone()]);
     let limits = daemon::Limits {

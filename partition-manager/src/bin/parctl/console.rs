@@ -29,6 +29,10 @@ pub fn console(client: &Client, mut log: File, name: &str) -> anyhow::Result<()>
     let mut stdin_open = true;
     let mut buf = vec![0u8; 4096];
     let drain = |log: &mut File, out: &mut std::io::StdoutLock<'_>| -> std::io::Result<()> {
+        // The manager rotated the log (emptied it): follow from its start.
+        if log.metadata()?.len() < log.stream_position()? {
+            log.seek(SeekFrom::Start(0))?;
+        }
         std::io::copy(log, out)?;
         out.flush()
     };
