@@ -10,14 +10,17 @@
 //! - what a re-attached VMM still holds (`Holding`, with the fd) →
 //!   [`ControlEvents::holding`];
 //! - a shared-memory VMM's pager figures (`MemoryReport`) →
-//!   [`ControlEvents::memory`];
+//!   [`ControlEvents::memory`]; a VIOS's export figures (`DiskStats`) →
+//!   [`ControlEvents::disk_stats`];
 //! - guest hcalls → [`ControlEvents::hcall`], each on a thread of its own
 //!   (an hcall may wait for this very channel's answers);
 //! - the end of the channel → [`ControlEvents::closed`] with the `Exit`
 //!   status the process reported, if any, and how it ended.
 
 use crate::process::spawn_thread;
-use parvm_protocol::{Channel, ExitStatus, Hcall, MemoryReport, ProtocolError, ToManager};
+use parvm_protocol::{
+    Channel, DiskStats, ExitStatus, Hcall, MemoryReport, ProtocolError, ToManager,
+};
 use std::os::fd::OwnedFd;
 use std::process::Child;
 use std::sync::Arc;
@@ -30,6 +33,7 @@ pub(crate) trait ControlEvents: Send + Sync + 'static {
     fn holding(&self, partition: &str, key: &str, gpa: Option<u64>, fds: Vec<OwnedFd>);
     fn hcall(self: &Arc<Self>, partition: &str, generation: u64, seq: u64, call: Hcall);
     fn memory(&self, partition: &str, generation: u64, report: MemoryReport);
+    fn disk_stats(&self, partition: &str, generation: u64, disks: Vec<DiskStats>);
     fn closed(
         self: &Arc<Self>,
         partition: &str,
@@ -55,6 +59,9 @@ pub(crate) fn read<E: ControlEvents>(
             }
             Ok((ToManager::MemoryReport { report }, _)) => {
                 events.memory(name, generation, report);
+            }
+            Ok((ToManager::DiskStats { disks }, _)) => {
+                events.disk_stats(name, generation, disks);
             }
             Ok((ToManager::Hcall { seq, call }, _)) => {
                 let events = events.clone();

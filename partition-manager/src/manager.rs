@@ -49,6 +49,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 mod definitions;
+mod disk_stats;
 mod memory;
 mod sharing;
 mod workload;
@@ -95,6 +96,8 @@ pub struct Manager {
     guesses: FailedGuesses,
     /// What followers of `parctl events` see.
     events: Arc<EventLog>,
+    /// Each running VIOS's last export figures (for `/metrics`).
+    disk_stats: Mutex<std::collections::BTreeMap<String, Vec<parvm_protocol::DiskStats>>>,
 }
 
 impl Manager {
@@ -136,10 +139,12 @@ impl Manager {
             changed: Condvar::new(),
             guesses: FailedGuesses::new(),
             events,
+            disk_stats: Mutex::default(),
         });
         mgr.recover()?;
         mgr.start_pool_tick();
         mgr.start_workload_sampler();
+        mgr.start_disk_stats_tick();
         Ok(mgr)
     }
 
@@ -613,6 +618,10 @@ impl ControlEvents for Manager {
 
     fn memory(&self, name: &str, generation: u64, report: MemoryReport) {
         self.memory_report(name, generation, report);
+    }
+
+    fn disk_stats(&self, name: &str, generation: u64, disks: Vec<parvm_protocol::DiskStats>) {
+        self.disk_stats_report(name, generation, disks);
     }
 
     /// A process is gone: stopped or crashed, what it held released, the

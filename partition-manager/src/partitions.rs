@@ -353,6 +353,18 @@ impl PartitionTable {
             .is_some_and(|r| r.generation == generation && r.writer.is_none())
     }
 
+    /// The control channels of the running, attached VIOS partitions.
+    pub(crate) fn running_vios(&self) -> Vec<(&str, &Channel)> {
+        self.parts
+            .iter()
+            .filter(|(_, p)| p.rec.definition.is_vios() && p.rec.state == PartitionState::Running)
+            .filter_map(|(name, p)| {
+                let w = p.run.as_ref().and_then(|r| r.writer.as_ref())?;
+                Some((name.as_str(), w))
+            })
+            .collect()
+    }
+
     /// Running (or paused) attached partitions (not VIOS): their names and
     /// definitions.
     pub(crate) fn attached_partitions(&self) -> Vec<(&str, &PartitionDefinition)> {

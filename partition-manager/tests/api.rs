@@ -7,25 +7,12 @@
 
 mod common;
 
-use common::{alive, kill9, pid_of, Env, PARCTL};
+use common::{alive, kill9, pid_of, pyenv, sample, scrape, Env, PARCTL};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// The virtualenv scripts/install-deps.sh makes (python3 with the
-/// system's prometheus_client, and schemathesis).
-fn pyenv() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin");
-    assert!(
-        p.join("python3").exists(),
-        "{} missing: run scripts/install-deps.sh",
-        p.display()
-    );
-    p
-}
 
 /// One request with curl on the API socket: (status, body).
 fn curl(env: &Env, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
@@ -384,48 +371,11 @@ fn metrics_parse_with_the_prometheus_parser_and_count_real_requests() {
         curl_json(&env, "GET", "/v1/partitions/m", None, 200);
     }
     curl_json(&env, "GET", "/v1/partitions/nope", None, 404);
-    let (code, text) = curl(&env, "GET", "/metrics", None);
-    assert_eq!(code, 200);
+    let (text, families) = scrape(&env);
     assert!(text.ends_with("# EOF\n"), "{text}");
-    // Prometheus's own parser (OpenMetrics): families and samples as JSON.
-    let script = r#"
-import json, sys
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
-out = {}
-for f in text_string_to_metric_families(sys.stdin.read()):
-    out[f.name] = {"type": f.type, "samples": [[s.name, s.labels, s.value] for s in f.samples]}
-print(json.dumps(out))
-"#;
-    let mut py = Command::new(pyenv().join("python3"))
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    py.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = py.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "parser: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let families: Value = serde_json::from_slice(&out.stdout).unwrap();
     let sample = |family: &str, labels: Value| -> f64 {
-        families[family]["samples"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no family {family}: {families:#}"))
-            .iter()
-            .find(|s| {
-                labels
-                    .as_object()
-                    .unwrap()
-                    .iter()
-                    .all(|(k, v)| &s[1][k] == v)
-            })
-            .unwrap_or_else(|| panic!("{family} {labels}: {:#}", families[family]))[2]
-            .as_f64()
-            .unwrap()
+        sample(&families, family, labels.clone())
+            .unwrap_or_else(|| panic!("{family} {labels}: {:#}", families[family]))
     };
     assert_eq!(families["parvm_partitions"]["type"], "gauge");
     assert_eq!(sample("parvm_partitions", json!({"state": "running"})), 1.0);

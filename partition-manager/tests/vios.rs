@@ -145,6 +145,42 @@ fn client_partition_uses_a_vios_disk_through_the_manager() {
     );
     assert!(log.contains(&want), "want {want} in:\n{log}");
 
+    // What the VIOS served is in /metrics (reported every 2 s), parsed by
+    // Prometheus's own parser: the pattern written, and read back.
+    let disk = serde_json::json!({"vios": "vios1", "disk": "data"});
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let families = loop {
+        let (_, families) = scrape(&env);
+        if sample(&families, "parvm_vios_disk_requests", disk.clone()).unwrap_or(0.0) > 0.0 {
+            break families;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no disk figures: {families:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let written = sample(&families, "parvm_vios_disk_written_bytes", disk.clone()).unwrap();
+    let read = sample(&families, "parvm_vios_disk_read_bytes", disk.clone()).unwrap();
+    assert!(written >= PATTERN_BYTES as f64, "{written}");
+    assert!(read >= PATTERN_BYTES as f64, "{read}");
+    assert_eq!(
+        families["parvm_vios_disk_request_duration_seconds"]["type"],
+        "histogram"
+    );
+    let count = families["parvm_vios_disk_request_duration_seconds"]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            s[0] == "parvm_vios_disk_request_duration_seconds_count" && s[1]["disk"] == "data"
+        })
+        .unwrap()[2]
+        .as_f64()
+        .unwrap();
+    let requests = sample(&families, "parvm_vios_disk_requests", disk).unwrap();
+    assert_eq!(count, requests);
+
     // Again: a second connection to the same running VIOS.
     env.ok(&["start", "web"]);
     env.wait_state("web", "stopped", Duration::from_secs(30));

@@ -51,8 +51,8 @@ pub use grant::{
     SegmentSpec, SharedConfig,
 };
 pub use pool::{
-    ExportInfo, MemoryReport, PagingDevice, PagingDeviceInfo, PoolInfo, PoolMemberInfo,
-    SharedMemoryStatus, PAGES_PER_MIB,
+    DiskStats, ExportInfo, MemoryReport, PagingDevice, PagingDeviceInfo, PoolInfo, PoolMemberInfo,
+    SharedMemoryStatus, LATENCY_BUCKETS_US, PAGES_PER_MIB,
 };
 
 pub use parvm_config::{CpuMode, Definition, ProcUnits, RestartPolicy};
@@ -603,6 +603,10 @@ pub enum ToManager {
     Exports {
         exports: Vec<ExportInfo>,
     },
+    /// A VIOS's per-export figures, the answer to `ManagerToVios::Stats`.
+    DiskStats {
+        disks: Vec<DiskStats>,
+    },
 }
 
 impl Message for ToManager {
@@ -722,6 +726,8 @@ pub enum ManagerToVios {
     /// The grant of export `disk` to `client` was revoked; close every
     /// connection serving it to that client.
     ViosDisconnect { disk: String, client: String },
+    /// Asks for the exports' figures (answered with `DiskStats`).
+    Stats,
 }
 
 impl Message for ManagerToVios {
@@ -731,7 +737,8 @@ impl Message for ManagerToVios {
             ManagerToVios::ViosConnect { .. } => Fds::One("socket"),
             ManagerToVios::Token { .. }
             | ManagerToVios::Stop
-            | ManagerToVios::ViosDisconnect { .. } => Fds::None,
+            | ManagerToVios::ViosDisconnect { .. }
+            | ManagerToVios::Stats => Fds::None,
         }
     }
 }

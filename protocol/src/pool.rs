@@ -157,6 +157,29 @@ pub struct ExportInfo {
     pub read_only: bool,
 }
 
+/// Upper bounds (microseconds) of the latency buckets of [`DiskStats`];
+/// the last bucket of `latency` counts the rest.
+pub const LATENCY_BUCKETS_US: [u64; 9] = [50, 100, 250, 500, 1000, 2500, 5000, 10_000, 50_000];
+
+/// One export's figures since the VIOS started, over all its clients
+/// (`ToManager::DiskStats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskStats {
+    pub disk: String,
+    /// Requests completed (a used-ring entry written).
+    pub requests: u64,
+    /// Requests that ended with an error status, or none.
+    pub errors: u64,
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+    /// Requests by time to execute, per [`LATENCY_BUCKETS_US`] bound and
+    /// one more for the rest (not cumulative).
+    pub latency: Vec<u64>,
+    /// Their sum, nanoseconds.
+    pub latency_ns: u64,
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::message::VhostUserVirtioFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use virtio_bindings::virtio_blk::VIRTIO_BLK_F_MQ;
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_MQ, VIRTIO_BLK_S_OK};
 use virtio_devices::block::{BlockCore, CONFIG_SPACE_LEN, QUEUE_SIZE};
 use virtio_queue::QueueT;
 use vm_memory::{
@@ -145,6 +145,8 @@ pub struct VhostUserBlk {
     guest_errors: AtomicU64,
     /// Requests completed (for tests and logs).
     completed: AtomicU64,
+    /// The export's counters (over all its connections).
+    stats: Option<Arc<crate::stats::DiskCounters>>,
     /// The exit eventfds handed to vhost-user-backend's queue workers, as
     /// the raw fds of their consumer ends: the crate (0.24) registers a
     /// consumer with the worker's epoll through `into_raw_fd` and never
@@ -167,8 +169,16 @@ impl VhostUserBlk {
             mem: Mutex::new(None),
             guest_errors: AtomicU64::new(0),
             completed: AtomicU64::new(0),
+            stats: None,
             exit_fds: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Counts every request in `stats` too (the export's, shared by its
+    /// connections).
+    pub fn with_stats(mut self, stats: Arc<crate::stats::DiskCounters>) -> Self {
+        self.stats = Some(stats);
+        self
     }
 
     /// Close the consumer ends of the exit eventfds [`VhostUserBackend::exit_event`]
@@ -261,11 +271,17 @@ impl VhostUserBlk {
                 while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
                     progressed = true;
                     popped += 1;
-                    let completion = core.process(chain);
+                    let started = std::time::Instant::now();
+                    let (completion, transfer) = core.process_counted(chain);
+                    let took = started.elapsed();
                     match queue.add_used(&*mem, completion.head_index, completion.used_len) {
                         Ok(()) => {
                             used = true;
                             self.completed.fetch_add(1, Ordering::Relaxed);
+                            if let Some(stats) = &self.stats {
+                                let ok = completion.status == Some(VIRTIO_BLK_S_OK as u8);
+                                stats.record(ok, transfer, took);
+                            }
                         }
                         Err(e) => self.client_error("cannot add to the used ring", &e),
                     }

@@ -4,6 +4,9 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::stats::DiskCounters;
 
 use virtio_devices::block::{BlockCore, BlockCoreError, BlockOptions, DiskBackend, SECTOR_SIZE};
 
@@ -106,6 +109,8 @@ pub struct Export {
     spec: ExportSpec,
     file: File,
     capacity: u64,
+    /// Over every connection serving it.
+    stats: Arc<DiskCounters>,
 }
 
 impl Export {
@@ -134,6 +139,7 @@ impl Export {
             capacity: len / SECTOR_SIZE,
             spec,
             file,
+            stats: Arc::default(),
         })
     }
 
@@ -145,6 +151,11 @@ impl Export {
     /// Capacity in 512-byte sectors when opened.
     pub fn capacity(&self) -> u64 {
         self.capacity
+    }
+
+    /// Its counters, shared by the connections serving it.
+    pub fn stats(&self) -> &Arc<DiskCounters> {
+        &self.stats
     }
 
     /// The image path.

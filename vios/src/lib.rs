@@ -25,6 +25,8 @@
 //! - [`export`]: [`export::Export`], an open image named by
 //!   `--disk FILE[,ro]`; every connection gets its own core over a clone of
 //!   the file.
+//! - [`stats`]: per-export counters (requests, errors, bytes, latency)
+//!   the queue workers keep and a managed VIOS reports.
 //! - [`seccomp`]: the syscall filters of the VIOS's threads (the server
 //!   threads, and the narrower one of queue workers).
 //!
@@ -38,6 +40,7 @@ pub mod managed;
 pub mod relay;
 pub mod seccomp;
 pub mod server;
+pub mod stats;
 
 pub use backend::{check_memory_table, MemoryTableError, VhostUserBlk, MAX_QUEUES};
 pub use export::{Export, ExportError, ExportSpec};

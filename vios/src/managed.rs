@@ -190,6 +190,15 @@ pub fn run(
                 let n = connections.disconnect(&client, &disk);
                 info!(vios = %def.name, %disk, %client, connections = n, "vios: grant revoked; connections closed");
             }
+            ManagerToVios::Stats => {
+                let disks = exports
+                    .iter()
+                    .map(|(id, e)| e.stats().snapshot(id))
+                    .collect();
+                if let Err(e) = channel.send(&ToManager::DiskStats { disks }, &[]) {
+                    warn!(vios = %def.name, error = %e, "vios: cannot report the disk figures");
+                }
+            }
         }
     }
 }

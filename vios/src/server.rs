@@ -79,12 +79,15 @@ fn new_daemon(
     client: &str,
     options: &ServeOptions,
 ) -> Result<(VhostUserDaemon<Arc<VhostUserBlk>>, Arc<VhostUserBlk>), ServerError> {
-    let backend = Arc::new(VhostUserBlk::new(
-        &export.spec().id,
-        client,
-        export.core_for(options.read_only)?,
-        options.queues,
-    ));
+    let backend = Arc::new(
+        VhostUserBlk::new(
+            &export.spec().id,
+            client,
+            export.core_for(options.read_only)?,
+            options.queues,
+        )
+        .with_stats(export.stats().clone()),
+    );
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
     let daemon = VhostUserDaemon::new(format!("vios-{}", export.spec().id), backend.clone(), mem)
         .map_err(|e| {

@@ -3,16 +3,18 @@
 //! counts it keeps: events by type since it started and the API's own
 //! requests (by method, route and status) and their latency.
 //!
-//! Per-VIOS-disk request counts are not here: a VIOS does not report them
-//! to the manager yet (docs/api.md).
+//! Per-VIOS-disk figures (requests, errors, bytes, latency) are those each
+//! running VIOS last reported (asked for every 2 s).
 
 use crate::manager::Manager;
-use parvm_protocol::{GrantState, PartitionState};
+use parvm_protocol::{GrantState, PartitionState, LATENCY_BUCKETS_US};
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -44,6 +46,41 @@ struct PartitionLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TypeLabels {
     kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DiskLabels {
+    vios: String,
+    disk: String,
+}
+
+/// A histogram another process counted (a VIOS's latency buckets): its
+/// sum, count and per-bucket counts (not cumulative), encoded as is.
+#[derive(Debug, Default)]
+struct ReportedHistogram(std::sync::Mutex<Reported>);
+
+/// Sum, count, and (upper bound, count) per bucket.
+type Reported = (f64, u64, Vec<(f64, u64)>);
+
+impl ReportedHistogram {
+    fn set(&self, sum: f64, count: u64, buckets: Vec<(f64, u64)>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = (sum, count, buckets);
+    }
+}
+
+impl TypedMetric for ReportedHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for ReportedHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let (sum, count, buckets) = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 fn latency() -> Histogram {
@@ -117,6 +154,65 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (hz > 0).then(|| (utime + stime) as f64 / hz as f64)
+}
+
+/// Each VIOS export's figures as its VIOS last reported them.
+fn register_disks(reg: &mut Registry, mgr: &Manager) {
+    let requests = Family::<DiskLabels, Counter>::default();
+    let errors = Family::<DiskLabels, Counter>::default();
+    let read = Family::<DiskLabels, Counter>::default();
+    let written = Family::<DiskLabels, Counter>::default();
+    let latency = Family::<DiskLabels, ReportedHistogram>::default();
+    for (vios, disks) in mgr.disk_stats() {
+        for d in disks {
+            let l = DiskLabels {
+                vios: vios.clone(),
+                disk: d.disk.clone(),
+            };
+            requests.get_or_create(&l).inc_by(d.requests);
+            errors.get_or_create(&l).inc_by(d.errors);
+            read.get_or_create(&l).inc_by(d.read_bytes);
+            written.get_or_create(&l).inc_by(d.written_bytes);
+            // Bounds in seconds; the last bucket is +Inf.
+            let bounds = LATENCY_BUCKETS_US
+                .iter()
+                .map(|us| *us as f64 / 1e6)
+                .chain(std::iter::once(f64::MAX));
+            let buckets: Vec<(f64, u64)> = bounds.zip(d.latency.iter().copied()).collect();
+            let count = d.latency.iter().sum();
+            latency
+                .get_or_create(&l)
+                .set(d.latency_ns as f64 / 1e9, count, buckets);
+        }
+    }
+    reg.register(
+        "vios_disk_requests",
+        "Requests a VIOS export completed, over all its clients",
+        requests,
+    );
+    reg.register(
+        "vios_disk_errors",
+        "Requests of a VIOS export that ended with an error",
+        errors,
+    );
+    reg.register_with_unit(
+        "vios_disk_read",
+        "Bytes a VIOS export read for its clients",
+        Unit::Bytes,
+        read,
+    );
+    reg.register_with_unit(
+        "vios_disk_written",
+        "Bytes a VIOS export wrote for its clients",
+        Unit::Bytes,
+        written,
+    );
+    reg.register_with_unit(
+        "vios_disk_request_duration",
+        "Time a VIOS took to execute a request of the export",
+        Unit::Seconds,
+        latency,
+    );
 }
 
 /// The OpenMetrics text of the manager's state now.
@@ -274,6 +370,8 @@ pub fn render(mgr: &Manager, api: &ApiMetrics) -> Result<String, std::fmt::Error
             gauge(pool.paging.len() as u64),
         );
     }
+
+    register_disks(&mut reg, mgr);
 
     let counts = mgr.event_log().counts();
     let events = Family::<TypeLabels, Counter>::default();

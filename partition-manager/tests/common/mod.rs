@@ -289,3 +289,66 @@ impl Drop for Env {
         }
     }
 }
+
+/// The virtualenv scripts/install-deps.sh makes (python3 with the
+/// system's prometheus_client, and schemathesis).
+pub fn pyenv() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin");
+    assert!(
+        p.join("python3").exists(),
+        "{} missing: run scripts/install-deps.sh",
+        p.display()
+    );
+    p
+}
+
+/// `/metrics` of the manager (with curl on its API socket), and the same
+/// parsed by Prometheus's own OpenMetrics parser:
+/// `{FAMILY: {"type", "samples": [[NAME, LABELS, VALUE], ...]}}`.
+pub fn scrape(env: &Env) -> (String, Value) {
+    let out = Command::new("curl")
+        .args(["-sS", "--unix-socket"])
+        .arg(env.dir.join("api.sock"))
+        .arg("http://localhost/metrics")
+        .output()
+        .expect("curl (scripts/install-deps.sh installs it)");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let script = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = {}
+for f in text_string_to_metric_families(sys.stdin.read()):
+    out[f.name] = {"type": f.type, "samples": [[s.name, s.labels, s.value] for s in f.samples]}
+print(json.dumps(out))
+"#;
+    let mut py = Command::new(pyenv().join("python3"))
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut py.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let parsed = py.wait_with_output().unwrap();
+    assert!(
+        parsed.status.success(),
+        "the OpenMetrics parser refused /metrics: {}\n{text}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    (text, serde_json::from_slice(&parsed.stdout).unwrap())
+}
+
+/// The value of the sample of `family` whose labels include `labels`.
+pub fn sample(families: &Value, family: &str, labels: Value) -> Option<f64> {
+    families[family]["samples"]
+        .as_array()?
+        .iter()
+        .find(|s| {
+            labels
+                .as_object()
+                .unwrap()
+                .iter()
+                .all(|(k, v)| &s[1][k] == v)
+        })
+        .and_then(|s| s[2].as_f64())
+}

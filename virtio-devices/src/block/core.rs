@@ -26,7 +26,8 @@ use virtio_queue::DescriptorChain;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::{Bytes, GuestMemory, Permissions, VolatileSlice};
 
-use super::request::{total_len, GuestBuffer, ParseError, Request, RequestType};
+pub use super::request::Completion;
+use super::request::{total_len, GuestBuffer, ParseError, Request, RequestType, Transfer};
 
 /// Bytes per virtio-blk sector (fixed by the specification).
 pub const SECTOR_SIZE: u64 = 512;
@@ -324,18 +325,6 @@ impl ExecuteError {
     }
 }
 
-/// What to put on the used ring for one chain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Completion {
-    /// Head descriptor index of the chain.
-    pub head_index: u16,
-    /// Bytes written to guest memory (payload + status byte); 0 when the
-    /// chain had no usable status byte.
-    pub used_len: u32,
-    /// The status byte written, if any.
-    pub status: Option<u8>,
-}
-
 /// Options of a block device.
 #[derive(Clone, Debug, Default)]
 pub struct BlockOptions {
@@ -450,8 +439,22 @@ impl<D: DiskBackend> BlockCore<D> {
         M: Deref,
         M::Target: GuestMemory,
     {
-        let mut chain = chain;
+        self.process_counted(chain).0
+    }
+
+    /// As [`Self::process`], with the bytes moved (the VIOS's statistics).
+    pub fn process_counted<M>(&self, mut chain: DescriptorChain<M>) -> (Completion, Transfer)
+    where
+        M: Deref,
+        M::Target: GuestMemory,
+    {
+        let mut transfer = Transfer::default();
         let head_index = chain.head_index();
+        let none = || Completion {
+            head_index,
+            used_len: 0,
+            status: None,
+        };
         let parsed = Request::parse(&mut chain, MAX_DESCRIPTORS);
         let mem = chain.memory();
         let (status_addr, status, used_len) = match parsed {
@@ -460,11 +463,7 @@ impl<D: DiskBackend> BlockCore<D> {
                 status: None,
             }) => {
                 self.guest_error(head_index, &error);
-                return Completion {
-                    head_index,
-                    used_len: 0,
-                    status: None,
-                };
+                return (none(), transfer);
             }
             Err(ParseError {
                 error,
@@ -474,11 +473,14 @@ impl<D: DiskBackend> BlockCore<D> {
                 (addr, VIRTIO_BLK_S_IOERR as u8, 1)
             }
             Ok(request) => match self.execute(mem, &request) {
-                Ok(written) => (
-                    request.status,
-                    VIRTIO_BLK_S_OK as u8,
-                    written.saturating_add(1),
-                ),
+                Ok(written) => {
+                    transfer = Transfer::of(&request, written);
+                    (
+                        request.status,
+                        VIRTIO_BLK_S_OK as u8,
+                        written.saturating_add(1),
+                    )
+                }
                 Err(error) => {
                     self.guest_error(head_index, &error);
                     (request.status, error.status(), 1)
@@ -488,17 +490,14 @@ impl<D: DiskBackend> BlockCore<D> {
         if let Err(e) = mem.write_obj(status, status_addr) {
             // Checked during parsing; only a concurrent memory unplug gets here.
             self.guest_error(head_index, &e);
-            return Completion {
-                head_index,
-                used_len: 0,
-                status: None,
-            };
+            return (none(), Transfer::default());
         }
-        Completion {
+        let done = Completion {
             head_index,
             used_len,
             status: Some(status),
-        }
+        };
+        (done, transfer)
     }
 
     /// Log a request failure caused by the guest; rate limited so a hostile

@@ -21,7 +21,7 @@ pub use self::core::{
 };
 pub use self::device::{Block, BlockConfig, BlockError};
 pub use self::handler::{BlockHandler, QueueRun};
-pub use self::request::{GuestBuffer, ParseError, Request, RequestError, RequestType};
+pub use self::request::{GuestBuffer, ParseError, Request, RequestError, RequestType, Transfer};
 
 #[cfg(test)]
 mod tests;

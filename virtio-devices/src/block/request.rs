@@ -141,6 +141,44 @@ pub struct Request {
     pub status: GuestAddress,
 }
 
+/// What to put on the used ring for one chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// Head descriptor index of the chain.
+    pub head_index: u16,
+    /// Bytes written to guest memory (payload + status byte); 0 when the
+    /// chain had no usable status byte.
+    pub used_len: u32,
+    /// The status byte written, if any.
+    pub status: Option<u8>,
+}
+
+/// The payload a request moved: `read` from the disk into the guest,
+/// `written` from the guest onto the disk (0 for other requests and
+/// failures).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transfer {
+    pub read: u64,
+    pub written: u64,
+}
+
+impl Transfer {
+    /// What `request`, done with `written` bytes into the guest, moved.
+    pub fn of(request: &Request, written: u32) -> Self {
+        match request.request_type {
+            RequestType::In => Transfer {
+                read: u64::from(written),
+                written: 0,
+            },
+            RequestType::Out => Transfer {
+                read: 0,
+                written: total_len(&request.readable),
+            },
+            _ => Transfer::default(),
+        }
+    }
+}
+
 /// Total length of `buffers`.
 pub fn total_len(buffers: &[GuestBuffer]) -> u64 {
     buffers.iter().map(|b| u64::from(b.len)).sum()

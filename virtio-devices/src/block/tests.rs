@@ -22,6 +22,7 @@ use virtio_queue::{Queue, QueueOwnedT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::core::{BlockCore, BlockOptions, Completion, MAX_DESCRIPTORS};
+use super::request::Transfer;
 
 const MEM_SIZE: usize = 0x100_0000; // 16 MiB
 const DISK_SECTORS: u64 = 512; // 256 KiB image
@@ -234,6 +235,50 @@ fn write_then_read_back_pattern() {
     let (completion, back) = f.read(2, 1024);
     assert_eq!(completion, ok(1025));
     assert_eq!(back, data);
+}
+
+#[test]
+fn process_counted_reports_the_bytes_each_way() {
+    let f = fixture();
+    let data = pattern(1536, 3);
+    header(&f.mem, VIRTIO_BLK_T_OUT, 0);
+    f.mem.write_slice(&data, GuestAddress(DATA)).unwrap();
+    let queue = MockSplitQueue::new(&f.mem, 16);
+    let chain = queue
+        .build_desc_chain(&[desc(HDR, 16, R), desc(DATA, 1536, R), desc(STATUS, 1, W)])
+        .unwrap();
+    let (completion, transfer) = f.core.process_counted(chain);
+    assert_eq!(completion, ok(1));
+    assert_eq!(
+        transfer,
+        Transfer {
+            read: 0,
+            written: 1536
+        }
+    );
+    header(&f.mem, VIRTIO_BLK_T_IN, 0);
+    let queue = MockSplitQueue::new(&f.mem, 16);
+    let chain = queue
+        .build_desc_chain(&[desc(HDR, 16, R), desc(DATA, 1024, W), desc(STATUS, 1, W)])
+        .unwrap();
+    let (completion, transfer) = f.core.process_counted(chain);
+    assert_eq!(completion, ok(1025));
+    assert_eq!(
+        transfer,
+        Transfer {
+            read: 1024,
+            written: 0
+        }
+    );
+    // A failed request moved nothing.
+    header(&f.mem, VIRTIO_BLK_T_IN, DISK_SECTORS);
+    let queue = MockSplitQueue::new(&f.mem, 16);
+    let chain = queue
+        .build_desc_chain(&[desc(HDR, 16, R), desc(DATA, 512, W), desc(STATUS, 1, W)])
+        .unwrap();
+    let (completion, transfer) = f.core.process_counted(chain);
+    assert_eq!(completion, ioerr());
+    assert_eq!(transfer, Transfer::default());
 }
 
 #[test]
