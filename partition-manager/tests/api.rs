@@ -388,6 +388,15 @@ fn metrics_parse_with_the_prometheus_parser_and_count_real_requests() {
         16.0 * 1048576.0
     );
     assert!(sample("parvm_vmm_cpu_seconds", json!({"partition": "m"})) >= 0.0);
+    // The hang guest spins: its one vCPU thread runs (clock ticks of
+    // 10 ms: scraped again until one has passed).
+    let vcpu0 = json!({"partition": "m", "vcpu": "0"});
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::sample(&scrape(&env).1, "parvm_vcpu_seconds", vcpu0.clone()).unwrap_or(0.0) == 0.0
+    {
+        assert!(Instant::now() < deadline, "the vCPU thread never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(families["parvm_api_requests"]["type"], "counter");
     let route = "/v1/partitions/{name}";
     assert_eq!(

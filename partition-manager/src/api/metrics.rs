@@ -142,10 +142,38 @@ fn counter(v: u64) -> Counter {
     c
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VcpuLabels {
+    partition: String,
+    vcpu: String,
+}
+
 /// A VMM process's CPU time (user + system, all threads: mostly its
 /// vCPUs), from `/proc/PID/stat`.
 fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// Each vCPU thread's CPU time (the threads named `vcpuN`), from
+/// `/proc/PID/task/TID/stat`.
+fn vcpu_seconds(pid: u32) -> Vec<(String, f64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            let index = comm.trim().strip_prefix("vcpu")?.parse::<u32>().ok()?;
+            let secs = stat_seconds(&t.path().join("stat").display().to_string())?;
+            Some((index.to_string(), secs))
+        })
+        .collect()
+}
+
+/// utime + stime of a `/proc/.../stat` file, in seconds.
+fn stat_seconds(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // After the command name in parentheses: state is field 3, utime 14.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split(' ').collect();
@@ -247,6 +275,7 @@ pub fn render(mgr: &Manager, api: &ApiMetrics) -> Result<String, std::fmt::Error
     let vcpus = Family::<PartitionLabels, Gauge>::default();
     let memory = Family::<PartitionLabels, Gauge>::default();
     let cpu = Family::<PartitionLabels, Counter<f64, AtomicU64>>::default();
+    let vcpu = Family::<VcpuLabels, Counter<f64, AtomicU64>>::default();
     let page_ins = Family::<PartitionLabels, Counter>::default();
     let page_outs = Family::<PartitionLabels, Counter>::default();
     let resident = Family::<PartitionLabels, Gauge>::default();
@@ -261,6 +290,13 @@ pub fn render(mgr: &Manager, api: &ApiMetrics) -> Result<String, std::fmt::Error
         }
         if let Some(secs) = p.pid.and_then(cpu_seconds) {
             cpu.get_or_create(&l).inc_by(secs);
+        }
+        for (index, secs) in p.pid.map(vcpu_seconds).unwrap_or_default() {
+            let l = VcpuLabels {
+                partition: p.name.clone(),
+                vcpu: index,
+            };
+            vcpu.get_or_create(&l).inc_by(secs);
         }
         if let Some(m) = p.memory.as_ref().filter(|m| m.reported) {
             page_ins.get_or_create(&l).inc_by(m.page_ins);
@@ -285,6 +321,12 @@ pub fn render(mgr: &Manager, api: &ApiMetrics) -> Result<String, std::fmt::Error
         "CPU time of the partition's VMM process (user + system, its vCPU threads included)",
         Unit::Seconds,
         cpu,
+    );
+    reg.register_with_unit(
+        "vcpu",
+        "CPU time of each vCPU thread of the partition's VMM (user + system)",
+        Unit::Seconds,
+        vcpu,
     );
     reg.register(
         "partition_page_ins",
