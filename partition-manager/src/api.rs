@@ -129,20 +129,6 @@ impl Api {
     /// `503` at once. `peer` is the refused uid of a Unix peer.
     fn connection(self: &Arc<Self>, mut conn: Conn, peer: Result<(), u32>) {
         let _ = conn.set_write_timeout(Some(Duration::from_millis(500)));
-        if let Err(uid) = peer {
-            if let Some(suppressed) = CONNECT_LOG.allow() {
-                tracing::warn!(uid, suppressed, "API connection refused: uid not allowed");
-            }
-            self.refuse(
-                &mut conn,
-                ErrorKind::PermissionDenied,
-                &format!(
-                    "uid {uid} may not use this partition manager (only uid {} and root)",
-                    euid()
-                ),
-            );
-            return;
-        }
         let n = self.active.fetch_add(1, Ordering::AcqRel);
         if n >= self.limits.max_clients {
             self.active.fetch_sub(1, Ordering::AcqRel);
@@ -154,11 +140,27 @@ impl Api {
                     "the partition manager serves {max} API clients at once already; try again"
                 ),
             );
+            conn.finish_now();
             return;
         }
         let api = self.clone();
         spawn_thread("api-client", move || {
-            api.serve_connection(conn);
+            match peer {
+                Ok(()) => api.serve_connection(conn),
+                Err(uid) => {
+                    // Answered on its own thread (counted like a client):
+                    // the answer waits for the request to be read away.
+                    if let Some(suppressed) = CONNECT_LOG.allow() {
+                        tracing::warn!(uid, suppressed, "API connection refused: uid not allowed");
+                    }
+                    let message = format!(
+                        "uid {uid} may not use this partition manager (only uid {} and root)",
+                        euid()
+                    );
+                    api.refuse(&mut conn, ErrorKind::PermissionDenied, &message);
+                    conn.finish();
+                }
+            }
             api.active.fetch_sub(1, Ordering::AcqRel);
         });
     }
@@ -173,8 +175,8 @@ impl Api {
                 v.to_string().as_bytes(),
                 true,
             );
-            if sent.is_ok() {
-                conn.finish();
+            if sent.is_err() {
+                tracing::debug!("API: the refusal could not be sent");
             }
         }
     }

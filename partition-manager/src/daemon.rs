@@ -170,10 +170,14 @@ pub fn lock_state_dir(dir: &Path) -> Result<File, DaemonError> {
 /// re-attach here after a manager restart) the socket is 0660 and a
 /// directory it creates 0710, both of that group.
 pub fn listen(path: &Path, partition_group: Option<u32>) -> Result<UnixListener, DaemonError> {
-    let listen_err = |source| DaemonError::Listen {
-        path: path.to_path_buf(),
-        source,
-    };
+    socket_dir(path, partition_group)?;
+    bind(path, partition_group)
+}
+
+/// Creates the socket's directory if missing: 0700, or 0710 of
+/// `partition_group`. What [`listen`] does first; a caller that binds
+/// another socket there before (the HTTP API's) calls it itself.
+pub fn socket_dir(path: &Path, partition_group: Option<u32>) -> Result<(), DaemonError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
             let dir_err = |source| DaemonError::Dir {
@@ -189,6 +193,15 @@ pub fn listen(path: &Path, partition_group: Option<u32>) -> Result<UnixListener,
             }
         }
     }
+    Ok(())
+}
+
+/// Binds the listening socket in its (existing) directory.
+fn bind(path: &Path, partition_group: Option<u32>) -> Result<UnixListener, DaemonError> {
+    let listen_err = |source| DaemonError::Listen {
+        path: path.to_path_buf(),
+        source,
+    };
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
             return Err(DaemonError::InUse(path.to_path_buf()));

@@ -478,6 +478,9 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
             "all",
         ])
         .env("SCHEMATHESIS_HOOKS", "")
+        // Its caches (.schemathesis/, .hypothesis/) go to the scratch
+        // directory, not the source tree.
+        .current_dir(&dir)
         .stdin(Stdio::null())
         .output()
         .unwrap();

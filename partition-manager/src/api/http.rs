@@ -65,6 +65,32 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// As [`Self::finish`] without waiting: only what already arrived is
+    /// read away (for answers sent on the accepting thread).
+    pub fn finish_now(&mut self) {
+        let nonblocking = match self {
+            Conn::Unix(s) => s
+                .shutdown(std::net::Shutdown::Write)
+                .and_then(|_| s.set_nonblocking(true)),
+            Conn::Tcp(s) => s
+                .shutdown(std::net::Shutdown::Write)
+                .and_then(|_| s.set_nonblocking(true)),
+        };
+        if nonblocking.is_err() {
+            return;
+        }
+        let mut sink = [0u8; 4096];
+        let mut left = 64usize << 10;
+        while left > 0 {
+            match self.read(&mut sink) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    }
+}
+
 impl Read for Conn {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {

@@ -189,11 +189,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let tcp = args.api_listen.map(api::listen_tcp).transpose()?;
-    let listener = daemon::listen(&socket, run_as.as_ref().map(|u| u.gid))?;
+    // The API's socket first: once --socket answers, so does the API.
+    let partition_group = run_as.as_ref().map(|u| u.gid);
+    daemon::socket_dir(&socket, partition_group)?;
+    let api_listener = api::listen_unix(&api_socket)?;
+    let listener = daemon::listen(&socket, partition_group)?;
     if args.log_max_mib > 0 {
         partition_manager::logrotate::start(state_dir.join("logs"), args.log_max_mib << 20);
     }
-    let api_listener = api::listen_unix(&api_socket)?;
     service::on_shutdown(mgr.clone(), vec![socket.clone(), api_socket.clone()]);
     let limits = daemon::Limits {
         max_clients: args.max_clients,
