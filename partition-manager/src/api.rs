@@ -352,6 +352,7 @@ impl Api {
             }
             ("GET", ["v1", "vios"]) => ("/v1/vios", routes::list_vios(mgr)),
             (_, ["v1", "vios"]) => with405(not_allowed("/v1/vios")),
+            ("GET", ["v1", "segments"]) => ("/v1/segments", routes::segments(mgr)),
             ("POST", ["v1", "segments"]) => ("/v1/segments", routes::segment_create(mgr, req)),
             (_, ["v1", "segments"]) => with405(not_allowed("/v1/segments")),
             ("GET", ["v1", "grants"]) => ("/v1/grants", routes::grants(mgr)),
@@ -457,12 +458,11 @@ impl Api {
 /// The methods a route template answers, for `405`'s `Allow`.
 fn allowed_methods(route: &str) -> &'static str {
     match route {
-        "/v1/partitions" | "/v1/grants" => "GET, POST",
+        "/v1/partitions" | "/v1/grants" | "/v1/segments" => "GET, POST",
         "/v1/partitions/{name}" => "GET, DELETE",
         "/v1/partitions/{name}/definition" => "GET, PATCH",
         "/v1/pool" => "GET, POST, PATCH",
         "/v1/partitions/{name}/{action}"
-        | "/v1/segments"
         | "/v1/grants/accept"
         | "/v1/grants/regrant"
         | "/v1/grants/revoke"

@@ -154,6 +154,8 @@ fn curl_defines_starts_lists_grants_and_stops_partitions() {
     let table = curl_json(&env, "GET", "/v1/grants", None, 200);
     assert_eq!(table["grants"][0]["state"], "accepted");
     assert_eq!(table["segments"][0]["name"], "a/buf");
+    let segs = curl_json(&env, "GET", "/v1/segments", None, 200);
+    assert_eq!(segs["segments"], table["segments"]);
     let e = curl_json(
         &env,
         "POST",

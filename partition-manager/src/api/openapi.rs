@@ -34,6 +34,7 @@ pub fn document_path() {}
         routes::action,
         routes::console,
         routes::list_vios,
+        routes::segments,
         routes::segment_create,
         routes::grants,
         routes::grant,

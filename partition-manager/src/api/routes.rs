@@ -271,6 +271,11 @@ pub struct GrantTable {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+pub struct SegmentList {
+    pub segments: Vec<SegmentInfo>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Revoked {
     pub revoked: Vec<GrantInfo>,
 }
@@ -504,6 +509,14 @@ pub fn segment_create(mgr: &Arc<Manager>, req: &HttpRequest) -> Reply {
         gpa: b.gpa,
     };
     call(mgr, request, 201)
+}
+
+/// The memory segments (the `segments` of `GET /v1/grants`).
+#[utoipa::path(get, path = "/v1/segments", tag = "grants",
+    responses((status = 200, body = SegmentList), (status = "4XX", body = ApiError), (status = "5XX", body = ApiError)))]
+pub fn segments(mgr: &Arc<Manager>) -> Reply {
+    let (segments, _, _) = mgr.grant_table();
+    json(200, SegmentList { segments })
 }
 
 /// Segments, grants and doorbells (`parctl grants --json`).
