@@ -233,3 +233,16 @@ put("vhost_user", "table-past-eof", vu_seed(0, session[:5] + [vu(5, region, ctl=
 put("vhost_user", "add-mem-reg", vu_seed(0, session[:5] + [vu(37, struct.pack("<Q", 0) + region[8:], ctl=1 | 8 | (15 << 4)),
                                                            vu(38, struct.pack("<Q", 0) + region[8:])]))
 put("vhost_user", "get-vring-base", vu_seed(0, session + [vu(11, struct.pack("<II", 0, 0))]))
+
+
+# --- http: what a client sends on the API socket, then it hangs up -------
+
+put("http", "get", "GET /v1/partitions HTTP/1.1\r\nHost: localhost\r\n\r\n")
+body = '{"definition":{"name":"a"},"x":[1]}'
+put("http", "post-body", "POST /v1/partitions?dry_run=true HTTP/1.1\r\nHost: localhost\r\n"
+    "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+put("http", "pipelined", "GET /v1/events?since=3&wait_ms=10 HTTP/1.1\r\nAccept: text/event-stream\r\n"
+    "Last-Event-ID: 7\r\n\r\nGET /v1/pool HTTP/1.1\r\nConnection: close\r\n\r\n")
+put("http", "short-body", "POST /v1/grants HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nab")
+put("http", "chunked", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+put("http", "percent", "GET /v1/partitions/%zz%2Fb HTTP/1.0\r\n\r\n")

@@ -20,12 +20,14 @@
 //!   memfds and eventfds beside them) to the VIOS's `serve_stream`.
 //! - [`grant_table`]: the manager's grant table driven by a sequence of
 //!   operations, its invariants checked after each.
+//! - [`http`]: the manager's HTTP/1.1 request reader, on a socket.
 
 pub mod block;
 pub mod definition;
 pub mod frame;
 pub mod grant_table;
 pub mod hcall;
+pub mod http;
 pub mod vhost_user;
 
 /// A target body: takes any bytes, panics only on a finding.
@@ -39,6 +41,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("hcall", hcall::hcall),
     ("vhost_user", vhost_user::vhost_user),
     ("grant_table", grant_table::grant_table),
+    ("http", http::http),
 ];
 
 /// A cursor over fuzz input: every read succeeds, returning zeroes once the
