@@ -575,7 +575,6 @@ fn broken_oversized_and_stalled_http_clients_do_not_disturb_others() {
     let _ = stalled.read_to_string(&mut out);
     assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
     assert!(t.elapsed() < Duration::from_secs(5));
-    assert!(env.manager.is_some());
     // The manager lives on.
     curl_json(&env, "GET", "/v1/partitions", None, 200);
 }

@@ -57,7 +57,7 @@ struct Args {
     json: bool,
     /// Seconds to wait for the manager's answer [default: 5, or 60 for
     /// commands that wait for a VMM: start, stop, restart, kill, pause,
-    /// resume, accept, revoke, pool resize].
+    /// resume, accept, revoke, share, pool resize].
     #[arg(long, global = true, value_name = "SECS", value_parser = parse_secs)]
     timeout: Option<Duration>,
     #[command(subcommand)]
