@@ -337,6 +337,13 @@ impl Api {
                 "/v1/partitions/{name}/console",
                 named!(n, |n| routes::console(mgr, n)),
             ),
+            ("PATCH", ["v1", "partitions", n, "cpu"]) => (
+                "/v1/partitions/{name}/cpu",
+                named!(n, |n| routes::set_cpu(mgr, n, req)),
+            ),
+            (_, ["v1", "partitions", _, "cpu"]) => {
+                with405(not_allowed("/v1/partitions/{name}/cpu"))
+            }
             (_, ["v1", "partitions", _, "console"]) => {
                 with405(not_allowed("/v1/partitions/{name}/console"))
             }
@@ -350,6 +357,9 @@ impl Api {
             (_, ["v1", "partitions", _, _]) => {
                 with405(not_allowed("/v1/partitions/{name}/{action}"))
             }
+            ("GET", ["v1", "policy"]) => ("/v1/policy", routes::policy_show(mgr)),
+            ("PUT", ["v1", "policy"]) => ("/v1/policy", routes::policy_set(mgr, req)),
+            (_, ["v1", "policy"]) => with405(not_allowed("/v1/policy")),
             ("GET", ["v1", "vios"]) => ("/v1/vios", routes::list_vios(mgr)),
             (_, ["v1", "vios"]) => with405(not_allowed("/v1/vios")),
             ("GET", ["v1", "segments"]) => ("/v1/segments", routes::segments(mgr)),
@@ -462,6 +472,8 @@ fn allowed_methods(route: &str) -> &'static str {
         "/v1/partitions/{name}" => "GET, DELETE",
         "/v1/partitions/{name}/definition" => "GET, PATCH",
         "/v1/pool" => "GET, POST, PATCH",
+        "/v1/policy" => "GET, PUT",
+        "/v1/partitions/{name}/cpu" => "PATCH",
         "/v1/partitions/{name}/{action}"
         | "/v1/grants/accept"
         | "/v1/grants/regrant"

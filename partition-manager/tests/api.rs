@@ -194,6 +194,26 @@ fn curl_defines_starts_lists_grants_and_stops_partitions() {
     );
     assert_eq!(e["error"]["kind"], "invalid_state");
 
+    // Processor entitlement and the workload policy (docs/workload.md).
+    let s = curl_json(
+        &env,
+        "PATCH",
+        "/v1/partitions/a/cpu",
+        Some(&json!({"entitled": 0.5, "mode": "capped"})),
+        200,
+    );
+    assert_eq!(s["cpu"]["entitled"], 0.5, "{s}");
+    let p = curl_json(&env, "GET", "/v1/policy", None, 200);
+    assert_eq!(p["policy"]["enabled"], false);
+    let bad = json!({"idle_pct": 95});
+    let e = curl_json(&env, "PUT", "/v1/policy", Some(&bad), 400);
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("idle_pct"),
+        "{e}"
+    );
+    let p = curl_json(&env, "PUT", "/v1/policy", Some(&json!({"step": 0.2})), 200);
+    assert_eq!(p["policy"]["step"], 0.2);
+
     // Stop, twice: the second is no error.
     for _ in 0..2 {
         let s = curl_json(&env, "POST", "/v1/partitions/a/stop", None, 200);

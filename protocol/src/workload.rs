@@ -8,12 +8,14 @@ use serde::{Deserialize, Serialize};
 /// The policy as its file (`parctl policy set FILE`) and `parctl policy
 /// show` have it. Off by default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     pub enabled: bool,
     /// Processing units the entitlements of running partitions may add up
     /// to (PowerVM's shared processor pool); `null`: the host's cores.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
     pub pool: Option<ProcUnits>,
     /// A partition using at least this % of its entitlement is starved.
     pub starved_pct: u32,
@@ -26,6 +28,7 @@ pub struct Policy {
     /// Samples a partition is left alone after a move that touched it.
     pub cooldown_samples: u32,
     /// Processing units one move shifts at most.
+    #[cfg_attr(feature = "openapi", schema(value_type = f64))]
     pub step: ProcUnits,
 }
 
@@ -64,11 +67,14 @@ impl Policy {
 
 /// A change of one partition's entitlement by the policy, with its reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PolicyMove {
     /// Unix time (seconds) it was made.
     pub at: u64,
     pub partition: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = f64))]
     pub from: ProcUnits,
+    #[cfg_attr(feature = "openapi", schema(value_type = f64))]
     pub to: ProcUnits,
     pub reason: String,
 }

@@ -8,10 +8,10 @@
 use super::http::{percent_decode, HttpRequest};
 use crate::daemon;
 use crate::manager::Manager;
-use parvm_config::{Definition, RestartPolicy, SegmentSpec};
+use parvm_config::{CpuMode, Definition, ProcUnits, RestartPolicy, SegmentSpec};
 use parvm_protocol::{
     DoorbellInfo, ErrorKind, EventBatch, GrantCookie, GrantInfo, PagingDevice, PartitionStatus,
-    PoolInfo, Request, Response, Rights, SegmentInfo, SharedConfig,
+    Policy, PolicyMove, PoolInfo, Request, Response, Rights, SegmentInfo, SharedConfig,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -140,7 +140,7 @@ fn answer_of(answer: Response, ok: u16) -> Reply {
             },
         ),
         Response::Events(batch) => json(ok, batch),
-        Response::Policy { policy, moves } => json(ok, json!({ "policy": policy, "moves": moves })),
+        Response::Policy { policy, moves } => json(ok, PolicyView { policy, moves }),
         other => error(ErrorKind::Internal, format!("unexpected answer {other:?}")),
     }
 }
@@ -268,6 +268,30 @@ pub struct GrantTable {
     pub segments: Vec<SegmentInfo>,
     pub grants: Vec<GrantInfo>,
     pub doorbells: Vec<DoorbellInfo>,
+}
+
+/// `PATCH /v1/partitions/{name}/cpu`: what `parctl set NAME cpu.KEY=VALUE`
+/// sends (docs/workload.md).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CpuBody {
+    /// Processing units (1.0 is one core, two decimals).
+    #[serde(default)]
+    #[schema(value_type = Option<f64>)]
+    pub entitled: Option<ProcUnits>,
+    /// `capped` or `uncapped`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub mode: Option<CpuMode>,
+    #[serde(default)]
+    pub weight: Option<u8>,
+}
+
+/// The workload policy and its last moves, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PolicyView {
+    pub policy: Policy,
+    pub moves: Vec<PolicyMove>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -460,6 +484,37 @@ pub fn action(mgr: &Arc<Manager>, name: String, action: &str) -> Reply {
         }
     };
     call(mgr, request, 200)
+}
+
+/// Change a partition's processor entitlement, running or not, within its
+/// `cpu` section's min and max (`parctl set`, docs/workload.md).
+#[utoipa::path(patch, path = "/v1/partitions/{name}/cpu", tag = "partitions", request_body = CpuBody,
+    params(("name" = String, Path, description = "partition name")),
+    responses((status = 200, body = PartitionStatus), (status = "4XX", body = ApiError), (status = "5XX", body = ApiError)))]
+pub fn set_cpu(mgr: &Arc<Manager>, name: String, req: &HttpRequest) -> Reply {
+    let b: CpuBody = tryr!(body(req));
+    let request = Request::SetCpu {
+        name,
+        entitled: b.entitled,
+        mode: b.mode,
+        weight: b.weight,
+    };
+    call(mgr, request, 200)
+}
+
+/// The workload policy and its last moves (`parctl policy show`).
+#[utoipa::path(get, path = "/v1/policy", tag = "partitions",
+    responses((status = 200, body = PolicyView), (status = "4XX", body = ApiError), (status = "5XX", body = ApiError)))]
+pub fn policy_show(mgr: &Arc<Manager>) -> Reply {
+    call(mgr, Request::PolicyShow, 200)
+}
+
+/// Replace the workload policy (`parctl policy set`).
+#[utoipa::path(put, path = "/v1/policy", tag = "partitions", request_body = Policy,
+    responses((status = 200, body = PolicyView), (status = "4XX", body = ApiError), (status = "5XX", body = ApiError)))]
+pub fn policy_set(mgr: &Arc<Manager>, req: &HttpRequest) -> Reply {
+    let policy: Policy = tryr!(body(req));
+    call(mgr, Request::PolicySet { policy }, 200)
 }
 
 /// The end of the console log (at most 1 MiB), as text.
