@@ -15,6 +15,9 @@
 //!   manager: take the inherited control socket, and after a manager
 //!   restart dial its socket again (peer checked with `SO_PEERCRED`) and
 //!   attach with the token.
+//! - [`dump`]: firmware-assisted dump: the table on a dump disk (outside
+//!   input when read back, checked field by field) and the dump records as
+//!   they travel.
 //! - [`cli`]: what every binary does at its edge (logging, one-line errors).
 //! - this file: the message types, one enum per direction and peer:
 //!   [`Request`]/[`Response`] on the manager's listening socket,
@@ -34,6 +37,7 @@
 //! partition manager, `parctl`) depends on it.
 
 pub mod cli;
+pub mod dump;
 pub mod frame;
 pub mod grant;
 pub mod managed;
