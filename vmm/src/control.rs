@@ -124,11 +124,14 @@ impl PauseGate {
     }
 
     /// Called by a vCPU thread before KVM_RUN: holds it while a pause is
-    /// requested and the partition is not exiting.
-    pub fn checkpoint(&self, exit: &ExitSignal) {
+    /// requested and the partition is not exiting. `on_hold` runs before
+    /// the thread counts as held (it saves the registers for a dump), so a
+    /// [`PauseGate::pause`] that returned true has seen it run on every vCPU.
+    pub fn checkpoint(&self, exit: &ExitSignal, on_hold: impl FnOnce()) {
         if !self.requested.load(Ordering::SeqCst) {
             return;
         }
+        on_hold();
         let mut g = lock(&self.inner);
         g.held += 1;
         self.changed.notify_all();
@@ -513,6 +516,7 @@ fn handle_plain(s: &Shared, msg: ManagerToVmm) {
                 // reachable, so the partition ends.
                 tracing::error!(partition = %s.name, %key, error = %e, "cannot unmap a revoked grant; stopping");
                 s.exit.request(ExitReason::Crash {
+                    kind: crate::devices::exit::CrashKind::InternalError,
                     reason: format!("cannot unmap revoked grant {key}: {e}"),
                     registers: String::new(),
                 });
@@ -618,6 +622,7 @@ mod tests {
             ExitStatus::Signal { signal: 15 }
         );
         let crash = ExitReason::Crash {
+            kind: crate::devices::exit::CrashKind::TripleFault,
             reason: "triple fault".into(),
             registers: String::new(),
         };
@@ -662,7 +667,7 @@ mod tests {
             std::thread::spawn(move || {
                 gate.enter();
                 while !exit.requested() {
-                    gate.checkpoint(&exit);
+                    gate.checkpoint(&exit, || {});
                     passes.fetch_add(1, Ordering::SeqCst);
                     std::thread::sleep(Duration::from_millis(1));
                 }

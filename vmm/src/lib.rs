@@ -21,6 +21,8 @@
 //!   pause barrier the vCPUs pass.
 //! - [`seccomp`]: the syscall filter of each thread role, installed by each
 //!   thread once set-up is over.
+//! - [`dump`]: firmware-assisted dump: the core of a failed (or running)
+//!   partition written to a dump disk on a VIOS, and the watchdog.
 //! - [`grants`]: segments shared by other partitions (extra memory slots in
 //!   the grant windows), doorbells, the hcall device and the link to the
 //!   manager they report and call through; one file per job (see its map).
@@ -37,6 +39,7 @@ pub mod config;
 pub mod control;
 pub mod cpuid;
 pub mod devices;
+pub mod dump;
 pub mod grants;
 pub mod interrupts;
 pub mod memory;
@@ -47,7 +50,7 @@ pub mod vcpu;
 use crate::builder::Machine;
 use crate::config::PartitionConfig;
 use crate::devices::bus::lock;
-use crate::devices::exit::{ExitReason, ExitSignal};
+use crate::devices::exit::{CrashKind, ExitReason, ExitSignal};
 use crate::devices::serial::SerialPort;
 use crate::devices::virtio::VirtioDevices;
 use crate::memory::GuestRam;
@@ -92,6 +95,8 @@ pub enum VmmError {
     Setup(&'static str, String),
     #[error("shared memory: {0}")]
     Pager(#[from] pager::PagerError),
+    #[error(transparent)]
+    Dump(#[from] dump::DumpError),
 }
 
 const REQUIRED_CAPS: &[(Cap, &str)] = &[
@@ -139,6 +144,7 @@ pub struct Vmm {
     pause: Arc<control::PauseGate>,
     virtio: VirtioDevices,
     pager: Option<Arc<pager::Pager>>,
+    dumper: Option<Arc<dump::Dumper>>,
 }
 
 impl Vmm {
@@ -155,7 +161,9 @@ impl Vmm {
         let virtio = machine.attach_virtio_disks(&config.disks, config.shared.is_some())?;
         let rsdp = machine.attach_acpi_tables(config.vcpus, &virtio)?;
         let entry = machine.load_kernel(&config, &virtio, rsdp)?;
-        let (vcpus, pause) = machine.attach_vcpus(config.vcpus, entry)?;
+        let pause = Arc::new(control::PauseGate::new());
+        let (dumper, hooks) = builder::attach_dumper(&machine.ram, &config, &pause, &machine.exit)?;
+        let vcpus = machine.attach_vcpus(config.vcpus, entry, pause.clone(), &hooks)?;
         Ok(Vmm {
             config,
             _kvm: machine.kvm,
@@ -168,6 +176,7 @@ impl Vmm {
             pause,
             virtio,
             pager: pager.map(Arc::new),
+            dumper,
         })
     }
 
@@ -189,6 +198,11 @@ impl Vmm {
     /// The pager of a shared-memory partition.
     pub fn pager(&self) -> Option<Arc<pager::Pager>> {
         self.pager.clone()
+    }
+
+    /// The dump thread, when the definition has `on_crash`.
+    pub fn dumper(&self) -> Option<Arc<dump::Dumper>> {
+        self.dumper.clone()
     }
 
     /// The serial console, for input from the control channel.
@@ -239,7 +253,35 @@ impl Vmm {
         if let Some(pager) = &self.pager {
             eprintln!("vmm: pager: {}", pager.report());
         }
-        Ok(self.exit.reason().unwrap_or(ExitReason::PowerOff))
+        let reason = self.exit.reason().unwrap_or(ExitReason::PowerOff);
+        if let (Some(dumper), ExitReason::Crash { kind, reason, .. }) = (&self.dumper, &reason) {
+            crash_dump(dumper, *kind, reason);
+        }
+        if let Some(dumper) = &self.dumper {
+            dumper.shut_down();
+        }
+        Ok(reason)
+    }
+}
+
+/// After a crash, the dump to the dump disk (if one is configured); its
+/// outcome goes to stderr (and, as progress, to the manager).
+fn crash_dump(dumper: &dump::Dumper, kind: CrashKind, reason: &str) {
+    if !dumper.has_disk() {
+        return;
+    }
+    eprintln!("vmm: dumping after: {reason}");
+    match dumper.crash_dump(kind.trigger(), reason) {
+        Ok(d) => eprintln!(
+            "vmm: dump {} complete: {} bytes at offset {:#x} of the dump disk ({} of {} bytes of RAM were zero, not written) in {} ms",
+            d.id,
+            d.size,
+            d.offset,
+            d.zero_bytes,
+            d.ram_bytes,
+            d.finished_ms.unwrap_or(d.started_ms).saturating_sub(d.started_ms)
+        ),
+        Err(e) => eprintln!("vmm: dump failed: {e}"),
     }
 }
 

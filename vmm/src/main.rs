@@ -147,7 +147,9 @@ fn run(args: Args) -> anyhow::Result<i32> {
         control.finish(&reason);
     }
     match &reason {
-        ExitReason::Crash { reason, registers } => {
+        ExitReason::Crash {
+            reason, registers, ..
+        } => {
             eprintln!("vmm: guest crashed: {reason}");
             eprint!("{registers}");
         }

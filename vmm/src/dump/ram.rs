@@ -1,0 +1,232 @@
+//! What of guest RAM a dump writes: the pieces of RAM (guest-physical
+//! ranges and where they sit in the memfd), the runs of pages that are not
+//! zero (holes of the memfd are never read: `SEEK_DATA`/`SEEK_HOLE`; pages
+//! that are allocated but zero are found by reading them), and the PT_LOADs
+//! that describe both.
+
+use super::elf::{Load, MAX_PHDRS};
+use crate::memory::{ram_ranges, GuestRam};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+
+pub const PAGE: u64 = 4096;
+
+/// A guest-physical range of RAM and its place in the memfd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RamPiece {
+    pub gpa: u64,
+    pub len: u64,
+    pub memfd_offset: u64,
+}
+
+/// The pieces of a partition's RAM, in guest-physical order (the memfd
+/// holds them back to back, see `memory::GuestRam::new`).
+pub fn pieces(ram: &GuestRam) -> Vec<RamPiece> {
+    let mut offset = 0;
+    ram_ranges(ram.size)
+        .into_iter()
+        .map(|(gpa, len)| {
+            let p = RamPiece {
+                gpa: gpa.0,
+                len,
+                memfd_offset: offset,
+            };
+            offset += len;
+            p
+        })
+        .collect()
+}
+
+impl RamPiece {
+    /// The memfd offset of guest-physical `gpa` (inside this piece).
+    pub fn memfd_at(&self, gpa: u64) -> u64 {
+        self.memfd_offset + (gpa - self.gpa)
+    }
+}
+
+fn seek(fd: &File, offset: u64, whence: i32) -> io::Result<Option<u64>> {
+    // SAFETY: lseek on a descriptor we own; no memory is passed.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), offset as libc::off_t, whence) };
+    if r >= 0 {
+        return Ok(Some(r as u64));
+    }
+    let e = io::Error::last_os_error();
+    // ENXIO: no data (or hole) at or after the offset.
+    if e.raw_os_error() == Some(libc::ENXIO) {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    let (head, words, tail) = {
+        // SAFETY: any bytes are valid u128s; align_to only reinterprets.
+        unsafe { page.align_to::<u128>() }
+    };
+    head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
+}
+
+/// The non-zero pages of each piece, as guest-physical runs
+/// `(gpa, bytes)` in ascending order. `buf` is scratch (a multiple of 4 KiB).
+pub fn scan(memfd: &File, pieces: &[RamPiece], buf: &mut [u8]) -> io::Result<Vec<(u64, u64)>> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for p in pieces {
+        let end = p.memfd_offset + p.len;
+        let mut pos = p.memfd_offset;
+        while pos < end {
+            let Some(data) = seek(memfd, pos, libc::SEEK_DATA)? else {
+                break;
+            };
+            if data >= end {
+                break;
+            }
+            let data = data - data % PAGE;
+            let hole = seek(memfd, data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+            let mut at = data;
+            while at < hole {
+                let n = ((hole - at) as usize).min(buf.len());
+                memfd.read_exact_at(&mut buf[..n], at)?;
+                for (i, page) in buf[..n].chunks(PAGE as usize).enumerate() {
+                    if is_zero(page) {
+                        continue;
+                    }
+                    let gpa = p.gpa + (at - p.memfd_offset) + i as u64 * PAGE;
+                    match runs.last_mut() {
+                        Some((start, len)) if *start + *len == gpa => *len += PAGE,
+                        _ => runs.push((gpa, PAGE)),
+                    }
+                }
+                at += n as u64;
+            }
+            pos = hole.max(data + PAGE);
+        }
+    }
+    Ok(runs)
+}
+
+/// PT_LOADs covering every piece: the data runs (written) and the zero
+/// runs between them (not written). Zero gaps shorter than `min_gap` are
+/// written as data; the smallest power-of-two `min_gap` (from one page)
+/// that keeps the count under the ELF limit is used.
+pub fn loads(pieces: &[RamPiece], data: &[(u64, u64)]) -> Vec<Load> {
+    let mut min_gap = PAGE;
+    loop {
+        let l = loads_with(pieces, data, min_gap);
+        if l.len() < MAX_PHDRS || min_gap >= 1 << 40 {
+            return l;
+        }
+        min_gap *= 2;
+    }
+}
+
+fn loads_with(pieces: &[RamPiece], data: &[(u64, u64)], min_gap: u64) -> Vec<Load> {
+    let mut out: Vec<Load> = Vec::new();
+    for p in pieces {
+        let end = p.gpa + p.len;
+        let mut at = p.gpa;
+        let push = |out: &mut Vec<Load>, paddr: u64, memsz: u64, file: bool| {
+            if memsz == 0 {
+                return;
+            }
+            match out.last_mut() {
+                Some(l) if l.file == file && l.paddr + l.memsz == paddr => l.memsz += memsz,
+                _ => out.push(Load { paddr, memsz, file }),
+            }
+        };
+        for &(gpa, len) in data.iter().filter(|(g, _)| *g >= p.gpa && *g < end) {
+            let gap = gpa - at;
+            // A short gap between two data runs is written as data.
+            let short = gap < min_gap && at != p.gpa;
+            push(&mut out, at, gap, short);
+            push(&mut out, gpa, len, true);
+            at = gpa + len;
+        }
+        push(&mut out, at, end - at, false);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn memfd(len: u64) -> File {
+        // SAFETY: memfd_create with a NUL-terminated name.
+        let fd = unsafe { libc::memfd_create(c"dump-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: a fresh descriptor nobody else owns.
+        let f = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        f.set_len(len).unwrap();
+        f
+    }
+
+    #[test]
+    fn scan_finds_non_zero_pages_and_skips_holes_and_zero_pages() {
+        let f = memfd(64 << 20);
+        let pieces = [
+            RamPiece {
+                gpa: 0,
+                len: 32 << 20,
+                memfd_offset: 0,
+            },
+            RamPiece {
+                gpa: 1 << 32,
+                len: 32 << 20,
+                memfd_offset: 32 << 20,
+            },
+        ];
+        f.write_all_at(&[1; 8192], 0x10_0000).unwrap();
+        f.write_all_at(&[0; 4096], 0x20_0000).unwrap(); // allocated, zero
+        f.write_all_at(&[2], 0x20_1000 + 4095).unwrap();
+        f.write_all_at(&[3], (32 << 20) + 0x5000).unwrap();
+        let mut buf = vec![0; 64 << 10];
+        let runs = scan(&f, &pieces, &mut buf).unwrap();
+        assert_eq!(
+            runs,
+            vec![
+                (0x10_0000, 0x2000),
+                (0x20_1000, 0x1000),
+                ((1 << 32) + 0x5000, 0x1000)
+            ]
+        );
+        let l = loads(&pieces, &runs);
+        let total: u64 = l.iter().map(|l| l.memsz).sum();
+        assert_eq!(total, 64 << 20);
+        let written: u64 = l.iter().filter(|l| l.file).map(|l| l.memsz).sum();
+        assert_eq!(written, 0x4000);
+        assert_eq!(
+            l[0],
+            Load {
+                paddr: 0,
+                memsz: 0x10_0000,
+                file: false
+            }
+        );
+        assert!(l.iter().all(|x| x.memsz > 0));
+    }
+
+    #[test]
+    fn too_many_runs_merge_short_gaps() {
+        let pieces = [RamPiece {
+            gpa: 0,
+            len: 1 << 30,
+            memfd_offset: 0,
+        }];
+        // Every other page: 131072 data runs.
+        let data: Vec<(u64, u64)> = (0..(1u64 << 17)).map(|i| (i * 2 * PAGE, PAGE)).collect();
+        let l = loads(&pieces, &data);
+        assert!(l.len() < MAX_PHDRS, "{}", l.len());
+        let total: u64 = l.iter().map(|l| l.memsz).sum();
+        assert_eq!(total, 1 << 30);
+        // Every data page is still inside a written load.
+        for &(g, _) in data.iter().step_by(997) {
+            assert!(l
+                .iter()
+                .any(|x| x.file && x.paddr <= g && g < x.paddr + x.memsz));
+        }
+    }
+}
