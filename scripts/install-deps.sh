@@ -10,13 +10,16 @@
 #                       ACPI tables with it (default suite)
 #   cpio xz-utils       tests/linux/build-image.sh packs the Linux test
 #                       initramfs (cpio) and unpacks .ko.xz modules (xz)
+#   gdb                 the dump tests (vios/tests/dump.rs,
+#                       partition-manager/tests/dump.rs) read the cores with
+#                       batch gdb; readelf comes with binutils
 #
 # Idempotent: packages already installed are skipped, and `apt-get update`
 # runs at most once, only when something has to be installed. Usable by CI as
 # root (no sudo needed); as a normal user it uses sudo when available.
 set -euo pipefail
 
-PKGS=(binutils qemu-system-x86 python3 acpica-tools cpio xz-utils)
+PKGS=(binutils qemu-system-x86 python3 acpica-tools cpio xz-utils gdb)
 
 missing=()
 for p in "${PKGS[@]}"; do

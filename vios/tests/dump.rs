@@ -1,0 +1,206 @@
+//! Firmware-assisted dump with a standalone VIOS (docs/dump.md): the `vmm`
+//! binary under KVM runs the tiny guest's dump switches
+//! (tests/guests/dump.S) with `--dump-disk vhost-user:SOCKET`, a `vios`
+//! binary serves the dump disk, and the test reads the disk image: the
+//! table lists the dump, `readelf` reads the extracted core, batch gdb
+//! shows the guest's registers and the pattern it wrote.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{vmm_binary, Vios};
+use parvm_protocol::dump::{DumpState, DumpTrigger};
+use parvm_tests::dumps::{self, DUMP_PATTERN, DUMP_QWORDS, DUMP_R14, DUMP_R15};
+use parvm_tests::guests::guest_path;
+use parvm_tests::{run, scratch_dir};
+
+fn vmm(socket: &Path, memory_mib: u64, test: &str) -> Command {
+    let mut cmd = Command::new(vmm_binary());
+    cmd.arg("--kernel")
+        .arg(guest_path("tiny.elf"))
+        .args(["--memory-mib", &memory_mib.to_string()])
+        .args(["--cmdline", &format!("parvm.test={test}")])
+        .arg("--dump-disk")
+        .arg(format!("vhost-user:{}", socket.display()));
+    cmd
+}
+
+fn setup(tag: &str, disk_mib: u64) -> (PathBuf, PathBuf, PathBuf, Vios) {
+    let dir = scratch_dir(tag);
+    let img = dir.join("dump.img");
+    let f = std::fs::File::create(&img).unwrap();
+    f.set_len(disk_mib << 20).unwrap();
+    let socket = dir.join("vios.sock");
+    let vios = Vios::spawn(&socket, &img.display().to_string());
+    (dir, img, socket, vios)
+}
+
+/// The core of the dump the image's table lists last, checked with
+/// readelf and gdb: the pattern at DUMP_PATTERN, r14 and r15.
+fn check_core(dir: &Path, img: &Path, trigger: DumpTrigger) {
+    let table = dumps::table(img).unwrap();
+    let rec = table.dumps.last().expect("a dump in the table");
+    assert_eq!(rec.state, DumpState::Complete, "{rec:?}");
+    assert_eq!(rec.trigger, trigger);
+    assert_eq!(rec.written, rec.size);
+    assert!(
+        rec.zero_bytes > rec.ram_bytes / 2,
+        "mostly zero RAM is not written: {rec:?}"
+    );
+    assert!(rec.size < rec.ram_bytes / 2, "{rec:?}");
+    let core = dir.join(format!("core.{}", rec.id));
+    dumps::extract(img, rec, &core);
+    let elf = dumps::readelf(&core);
+    assert!(elf.contains("CORE (Core file)"), "{elf}");
+    assert!(elf.contains("Advanced Micro Devices X86-64"), "{elf}");
+    assert!(elf.contains("NT_PRSTATUS"), "{elf}");
+    assert!(elf.contains("QEMU"), "{elf}");
+    assert!(elf.contains("LOAD"), "{elf}");
+    let out = dumps::gdb(
+        &core,
+        &["info registers", &format!("x/4gx {DUMP_PATTERN:#x}")],
+    );
+    assert_eq!(dumps::gdb_register(&out, "r14"), Some(DUMP_R14), "{out}");
+    assert_eq!(dumps::gdb_register(&out, "r15"), Some(DUMP_R15), "{out}");
+    assert_eq!(dumps::gdb_qwords(&out, DUMP_PATTERN), DUMP_QWORDS, "{out}");
+}
+
+#[test]
+fn a_triple_fault_is_dumped_and_gdb_reads_the_core() {
+    let (dir, img, socket, _vios) = setup("dump-fault", 128);
+    let f = run(vmm(&socket, 32, "dumpfault"), Duration::from_secs(60));
+    assert!(!f.timed_out, "{}\n{}", f.stdout, f.stderr);
+    assert_eq!(f.code(), Some(2), "{}\n{}", f.stdout, f.stderr);
+    assert!(
+        f.stdout
+            .contains("parvm-guest: dump pattern at 0x0000000000400000\n"),
+        "{}",
+        f.stdout
+    );
+    assert!(f.stderr.contains("vmm: dump 1 complete"), "{}", f.stderr);
+    check_core(&dir, &img, DumpTrigger::TripleFault);
+    // A second failure is a second dump on the same disk.
+    let f = run(vmm(&socket, 32, "dumpfault"), Duration::from_secs(60));
+    assert!(f.stderr.contains("vmm: dump 2 complete"), "{}", f.stderr);
+    let table = dumps::table(&img).unwrap();
+    assert_eq!(table.dumps.iter().map(|d| d.id).collect::<Vec<_>>(), [1, 2]);
+    check_core(&dir, &img, DumpTrigger::TripleFault);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_pvpanic_report_is_dumped() {
+    let (dir, img, socket, _vios) = setup("dump-panic", 128);
+    let f = run(vmm(&socket, 32, "dumppanic"), Duration::from_secs(60));
+    assert_eq!(f.code(), Some(2), "{}\n{}", f.stdout, f.stderr);
+    assert!(
+        f.stdout
+            .contains("parvm-guest: panic through pvpanic now\n"),
+        "{}",
+        f.stdout
+    );
+    assert!(
+        f.stderr
+            .contains("vmm: guest crashed: guest panic reported through pvpanic"),
+        "{}",
+        f.stderr
+    );
+    check_core(&dir, &img, DumpTrigger::Pvpanic);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_dump_disk_too_small_or_missing_is_one_line_at_start() {
+    let (dir, _img, socket, _vios) = setup("dump-small", 16);
+    let f = run(vmm(&socket, 32, "dumpfault"), Duration::from_secs(60));
+    assert_eq!(f.code(), Some(1), "{}\n{}", f.stdout, f.stderr);
+    let line = f.stderr.trim();
+    assert!(!line.contains('\n'), "{line}");
+    assert!(
+        line.contains("dump disk vhost-user:") && line.contains("too small"),
+        "{line}"
+    );
+    let f = run(
+        vmm(&dir.join("nobody.sock"), 32, "dumpfault"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(f.code(), Some(1), "{}\n{}", f.stdout, f.stderr);
+    assert!(
+        f.stderr.trim().starts_with("vmm: error: dump disk"),
+        "{}",
+        f.stderr
+    );
+    assert!(!f.stderr.trim().contains('\n'), "{}", f.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_vios_killed_mid_dump_fails_the_dump_and_the_vmm_still_exits() {
+    let (dir, img, socket, mut vios) = setup("dump-kill", 1024);
+    // 512 MiB, almost all of it written by the guest: a dump long enough
+    // to be interrupted.
+    let mut child = vmm(&socket, 512, "dumpfill")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "vmm ended early:\n{seen}"
+        );
+        seen.push_str(&line);
+        if line.starts_with("vmm: dumping after") {
+            break;
+        }
+    }
+    // The table says "writing" once the first chunk is out.
+    let started = Instant::now();
+    while !dumps::table(&img).is_ok_and(|t| t.dumps.len() == 1) {
+        assert!(started.elapsed() < Duration::from_secs(20), "{seen}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    vios.kill();
+    let killed = Instant::now();
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    seen.push_str(&rest);
+    assert_eq!(status.code(), Some(2), "{seen}");
+    assert!(
+        killed.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        killed.elapsed()
+    );
+    let table = dumps::table(&img).unwrap();
+    let rec = &table.dumps[0];
+    if seen.contains("vmm: dump 1 complete") {
+        // The dump beat the kill: nothing to check here but the record.
+        assert_eq!(rec.state, DumpState::Complete);
+        eprintln!("note: the dump completed before the VIOS was killed");
+    } else {
+        assert!(seen.contains("vmm: dump failed: dump 1 failed"), "{seen}");
+        // The VIOS could not take the last update: the record says
+        // writing, with less than the whole core.
+        assert_eq!(rec.state, DumpState::Writing, "{rec:?}");
+        assert!(rec.written < rec.size, "{rec:?}");
+        // The next dump on the disk marks it failed (interrupted).
+        let _vios = Vios::spawn(&socket, &img.display().to_string());
+        let f = run(vmm(&socket, 32, "dumpfault"), Duration::from_secs(60));
+        assert!(f.stderr.contains("vmm: dump 2 complete"), "{}", f.stderr);
+        let table = dumps::table(&img).unwrap();
+        let first = table.get(1).unwrap();
+        assert_eq!(first.state, DumpState::Failed);
+        assert!(first.error.as_deref().unwrap_or("").contains("interrupted"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
