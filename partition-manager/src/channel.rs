@@ -11,6 +11,8 @@
 //!   [`ControlEvents::holding`];
 //! - a shared-memory VMM's pager figures (`MemoryReport`) →
 //!   [`ControlEvents::memory`];
+//! - dump progress and on-demand dump answers (`DumpProgress`,
+//!   `DumpDone`) → [`ControlEvents::dump`];
 //! - guest hcalls → [`ControlEvents::hcall`], each on a thread of its own
 //!   (an hcall may wait for this very channel's answers);
 //! - the end of the channel → [`ControlEvents::closed`] with the `Exit`
@@ -30,6 +32,7 @@ pub(crate) trait ControlEvents: Send + Sync + 'static {
     fn holding(&self, partition: &str, key: &str, gpa: Option<u64>, fds: Vec<OwnedFd>);
     fn hcall(self: &Arc<Self>, partition: &str, generation: u64, seq: u64, call: Hcall);
     fn memory(&self, partition: &str, generation: u64, report: MemoryReport);
+    fn dump(&self, partition: &str, generation: u64, msg: ToManager);
     fn closed(
         self: &Arc<Self>,
         partition: &str,
@@ -55,6 +58,9 @@ pub(crate) fn read<E: ControlEvents>(
             }
             Ok((ToManager::MemoryReport { report }, _)) => {
                 events.memory(name, generation, report);
+            }
+            Ok((msg @ (ToManager::DumpProgress { .. } | ToManager::DumpDone { .. }), _)) => {
+                events.dump(name, generation, msg);
             }
             Ok((ToManager::Hcall { seq, call }, _)) => {
                 let events = events.clone();

@@ -47,6 +47,7 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+mod dumps;
 mod memory;
 mod sharing;
 mod workload;
@@ -59,6 +60,8 @@ struct State {
     grants: GrantEngine,
     pool: Pool,
     workload: crate::workload::Workload,
+    /// What VMMs reported of their dumps (docs/dump.md).
+    dumps: dumps::DumpLog,
 }
 
 impl State {
@@ -82,6 +85,7 @@ impl State {
         self.after_ended(&ended);
         self.release_memory(name);
         self.workload.release(name);
+        self.dumps.on_exit(name);
     }
 }
 
@@ -127,6 +131,7 @@ impl Manager {
                 grants,
                 pool,
                 workload,
+                dumps: dumps::DumpLog::default(),
             }),
             changed: Condvar::new(),
             guesses: FailedGuesses::new(),
@@ -454,6 +459,15 @@ impl Manager {
                 // two fds (the pager's fault thread and evictor).
                 let fd = crate::process::FIRST_DISK_FD + fds.len() as i32;
                 fds.extend(state.broker_paging(name, def, fd)?);
+                // The dump disk of `on_crash` (docs/dump.md): the next one.
+                let fd = crate::process::FIRST_DISK_FD + fds.len() as i32;
+                fds.extend(crate::vios::broker_dump(
+                    &state.partitions,
+                    state.grants.table(),
+                    name,
+                    def,
+                    fd,
+                )?);
                 fds
             }
             Definition::Vios(_) => Vec::new(),
@@ -553,6 +567,10 @@ impl ControlEvents for Manager {
 
     fn memory(&self, name: &str, generation: u64, report: MemoryReport) {
         self.memory_report(name, generation, report);
+    }
+
+    fn dump(&self, name: &str, generation: u64, msg: ToManager) {
+        self.dump_report(name, generation, msg);
     }
 
     /// A process is gone: stopped or crashed, what it held released, the

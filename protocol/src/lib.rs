@@ -44,6 +44,7 @@ pub mod managed;
 pub mod pool;
 pub mod workload;
 
+pub use dump::{DumpRecord, DumpState, DumpTrigger};
 pub use frame::{
     Channel, Fds, Message, ProtocolError, HEADER_LEN, MAGIC, MAX_FDS, MAX_FRAME, VERSION,
 };
@@ -377,6 +378,19 @@ pub enum Request {
     },
     /// The workload policy and its recent moves.
     PolicyShow,
+    /// Dumps (docs/dump.md): of the running partition (it keeps running),
+    /// answered with `Dump` once it ended; the list; one, answered with
+    /// `DumpFile` and the dump disk's image (read-only) beside it.
+    Dump {
+        name: String,
+    },
+    Dumps {
+        name: String,
+    },
+    DumpGet {
+        name: String,
+        id: u64,
+    },
 }
 
 /// Manager -> `parctl` (or a reconnecting VMM).
@@ -429,6 +443,19 @@ pub enum Response {
         segments: Vec<SegmentInfo>,
         grants: Vec<GrantInfo>,
         doorbells: Vec<DoorbellInfo>,
+    },
+    /// A dump after `dump`; a partition's dumps (oldest first) and its
+    /// dump disk; one dump with the disk's image beside this frame (the
+    /// core is `dump.size` bytes at `dump.offset` of it).
+    Dump {
+        dump: DumpRecord,
+    },
+    Dumps {
+        disk: String,
+        dumps: Vec<DumpRecord>,
+    },
+    DumpFile {
+        dump: DumpRecord,
     },
     /// The pool after `pool_*`.
     /// The workload policy and its last moves, oldest first.
@@ -559,6 +586,17 @@ pub enum ToManager {
     Exports {
         exports: Vec<ExportInfo>,
     },
+    /// A dump started, went on or ended (complete or failed).
+    DumpProgress {
+        dump: DumpRecord,
+    },
+    /// The answer to [`ManagerToVmm::Dump`]: the final record, or why not.
+    DumpDone {
+        #[serde(default)]
+        dump: Option<DumpRecord>,
+        #[serde(default)]
+        error: Option<String>,
+    },
 }
 
 impl Message for ToManager {
@@ -640,6 +678,8 @@ pub enum ManagerToVmm {
         #[serde(default)]
         evictor: bool,
     },
+    /// Dump the running partition: `DumpProgress` reports, then `DumpDone`.
+    Dump,
 }
 
 impl Message for ManagerToVmm {
@@ -704,6 +744,7 @@ impl Message for Response {
     fn fds(&self) -> Fds {
         match self {
             Response::LogFile { .. } => Fds::One("log file"),
+            Response::DumpFile { .. } => Fds::One("dump disk image"),
             _ => Fds::None,
         }
     }

@@ -16,7 +16,7 @@ use crate::grants::{self, GrantMaps, GrantWindow, HcallDevice};
 use crate::interrupts::Interrupts;
 use crate::memory::GuestRam;
 use crate::vcpu::{DumpHooks, Vcpu};
-use crate::{acpi, boot, control, cpuid, open_kvm, VmmError};
+use crate::{acpi, boot, cpuid, open_kvm, VmmError};
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use std::io::Write;
@@ -102,7 +102,7 @@ pub fn attach_pager(
 pub fn attach_dumper(
     ram: &GuestRam,
     config: &PartitionConfig,
-    pause: &Arc<control::PauseGate>,
+    pause: &Arc<crate::pause::PauseGate>,
     exit: &Arc<ExitSignal>,
 ) -> Result<(Option<Arc<Dumper>>, DumpHooks), VmmError> {
     let states = Arc::new(CpuStates::new(config.vcpus));
@@ -325,7 +325,7 @@ impl Machine {
         &mut self,
         count: u8,
         entry: boot::EntryPoint,
-        pause: Arc<control::PauseGate>,
+        pause: Arc<crate::pause::PauseGate>,
         hooks: &DumpHooks,
     ) -> Result<Vec<Vcpu>, VmmError> {
         let supported = self

@@ -17,8 +17,8 @@
 //!   interrupt lines from (IO-APIC pins, MSI routes for doorbells).
 //! - [`devices`]: the bus, serial console, i8042, ACPI power port, exit signal.
 //! - [`vcpu`]: vCPU configuration and the KVM_RUN loop (one thread each).
-//! - [`control`]: the control channel to the partition manager and the
-//!   pause barrier the vCPUs pass.
+//! - [`control`]: the control channel to the partition manager.
+//! - [`pause`]: the pause barrier the vCPUs pass before every KVM_RUN.
 //! - [`seccomp`]: the syscall filter of each thread role, installed by each
 //!   thread once set-up is over.
 //! - [`dump`]: firmware-assisted dump: the core of a failed (or running)
@@ -44,6 +44,7 @@ pub mod grants;
 pub mod interrupts;
 pub mod memory;
 pub mod pager;
+pub mod pause;
 pub mod seccomp;
 pub mod vcpu;
 
@@ -141,7 +142,7 @@ pub struct Vmm {
     vcpus: Vec<Vcpu>,
     exit: Arc<ExitSignal>,
     serial: Arc<Mutex<SerialPort>>,
-    pause: Arc<control::PauseGate>,
+    pause: Arc<pause::PauseGate>,
     virtio: VirtioDevices,
     pager: Option<Arc<pager::Pager>>,
     dumper: Option<Arc<dump::Dumper>>,
@@ -161,7 +162,7 @@ impl Vmm {
         let virtio = machine.attach_virtio_disks(&config.disks, config.shared.is_some())?;
         let rsdp = machine.attach_acpi_tables(config.vcpus, &virtio)?;
         let entry = machine.load_kernel(&config, &virtio, rsdp)?;
-        let pause = Arc::new(control::PauseGate::new());
+        let pause = Arc::new(pause::PauseGate::new());
         let (dumper, hooks) = builder::attach_dumper(&machine.ram, &config, &pause, &machine.exit)?;
         let vcpus = machine.attach_vcpus(config.vcpus, entry, pause.clone(), &hooks)?;
         Ok(Vmm {
@@ -186,7 +187,7 @@ impl Vmm {
     }
 
     /// The barrier that pauses and resumes the vCPUs.
-    pub fn pause_gate(&self) -> Arc<control::PauseGate> {
+    pub fn pause_gate(&self) -> Arc<pause::PauseGate> {
         self.pause.clone()
     }
 

@@ -3,10 +3,10 @@
 //! buses; a triple fault or KVM error becomes an [`ExitReason::Crash`] with
 //! the registers.
 
-use crate::control::PauseGate;
 use crate::devices::bus::Bus;
 use crate::devices::exit::{CrashKind, ExitReason, ExitSignal};
 use crate::dump::cpu::CpuStates;
+use crate::pause::PauseGate;
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, CpuId, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use std::sync::atomic::{AtomicU64, Ordering};

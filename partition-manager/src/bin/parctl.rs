@@ -7,8 +7,7 @@ use partition_manager::client::Client;
 use partition_manager::daemon::default_socket;
 use partition_manager::definition;
 use partition_manager::protocol::{
-    GrantCookie, GrantInfo, GrantState, PagingDevice, PartitionStatus, Request, Response,
-    RestartPolicy, Rights, SegmentInfo,
+    PagingDevice, PartitionStatus, Request, Response, RestartPolicy, Rights,
 };
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -17,6 +16,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 use vmm_sys_util::terminal::Terminal;
 
+#[path = "common/dump_view.rs"]
+mod dump_view;
+#[path = "common/grants_view.rs"]
+mod grants_view;
+use grants_view::print_grants;
 #[path = "common/pool_view.rs"]
 mod pool_view;
 use pool_view::{print_pool, print_shared};
@@ -174,6 +178,21 @@ enum Cmd {
     /// The shared memory pool (Active Memory Sharing, docs/ams.md).
     #[command(subcommand)]
     Pool(PoolCmd),
+    /// Dump a running partition to its dump disk (docs/dump.md); it keeps
+    /// running (its vCPUs pause while its memory is written).
+    Dump { name: String },
+    /// The partition's dumps on its dump disk, with state and progress.
+    Dumps {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy dump ID (an ELF core) of the partition to FILE.
+    DumpGet {
+        name: String,
+        id: u64,
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -236,55 +255,6 @@ fn parse_number(s: &str) -> Result<u64, String> {
     .map_err(|_| format!("`{s}` is not a number (decimal or 0x-hex, optional K/M/G)"))?;
     v.checked_mul(1 << shift)
         .ok_or_else(|| format!("`{s}` is too large"))
-}
-
-fn print_grants(segments: &[SegmentInfo], grants: &[GrantInfo]) {
-    println!(
-        "SEGMENT / GRANT                         RIGHTS  STATE      GPA         FAULTS  COOKIE"
-    );
-    fn walk(grants: &[GrantInfo], parent: Option<GrantCookie>, segment: &str, depth: usize) {
-        for g in grants
-            .iter()
-            .filter(|g| g.parent == parent && g.segment == segment)
-        {
-            let label = format!(
-                "{}#{} {} -> {}",
-                "  ".repeat(depth),
-                g.id,
-                g.grantor,
-                g.grantee
-            );
-            let gpa = match (g.state, g.gpa) {
-                (GrantState::Accepted, Some(a)) => format!("{a:#x}"),
-                _ => "-".into(),
-            };
-            println!(
-                "{label:<39} {:<7} {:<10} {gpa:<11} {:<7} {}",
-                g.rights.to_string(),
-                g.state.to_string(),
-                g.faults,
-                g.cookie
-            );
-            walk(grants, Some(g.cookie), segment, depth + 1);
-        }
-    }
-    for s in segments {
-        let gpa = s.gpa.map(|a| format!(" at {a:#x}")).unwrap_or_default();
-        println!("{} ({} KiB{gpa})", s.name, s.size / 1024);
-        walk(grants, None, &s.name, 1);
-    }
-    // Other resources (VIOS disks: docs/vios.md) that have grants.
-    let mut others: Vec<&str> = grants
-        .iter()
-        .map(|g| g.segment.as_str())
-        .filter(|r| !segments.iter().any(|s| s.name == *r))
-        .collect();
-    others.sort_unstable();
-    others.dedup();
-    for r in others {
-        println!("{r} (VIOS disk)");
-        walk(grants, None, r, 1);
-    }
 }
 
 fn status_line(s: &PartitionStatus) -> String {
@@ -493,6 +463,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             device: device.clone(),
         },
         Cmd::Pool(PoolCmd::Show { .. }) => Request::PoolShow,
+        Cmd::Dump { name } => Request::Dump { name: name.clone() },
+        Cmd::Dumps { name, .. } => Request::Dumps { name: name.clone() },
+        Cmd::DumpGet { name, id, .. } => Request::DumpGet {
+            name: name.clone(),
+            id: *id,
+        },
         Cmd::Share { file } => {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
@@ -662,6 +638,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             other => bail!("unexpected answer from the partition manager: {other:?}"),
         },
+        Cmd::Dump { .. } => dump_view::show(answer, false, None)?,
+        Cmd::Dumps { json, .. } => dump_view::show(answer, json, None)?,
+        Cmd::DumpGet { file, .. } => dump_view::show(answer, false, Some(&file))?,
         _ => println!("{}", status_line(&expect_status(answer.0)?)),
     }
     Ok(())

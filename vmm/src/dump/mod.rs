@@ -29,9 +29,9 @@ pub mod elf;
 pub mod ram;
 pub mod writer;
 
-use crate::control::PauseGate;
 use crate::devices::bus::lock;
 use crate::devices::exit::{CrashKind, ExitReason, ExitSignal};
+use crate::pause::PauseGate;
 use cpu::CpuStates;
 use parvm_config::{DiskSource, OnCrash};
 use parvm_protocol::dump::{self, DumpRecord, DumpTableError, DumpTrigger};

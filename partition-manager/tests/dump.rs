@@ -1,0 +1,254 @@
+//! Firmware-assisted dump under the real daemon (docs/dump.md): a VIOS
+//! partition exports a dump disk, a client partition with
+//! `"on_crash": {"dump": "vios:vios1/dumps", "then": ...}` runs the tiny
+//! guest's dump switches (tests/guests/dump.S). `parctl dumps` lists the
+//! dumps, `parctl dump-get` extracts them, readelf and batch gdb read them;
+//! `then: reboot` starts the partition again, `then: stop` leaves it
+//! crashed; `parctl dump` dumps a running partition that keeps running.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use parvm_tests::dumps::{
+    self, DUMP_COUNT_A, DUMP_COUNT_B, DUMP_PATTERN, DUMP_QWORDS, DUMP_R14, DUMP_R15,
+};
+use parvm_tests::guests::guest_path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::*;
+
+fn write_json(dir: &Path, name: &str, v: serde_json::Value) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, v.to_string()).unwrap();
+    p.display().to_string()
+}
+
+fn one_line(e: &str, want: &str) {
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(e.contains(want), "want `{want}` in: {e}");
+}
+
+/// A running VIOS `vios1` exporting `dumps` (a sparse image of
+/// `disk_mib`); returns the image.
+fn vios(env: &Env, disk_mib: u64) -> PathBuf {
+    ensure_vios(&env.vmm);
+    let img = env.dir.join("dumps.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(disk_mib << 20)
+        .unwrap();
+    let def = write_json(
+        &env.dir,
+        "vios1.json",
+        serde_json::json!({"kind": "vios", "name": "vios1",
+            "disks": [{"id": "dumps", "path": "dumps.img"}]}),
+    );
+    env.ok(&["define", &def]);
+    env.ok(&["start", "vios1"]);
+    env.wait_state("vios1", "running", Duration::from_secs(20));
+    img
+}
+
+fn grant_dumps(env: &Env, to: &str, rights: &str) {
+    let cookie = env
+        .ok(&["grant", "vios1/dumps", "--to", to, "--rights", rights])
+        .trim()
+        .to_string();
+    env.ok(&["accept", &cookie, "--as", to]);
+}
+
+fn client(env: &Env, name: &str, test: &str, then: &str) -> String {
+    write_json(
+        &env.dir,
+        &format!("{name}.json"),
+        serde_json::json!({
+            "name": name, "kernel": guest_path("tiny.elf"), "memory_mib": 32,
+            "cmdline": format!("parvm.test={test}"),
+            "on_crash": {"dump": "vios:vios1/dumps", "then": then},
+        }),
+    )
+}
+
+fn dumps_json(env: &Env, name: &str) -> serde_json::Value {
+    serde_json::from_str(&env.ok(&["dumps", name, "--json"])).unwrap()
+}
+
+fn wait_dumps(env: &Env, name: &str, complete: usize) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = dumps_json(env, name);
+        let n = d["dumps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["state"] == "complete")
+            .count();
+        if n >= complete {
+            return d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{complete} complete dumps not listed: {d}\n{}",
+            env.manager_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `parctl dump-get NAME ID FILE`, then readelf and gdb on FILE.
+fn get_and_read(env: &Env, name: &str, id: u64, extra: &[&str]) -> String {
+    let core = env.dir.join(format!("{name}.core.{id}"));
+    let out = env.ok(&["dump-get", name, &id.to_string(), core.to_str().unwrap()]);
+    assert!(out.contains("ELF core) written to"), "{out}");
+    let elf = dumps::readelf(&core);
+    assert!(
+        elf.contains("CORE (Core file)") && elf.contains("NT_PRSTATUS"),
+        "{elf}"
+    );
+    let mut cmds = vec!["info registers".to_string()];
+    cmds.extend(extra.iter().map(|s| s.to_string()));
+    let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    dumps::gdb(&core, &cmds)
+}
+
+#[test]
+fn a_triple_fault_is_dumped_and_the_partition_reboots() {
+    let env = Env::new("dump-reboot");
+    vios(&env, 128);
+    env.ok(&["define", &client(&env, "c", "dumpfault", "reboot")]);
+    grant_dumps(&env, "c", "rw");
+    env.ok(&["start", "c"]);
+    let d = wait_dumps(&env, "c", 2);
+    assert_eq!(d["disk"], "vios:vios1/dumps");
+    let first = &d["dumps"][0];
+    assert_eq!(first["id"], 1);
+    assert_eq!(first["trigger"], "triple_fault");
+    assert_eq!(first["partition"], "c");
+    // Rebooted: the guest printed ready again after the first dump.
+    let log = env.log_of("c");
+    assert!(log.matches("parvm-guest: ready").count() >= 2, "{log}");
+    let table = env.ok(&["dumps", "c"]);
+    assert!(
+        table.contains("complete") && table.contains("triple_fault"),
+        "{table}"
+    );
+    // It may be between a crash and its reboot: either way it goes.
+    let _ = env.parctl(&["kill", "c"]);
+    let out = get_and_read(&env, "c", 1, &[&format!("x/4gx {DUMP_PATTERN:#x}")]);
+    assert_eq!(dumps::gdb_register(&out, "r15"), Some(DUMP_R15), "{out}");
+    assert_eq!(dumps::gdb_register(&out, "r14"), Some(DUMP_R14), "{out}");
+    assert_eq!(dumps::gdb_qwords(&out, DUMP_PATTERN), DUMP_QWORDS, "{out}");
+    // Bad requests: one line each.
+    one_line(
+        &env.fails(&["dump-get", "c", "99", "/tmp/x"]),
+        "holds no dump 99 of partition `c`",
+    );
+    one_line(
+        &env.fails(&["dumps", "nobody"]),
+        "no partition named `nobody`",
+    );
+    one_line(
+        &env.fails(&["dumps", "vios1"]),
+        "is a VIOS: it has no dump disk",
+    );
+}
+
+#[test]
+fn a_pvpanic_is_dumped_and_then_stop_leaves_it_crashed() {
+    let env = Env::new("dump-panic");
+    let img = vios(&env, 128);
+    env.ok(&["define", &client(&env, "p", "dumppanic", "stop")]);
+    grant_dumps(&env, "p", "rw");
+    env.ok(&["start", "p"]);
+    let s = env.wait_state("p", "crashed", Duration::from_secs(60));
+    assert!(s["last_exit"].as_str().unwrap().contains("pvpanic"), "{s}");
+    let d = wait_dumps(&env, "p", 1);
+    assert_eq!(d["dumps"][0]["trigger"], "pvpanic");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        env.status("p")["state"],
+        "crashed",
+        "then: stop restarted it"
+    );
+    one_line(
+        &env.fails(&["dump", "p"]),
+        "only a running partition can be dumped",
+    );
+    let out = get_and_read(&env, "p", 1, &[&format!("x/4gx {DUMP_PATTERN:#x}")]);
+    assert_eq!(dumps::gdb_qwords(&out, DUMP_PATTERN), DUMP_QWORDS, "{out}");
+    // A damaged table is reported, not trusted.
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[40] ^= 0xff;
+    std::fs::write(&img, &bytes).unwrap();
+    one_line(&env.fails(&["dumps", "p"]), "checksum mismatch");
+    one_line(
+        &env.fails(&["dump-get", "p", "1", "/tmp/x"]),
+        "checksum mismatch",
+    );
+}
+
+#[test]
+fn an_on_demand_dump_is_consistent_and_the_partition_keeps_running() {
+    let env = Env::new("dump-demand");
+    vios(&env, 128);
+    env.ok(&["define", &client(&env, "k", "dumpcount", "stop")]);
+    grant_dumps(&env, "k", "rw");
+    env.ok(&["start", "k"]);
+    env.wait_log("k", "parvm-guest: dumpcount tick");
+    let out = env.ok(&["dump", "k"]);
+    assert!(out.starts_with("dump 1: complete"), "{out}");
+    assert!(out.contains("after on_demand"), "{out}");
+    assert_eq!(env.status("k")["state"], "running");
+    // It keeps counting.
+    let ticks = env.log_of("k").matches("tick").count();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while env.log_of("k").matches("tick").count() <= ticks {
+        assert!(Instant::now() < deadline, "no tick after the dump");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = get_and_read(
+        &env,
+        "k",
+        1,
+        &[
+            &format!("x/1gx {DUMP_COUNT_A:#x}"),
+            &format!("x/1gx {DUMP_COUNT_B:#x}"),
+        ],
+    );
+    let r15 = dumps::gdb_register(&out, "r15").unwrap();
+    let a = dumps::gdb_qwords(&out, DUMP_COUNT_A)[0];
+    let b = dumps::gdb_qwords(&out, DUMP_COUNT_B)[0];
+    assert!(r15 > 1 << 27, "{out}");
+    assert!(a.wrapping_sub(b) <= 1, "torn: A={a} B={b}\n{out}");
+    assert!(r15.wrapping_sub(a) <= 1, "torn: r15={r15} A={a}\n{out}");
+    // A second one goes after it.
+    let out = env.ok(&["dump", "k"]);
+    assert!(out.starts_with("dump 2: complete"), "{out}");
+    env.ok(&["stop", "k"]);
+}
+
+#[test]
+fn a_dump_disk_not_granted_or_read_only_is_refused_at_start() {
+    let env = Env::new("dump-grant");
+    vios(&env, 128);
+    env.ok(&["define", &client(&env, "n", "dumpfault", "stop")]);
+    one_line(
+        &env.fails(&["start", "n"]),
+        "VIOS `vios1` has not granted disk `dumps` to partition `n`",
+    );
+    grant_dumps(&env, "n", "ro");
+    one_line(
+        &env.fails(&["start", "n"]),
+        "dump disk `vios:vios1/dumps`: the grant is read-only",
+    );
+    // A partition without on_crash has no dumps to list.
+    let plain = write_json(
+        &env.dir,
+        "plain.json",
+        serde_json::json!({"name": "plain", "kernel": guest_path("tiny.elf")}),
+    );
+    env.ok(&["define", &plain]);
+    one_line(&env.fails(&["dumps", "plain"]), "has no dump disk");
+    one_line(&env.fails(&["dump", "plain"]), "has no dump disk");
+}
