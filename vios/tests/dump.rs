@@ -204,3 +204,168 @@ fn the_vios_killed_mid_dump_fails_the_dump_and_the_vmm_still_exits() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One QMP command on `qmp` (a line of JSON), waiting for its `return`
+/// (events before it are skipped).
+fn qmp(stream: &mut BufReader<std::os::unix::net::UnixStream>, command: &str) -> String {
+    use std::io::Write;
+    stream.get_mut().write_all(command.as_bytes()).unwrap();
+    stream.get_mut().write_all(b"\n").unwrap();
+    loop {
+        let mut line = String::new();
+        assert!(stream.read_line(&mut line).unwrap() > 0, "QMP closed");
+        assert!(!line.contains("\"error\""), "{command}: {line}");
+        if line.contains("\"return\"") {
+            return line;
+        }
+    }
+}
+
+/// The notes `readelf -n` lists, as (owner, description) pairs.
+fn note_kinds(readelf: &str) -> Vec<(String, String)> {
+    readelf
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let owner = w.next()?;
+            if !matches!(owner, "CORE" | "QEMU") {
+                return None;
+            }
+            let _size = w.next()?;
+            Some((owner.to_string(), w.collect::<Vec<_>>().join(" ")))
+        })
+        .map(|(o, d)| {
+            (
+                o,
+                d.split(" description data:")
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn qemu_and_parvm_dumps_of_the_same_guest_read_alike() {
+    let (dir, img, socket, _vios) = setup("dump-qemu", 128);
+    // parvm: the triple fault, dumped.
+    let f = run(vmm(&socket, 32, "dumpfault"), Duration::from_secs(60));
+    assert_eq!(f.code(), Some(2), "{}\n{}", f.stdout, f.stderr);
+    let rec = dumps::table(&img).unwrap().dumps[0].clone();
+    let ours = dir.join("parvm.core");
+    dumps::extract(&img, &rec, &ours);
+    // QEMU: the same guest; its triple fault pauses the VM
+    // (-action reboot=shutdown,shutdown=pause), QMP dump-guest-memory.
+    let qmp_path = dir.join("qmp.sock");
+    let theirs = dir.join("qemu.core");
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args([
+            "-M",
+            "microvm,acpi=off",
+            "-enable-kvm",
+            "-cpu",
+            "host,-arch-capabilities",
+        ])
+        .args(["-m", "32", "-nographic", "-nodefaults", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(guest_path("tiny.elf"))
+        .args(["-append", "parvm.test=dumpfault"])
+        .args(["-action", "reboot=shutdown,shutdown=pause"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn qemu-system-x86_64 (run scripts/install-deps.sh)");
+    let mut out = BufReader::new(qemu.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("parvm-guest: triple fault now") {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "QEMU ended:\n{seen}");
+        seen.push_str(&line);
+    }
+    let started = Instant::now();
+    let stream = loop {
+        match std::os::unix::net::UnixStream::connect(&qmp_path) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(started.elapsed() < Duration::from_secs(10), "QMP: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    let mut stream = BufReader::new(stream);
+    let mut greeting = String::new();
+    stream.read_line(&mut greeting).unwrap();
+    qmp(&mut stream, r#"{"execute":"qmp_capabilities"}"#);
+    // Paused once the guest's reset turned into a shutdown.
+    while !qmp(&mut stream, r#"{"execute":"query-status"}"#).contains("\"running\": false") {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    qmp(
+        &mut stream,
+        &format!(
+            r#"{{"execute":"dump-guest-memory","arguments":{{"paging":false,"protocol":"file:{}"}}}}"#,
+            theirs.display()
+        ),
+    );
+    let _ = qmp(&mut stream, r#"{"execute":"quit"}"#);
+    let _ = qemu.wait();
+    // The same kinds of notes, in the same order, and PT_LOADs.
+    let (a, b) = (dumps::readelf(&ours), dumps::readelf(&theirs));
+    assert_eq!(note_kinds(&a), note_kinds(&b), "parvm:\n{a}\nQEMU:\n{b}");
+    assert_eq!(
+        note_kinds(&a),
+        [
+            ("CORE".into(), "NT_PRSTATUS (prstatus structure)".into()),
+            ("QEMU".into(), "Unknown note type: (0x00000000)".into())
+        ]
+    );
+    for text in [&a, &b] {
+        assert!(
+            text.contains("CORE (Core file)") && text.contains("LOAD"),
+            "{text}"
+        );
+    }
+    // gdb reads both alike.
+    for core in [&ours, &theirs] {
+        let out = dumps::gdb(
+            core,
+            &["info registers", &format!("x/4gx {DUMP_PATTERN:#x}")],
+        );
+        assert_eq!(dumps::gdb_register(&out, "r15"), Some(DUMP_R15), "{out}");
+        assert_eq!(dumps::gdb_qwords(&out, DUMP_PATTERN), DUMP_QWORDS, "{out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_watchdog_dumps_a_guest_that_shows_no_sign_of_life() {
+    let (dir, img, socket, _vios) = setup("dump-watchdog", 128);
+    let started = Instant::now();
+    let mut cmd = vmm(&socket, 32, "hang");
+    cmd.args(["--watchdog-secs", "2"]);
+    let f = run(cmd, Duration::from_secs(60));
+    let took = started.elapsed();
+    assert_eq!(f.code(), Some(2), "{}\n{}", f.stdout, f.stderr);
+    assert!(f.stdout.contains("parvm-guest: hanging\n"), "{}", f.stdout);
+    assert!(
+        f.stderr
+            .contains("vmm: guest crashed: watchdog: no sign of life from the guest for 2 s"),
+        "{}",
+        f.stderr
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
+    let rec = dumps::table(&img).unwrap().dumps[0].clone();
+    assert_eq!(
+        (rec.trigger, rec.state),
+        (DumpTrigger::Watchdog, DumpState::Complete)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
