@@ -11,8 +11,8 @@
 //!
 //! A PT_LOAD's `p_paddr` is the guest-physical address; `p_vaddr` is the
 //! same number (gdb reads memory by `p_vaddr`: right for identity-mapped
-//! guests, and physical addresses for everyone else; QEMU writes 0 there
-//! without paging). Runs of zero pages are PT_LOADs with `p_filesz` 0 and
+//! guests, and physical addresses for everyone else; QEMU 7.2 does the
+//! same without paging). Runs of zero pages are PT_LOADs with `p_filesz` 0 and
 //! their size in `p_memsz`: nothing is written for them, readers see zeros.
 
 use super::cpu::CpuState;
