@@ -297,6 +297,38 @@ pub(crate) fn on_ready(partitions: &PartitionTable, grants: &GrantTable, vios_na
             tracing::warn!(partition = %client, vios = %vios_name, disk = %disk_id, error = %e, "VIOS disk not re-brokered");
         }
     }
+    // Dump disks (docs/dump.md): the VMM takes the new socket at its next
+    // dump.
+    let dumps: Vec<(String, String)> = partitions
+        .attached_partitions()
+        .into_iter()
+        .filter_map(
+            |(client, def)| match def.on_crash.as_ref()?.dump.as_ref()? {
+                DiskSource::Vios { vios, disk } if vios == vios_name && client != vios_name => {
+                    Some((client.to_string(), disk.clone()))
+                }
+                _ => None,
+            },
+        )
+        .collect();
+    for (client, export) in dumps {
+        let sent = connect_export(partitions, grants, &client, vios_name, &export, "dump disk")
+            .and_then(|(end, _)| {
+                partitions
+                    .writer(&client)
+                    .ok_or_else(|| ManagerError::Control(client.clone(), "not attached".into()))?
+                    .send(&ManagerToVmm::DumpReconnect, &[end.as_fd()])
+                    .map_err(|e| ManagerError::Control(client.clone(), e.to_string()))
+            });
+        match sent {
+            Ok(()) => {
+                tracing::info!(partition = %client, vios = %vios_name, disk = %export, "dump disk re-brokered after the VIOS came back")
+            }
+            Err(e) => {
+                tracing::warn!(partition = %client, vios = %vios_name, disk = %export, error = %e, "dump disk not re-brokered")
+            }
+        }
+    }
 }
 
 fn rebroker(

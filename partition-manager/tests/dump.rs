@@ -32,6 +32,10 @@ fn one_line(e: &str, want: &str) {
 /// A running VIOS `vios1` exporting `dumps` (a sparse image of
 /// `disk_mib`); returns the image.
 fn vios(env: &Env, disk_mib: u64) -> PathBuf {
+    vios_with(env, disk_mib, "never")
+}
+
+fn vios_with(env: &Env, disk_mib: u64, restart: &str) -> PathBuf {
     ensure_vios(&env.vmm);
     let img = env.dir.join("dumps.img");
     std::fs::File::create(&img)
@@ -44,7 +48,7 @@ fn vios(env: &Env, disk_mib: u64) -> PathBuf {
         serde_json::json!({"kind": "vios", "name": "vios1",
             "disks": [{"id": "dumps", "path": "dumps.img"}]}),
     );
-    env.ok(&["define", &def]);
+    env.ok(&["define", &def, "--restart", restart]);
     env.ok(&["start", "vios1"]);
     env.wait_state("vios1", "running", Duration::from_secs(20));
     img
@@ -251,4 +255,25 @@ fn a_dump_disk_not_granted_or_read_only_is_refused_at_start() {
     env.ok(&["define", &plain]);
     one_line(&env.fails(&["dumps", "plain"]), "has no dump disk");
     one_line(&env.fails(&["dump", "plain"]), "has no dump disk");
+}
+
+#[test]
+fn a_dump_disk_whose_vios_came_back_is_used_again() {
+    let env = Env::new("dump-vios-back");
+    vios_with(&env, 128, "on-failure");
+    env.ok(&["define", &client(&env, "k", "dumpcount", "stop")]);
+    grant_dumps(&env, "k", "rw");
+    env.ok(&["start", "k"]);
+    env.wait_log("k", "parvm-guest: dumpcount tick");
+    assert!(env.ok(&["dump", "k"]).starts_with("dump 1: complete"));
+    let old = pid_of(&env.status("vios1"));
+    kill9(old);
+    env.wait_for("vios1", Duration::from_secs(30), "restarted", |s| {
+        s["state"] == "running" && s["pid"].as_u64().is_some_and(|p| p as u32 != old)
+    });
+    // The manager handed the VMM a new connection to the dump disk.
+    let out = env.ok(&["dump", "k"]);
+    assert!(out.starts_with("dump 2: complete"), "{out}");
+    assert_eq!(env.status("k")["state"], "running");
+    env.ok(&["stop", "k"]);
 }

@@ -680,6 +680,9 @@ pub enum ManagerToVmm {
     },
     /// Dump the running partition: `DumpProgress` reports, then `DumpDone`.
     Dump,
+    /// The VIOS serving the dump disk came back; the socket beside this
+    /// frame is the new connection to it.
+    DumpReconnect,
 }
 
 impl Message for ManagerToVmm {
@@ -688,9 +691,9 @@ impl Message for ManagerToVmm {
         match self {
             ManagerToVmm::Map { .. } => Fds::One("memfd"),
             ManagerToVmm::Doorbell { .. } => Fds::One("eventfd"),
-            ManagerToVmm::VhostUserReconnect { .. } | ManagerToVmm::PagingReconnect { .. } => {
-                Fds::One("socket")
-            }
+            ManagerToVmm::VhostUserReconnect { .. }
+            | ManagerToVmm::PagingReconnect { .. }
+            | ManagerToVmm::DumpReconnect => Fds::One("socket"),
             _ => Fds::None,
         }
     }

@@ -382,6 +382,18 @@ fn handle(s: &Shared, msg: ManagerToVmm, fds: Vec<OwnedFd>) {
                 });
             }
         },
+        ManagerToVmm::DumpReconnect => match &s.dumper {
+            // Taken by the next dump (its VIOS came back).
+            Some(dumper) => {
+                tracing::info!(partition = %s.name, "new dump disk connection from the manager");
+                dumper.handover.hand_over(UnixStream::from(fd));
+            }
+            None => {
+                s.send(&ToManager::Failed {
+                    message: "no dump disk".into(),
+                });
+            }
+        },
         // The channel lets a descriptor through only beside the messages above.
         other => handle_plain(s, other),
     }
@@ -455,7 +467,8 @@ fn handle_plain(s: &Shared, msg: ManagerToVmm) {
         ManagerToVmm::Dump => dump_on_demand(s),
         ManagerToVmm::Doorbell { .. }
         | ManagerToVmm::VhostUserReconnect { .. }
-        | ManagerToVmm::PagingReconnect { .. } => {
+        | ManagerToVmm::PagingReconnect { .. }
+        | ManagerToVmm::DumpReconnect => {
             // Unreachable: the channel refuses these without their fd.
         }
     }
