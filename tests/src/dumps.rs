@@ -116,3 +116,39 @@ pub fn gdb_qwords(out: &str, addr: u64) -> Vec<u64> {
     }
     q
 }
+
+/// Guest-physical bytes `[addr, addr + len)` of an ELF core, from its
+/// PT_LOADs (`p_paddr`; zero where `p_filesz` ends before `p_memsz`);
+/// `None` if a byte is in no PT_LOAD or the core is malformed.
+pub fn phys_read(core: &[u8], addr: u64, len: usize) -> Option<Vec<u8>> {
+    let u16_at = |at: usize| Some(u16::from_le_bytes(core.get(at..at + 2)?.try_into().ok()?));
+    let u32_at = |at: usize| Some(u32::from_le_bytes(core.get(at..at + 4)?.try_into().ok()?));
+    let u64_at = |at: usize| Some(u64::from_le_bytes(core.get(at..at + 8)?.try_into().ok()?));
+    let phoff = u64_at(32)? as usize;
+    let phnum = usize::from(u16_at(56)?);
+    let mut out = vec![0u8; len];
+    let mut covered = vec![false; len];
+    for i in 0..phnum {
+        let ph = phoff + 56 * i;
+        if u32_at(ph)? != 1 {
+            continue;
+        }
+        let (off, paddr, filesz, memsz) = (
+            u64_at(ph + 8)?,
+            u64_at(ph + 24)?,
+            u64_at(ph + 32)?,
+            u64_at(ph + 40)?,
+        );
+        let lo = addr.max(paddr);
+        let hi = (addr + len as u64).min(paddr + memsz);
+        for a in lo..hi {
+            let i = (a - addr) as usize;
+            covered[i] = true;
+            let within = a - paddr;
+            if within < filesz {
+                out[i] = *core.get((off + within) as usize)?;
+            }
+        }
+    }
+    covered.iter().all(|&c| c).then_some(out)
+}

@@ -369,3 +369,75 @@ fn the_watchdog_dumps_a_guest_that_shows_no_sign_of_life() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_shared_memory_partition_is_dumped_with_its_paged_out_pages() {
+    let (dir, img, socket, _vios) = setup("dump-ams", 256);
+    let paging_img = dir.join("paging.img");
+    std::fs::File::create(&paging_img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let paging = dir.join("paging.sock");
+    let _pager_vios = Vios::spawn(&paging, &paging_img.display().to_string());
+    // 64 MiB logical, 16 MiB resident: of the 48 MiB the guest fills, most
+    // is on the paging device when it triple-faults.
+    let mut cmd = vmm(&socket, 64, "dumpfill");
+    cmd.arg("--paging")
+        .arg(format!("vhost-user:{}", paging.display()))
+        .args(["--resident-mib", "16"]);
+    let f = run(cmd, Duration::from_secs(120));
+    assert_eq!(f.code(), Some(2), "{}\n{}", f.stdout, f.stderr);
+    assert!(
+        f.stdout.contains("parvm-guest: dump filled RAM\n"),
+        "{}",
+        f.stdout
+    );
+    assert!(f.stderr.contains("vmm: dump 1 complete"), "{}", f.stderr);
+    let pager = f
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("vmm: pager:"))
+        .unwrap_or_default()
+        .to_string();
+    let rec = dumps::table(&img).unwrap().dumps[0].clone();
+    assert_eq!(rec.state, DumpState::Complete);
+    assert!(rec.zero_bytes < 16 << 20, "{rec:?}");
+    let core_path = dir.join("ams.core");
+    dumps::extract(&img, &rec, &core_path);
+    let core = std::fs::read(&core_path).unwrap();
+    // Every qword the guest filled, paged out or not, is in the core.
+    let filled = dumps::phys_read(&core, 16 << 20, 48 << 20).expect("RAM from 16 MiB in the core");
+    let bad = filled
+        .chunks(8)
+        .position(|q| u64::from_le_bytes(q.try_into().unwrap()) != DUMP_QWORDS[2]);
+    assert_eq!(
+        bad,
+        None,
+        "first wrong qword at {:#x}; {pager}",
+        (16 << 20) + 8 * bad.unwrap_or(0)
+    );
+    let out = dumps::gdb(
+        &core_path,
+        &[
+            "info registers",
+            &format!("x/4gx {DUMP_PATTERN:#x}"),
+            "x/2gx 0x3ff0000",
+        ],
+    );
+    assert_eq!(dumps::gdb_register(&out, "r15"), Some(DUMP_R15), "{out}");
+    assert_eq!(dumps::gdb_qwords(&out, DUMP_PATTERN), DUMP_QWORDS, "{out}");
+    assert_eq!(
+        dumps::gdb_qwords(&out, 0x3ff_0000),
+        [DUMP_QWORDS[2]; 2],
+        "{out}"
+    );
+    // The evicted pages came back from the paging device for the dump.
+    let page_ins: u64 = pager
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("page_ins="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(page_ins > 4096, "{pager}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

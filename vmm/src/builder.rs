@@ -11,7 +11,7 @@ use crate::devices::legacy::{AcpiPowerPort, Pvpanic, ResetTrigger, I8042};
 use crate::devices::serial::{ConsoleOut, EventFdTrigger, SerialPort, COM1_BASE, COM1_IRQ};
 use crate::devices::virtio::VirtioDevices;
 use crate::dump::cpu::CpuStates;
-use crate::dump::{DumpError, Dumper, DumperParts};
+use crate::dump::{Dumper, DumperParts};
 use crate::grants::{self, GrantMaps, GrantWindow, HcallDevice};
 use crate::interrupts::Interrupts;
 use crate::memory::GuestRam;
@@ -110,9 +110,6 @@ pub fn attach_dumper(
         let life = Arc::new(std::sync::atomic::AtomicU64::new(0));
         return Ok((None, DumpHooks { states, life }));
     };
-    if on_crash.dump.is_some() && config.shared.is_some() {
-        return Err(DumpError::SharedMemory.into());
-    }
     let memfd = ram
         .memfd
         .try_clone()
@@ -123,6 +120,9 @@ pub fn attach_dumper(
             on_crash,
             memfd,
             pieces: crate::dump::ram::pieces(ram),
+            // Shared memory: through the mapping, so that evicted pages
+            // fault and the pager brings them back (docs/dump.md).
+            mapped: config.shared.is_some().then(|| ram.memory.clone()),
             states: states.clone(),
             pause: pause.clone(),
             exit: exit.clone(),

@@ -251,12 +251,14 @@ impl Vmm {
         if devices.join().is_err() {
             tracing::error!("the device thread panicked");
         }
-        if let Some(pager) = &self.pager {
-            eprintln!("vmm: pager: {}", pager.report());
-        }
         let reason = self.exit.reason().unwrap_or(ExitReason::PowerOff);
+        // A shared-memory partition's dump pages its evicted RAM back in:
+        // the pager's figures after it.
         if let (Some(dumper), ExitReason::Crash { kind, reason, .. }) = (&self.dumper, &reason) {
             crash_dump(dumper, *kind, reason);
+        }
+        if let Some(pager) = &self.pager {
+            eprintln!("vmm: pager: {}", pager.report());
         }
         if let Some(dumper) = &self.dumper {
             dumper.shut_down();

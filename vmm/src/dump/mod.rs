@@ -31,10 +31,12 @@ pub mod writer;
 
 use crate::devices::bus::lock;
 use crate::devices::exit::{CrashKind, ExitReason, ExitSignal};
+use crate::memory::GuestMemoryMmap;
 use crate::pause::PauseGate;
 use cpu::CpuStates;
 use parvm_config::{DiskSource, OnCrash};
 use parvm_protocol::dump::{self, DumpRecord, DumpTableError, DumpTrigger};
+use ram::RamSource;
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -43,7 +45,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use virtio_devices::paging::{HandOver, PagingDisk};
-use writer::{DumpMeta, RamSource};
+use writer::DumpMeta;
 
 /// The disk id in logs and errors.
 const DISK_ID: &str = "dump";
@@ -82,8 +84,6 @@ pub enum DumpError {
     Stopping,
     #[error("the dump thread is gone")]
     Gone,
-    #[error("dumps of shared-memory partitions are not supported yet (paged-out pages would read as zeros)")]
-    SharedMemory,
 }
 
 /// What to dump.
@@ -124,6 +124,7 @@ struct Worker {
     handover: HandOver,
     memfd: File,
     pieces: Vec<ram::RamPiece>,
+    mapped: Option<GuestMemoryMmap>,
     states: Arc<CpuStates>,
     pause: Arc<PauseGate>,
     exit: Arc<ExitSignal>,
@@ -169,6 +170,9 @@ pub struct DumperParts {
     pub on_crash: OnCrash,
     pub memfd: File,
     pub pieces: Vec<ram::RamPiece>,
+    /// A shared-memory partition's mapping of guest RAM (read through it,
+    /// the pager serving what it evicted); `None` for dedicated memory.
+    pub mapped: Option<GuestMemoryMmap>,
     pub states: Arc<CpuStates>,
     pub pause: Arc<PauseGate>,
     pub exit: Arc<ExitSignal>,
@@ -201,6 +205,7 @@ impl Dumper {
             handover: dumper.handover.clone(),
             memfd: parts.memfd,
             pieces: parts.pieces,
+            mapped: parts.mapped,
             states: parts.states,
             pause: parts.pause,
             exit: parts.exit,
@@ -361,6 +366,7 @@ impl Worker {
             memfd: &self.memfd,
             pieces: &self.pieces,
             release,
+            mapped: self.mapped.as_ref(),
         };
         let reporter = self.reporter.clone();
         let mut progress = |r: &DumpRecord| {

@@ -5,11 +5,12 @@
 //! that describe both.
 
 use super::elf::{Load, MAX_PHDRS};
-use crate::memory::{ram_ranges, GuestRam};
+use crate::memory::{ram_ranges, GuestMemoryMmap, GuestRam};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use vm_memory::{Bytes, GuestAddress};
 
 pub const PAGE: u64 = 4096;
 
@@ -69,26 +70,69 @@ fn is_zero(page: &[u8]) -> bool {
     head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
 }
 
-/// The non-zero pages of each piece, as guest-physical runs
-/// `(gpa, bytes)` in ascending order. `buf` is scratch (a multiple of 4 KiB).
-pub fn scan(memfd: &File, pieces: &[RamPiece], buf: &mut [u8]) -> io::Result<Vec<(u64, u64)>> {
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    for p in pieces {
+/// Guest RAM as the dump reads it.
+pub struct RamSource<'a> {
+    pub memfd: &'a File,
+    pub pieces: &'a [RamPiece],
+    /// Punch each written chunk out of the memfd (after a crash: the
+    /// memory goes back to the host as the dump proceeds). Never for a
+    /// shared-memory partition (the pager owns what is resident).
+    pub release: bool,
+    /// A shared-memory partition's mapping of guest RAM: read through it,
+    /// so that a page the pager evicted faults and comes back from the
+    /// paging device (a hole of the memfd is not a zero page there).
+    pub mapped: Option<&'a GuestMemoryMmap>,
+}
+
+impl RamSource<'_> {
+    /// Reads `buf.len()` bytes of guest RAM at `gpa` (inside `piece`).
+    pub fn read(&self, piece: &RamPiece, gpa: u64, buf: &mut [u8]) -> io::Result<()> {
+        match self.mapped {
+            Some(m) => m
+                .read_slice(buf, GuestAddress(gpa))
+                .map_err(|e| io::Error::other(format!("guest RAM at {gpa:#x}: {e}"))),
+            None => self.memfd.read_exact_at(buf, piece.memfd_at(gpa)),
+        }
+    }
+
+    /// The memfd ranges of `piece` that may hold data: its extents (holes
+    /// are zero), or all of it for a shared-memory partition.
+    fn extents(&self, p: &RamPiece) -> io::Result<Vec<(u64, u64)>> {
         let end = p.memfd_offset + p.len;
+        if self.mapped.is_some() {
+            return Ok(vec![(p.memfd_offset, end)]);
+        }
+        let mut out = Vec::new();
         let mut pos = p.memfd_offset;
         while pos < end {
-            let Some(data) = seek(memfd, pos, libc::SEEK_DATA)? else {
+            let Some(data) = seek(self.memfd, pos, libc::SEEK_DATA)? else {
                 break;
             };
             if data >= end {
                 break;
             }
             let data = data - data % PAGE;
-            let hole = seek(memfd, data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+            let hole = seek(self.memfd, data, libc::SEEK_HOLE)?
+                .unwrap_or(end)
+                .min(end);
+            out.push((data, hole));
+            pos = hole.max(data + PAGE);
+        }
+        Ok(out)
+    }
+}
+
+/// The non-zero pages of each piece, as guest-physical runs
+/// `(gpa, bytes)` in ascending order. `buf` is scratch (a multiple of 4 KiB).
+pub fn scan(src: &RamSource<'_>, buf: &mut [u8]) -> io::Result<Vec<(u64, u64)>> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for p in src.pieces {
+        for (data, hole) in src.extents(p)? {
             let mut at = data;
             while at < hole {
                 let n = ((hole - at) as usize).min(buf.len());
-                memfd.read_exact_at(&mut buf[..n], at)?;
+                let gpa = p.gpa + (at - p.memfd_offset);
+                src.read(p, gpa, &mut buf[..n])?;
                 for (i, page) in buf[..n].chunks(PAGE as usize).enumerate() {
                     if is_zero(page) {
                         continue;
@@ -101,7 +145,6 @@ pub fn scan(memfd: &File, pieces: &[RamPiece], buf: &mut [u8]) -> io::Result<Vec
                 }
                 at += n as u64;
             }
-            pos = hole.max(data + PAGE);
         }
     }
     Ok(runs)
@@ -184,7 +227,13 @@ mod tests {
         f.write_all_at(&[2], 0x20_1000 + 4095).unwrap();
         f.write_all_at(&[3], (32 << 20) + 0x5000).unwrap();
         let mut buf = vec![0; 64 << 10];
-        let runs = scan(&f, &pieces, &mut buf).unwrap();
+        let src = RamSource {
+            memfd: &f,
+            pieces: &pieces,
+            release: false,
+            mapped: None,
+        };
+        let runs = scan(&src, &mut buf).unwrap();
         assert_eq!(
             runs,
             vec![

@@ -4,7 +4,8 @@
 
 use super::cpu::CpuState;
 use super::ram::RamPiece;
-use super::writer::{write_dump, DumpMeta, DumpSink, RamSource};
+use super::ram::RamSource;
+use super::writer::{write_dump, DumpMeta, DumpSink};
 use super::DumpError;
 use parvm_protocol::dump::{self, DumpState, DumpTrigger, TABLE_BYTES};
 use std::fs::File;
@@ -84,6 +85,7 @@ fn a_dump_holds_the_pattern_at_its_physical_address_and_the_registers() {
         memfd: &ram,
         pieces: &pieces,
         release: true,
+        mapped: None,
     };
     let rec = write_dump(&mut disk, &meta(), &[cpu], &source, &mut |r| {
         seen.push(r.state)
@@ -157,6 +159,7 @@ fn a_disk_failing_mid_dump_gives_a_failed_record() {
         memfd: &ram,
         pieces: &pieces,
         release: false,
+        mapped: None,
     };
     let err = write_dump(&mut disk, &meta(), &[], &source, &mut |r| {
         last = Some(r.clone())
@@ -194,6 +197,7 @@ fn a_disk_too_small_for_the_core_is_refused_before_writing() {
         memfd: &ram,
         pieces: &pieces,
         release: false,
+        mapped: None,
     };
     let err = write_dump(&mut disk, &meta(), &[], &source, &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("needs"), "{err}");

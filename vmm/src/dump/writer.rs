@@ -5,14 +5,13 @@
 
 use super::cpu::CpuState;
 use super::elf::{self, Layout};
-use super::ram::{self, RamPiece};
+use super::ram::{self, RamSource};
 use super::DumpError;
 use parvm_protocol::dump::{
     self, DumpRecord, DumpState, DumpTable, DumpTableError, DumpTrigger, TABLE_BYTES,
 };
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use virtio_devices::paging::{PagingDisk, MAX_TRANSFER};
 
@@ -52,15 +51,6 @@ pub struct DumpMeta {
     pub partition: String,
     pub trigger: DumpTrigger,
     pub reason: String,
-}
-
-/// Guest RAM as the dump reads it.
-pub struct RamSource<'a> {
-    pub memfd: &'a File,
-    pub pieces: &'a [RamPiece],
-    /// Punch each written chunk out of the memfd (after a crash: the
-    /// memory goes back to the host as the dump proceeds).
-    pub release: bool,
 }
 
 pub fn now_ms() -> u64 {
@@ -131,7 +121,7 @@ pub fn write_dump(
 ) -> Result<DumpRecord, DumpError> {
     let started = now_ms();
     let mut buf = vec![0u8; MAX_TRANSFER];
-    let runs = ram::scan(ram.memfd, ram.pieces, &mut buf).map_err(DumpError::Memory)?;
+    let runs = ram::scan(ram, &mut buf).map_err(DumpError::Memory)?;
     let loads = ram::loads(ram.pieces, &runs);
     let layout = elf::layout(cpus, &loads);
     let mut table = read_table(sink)?;
@@ -236,13 +226,13 @@ fn write_core(
         let mut done = 0u64;
         while done < load.memsz {
             let n = ((load.memsz - done) as usize).min(buf.len());
-            let mem_at = piece.memfd_at(load.paddr + done);
-            ram.memfd
-                .read_exact_at(&mut buf[..n], mem_at)
+            let gpa = load.paddr + done;
+            ram.read(piece, gpa, &mut buf[..n])
                 .map_err(DumpError::Memory)?;
+            let mem_at = piece.memfd_at(gpa);
             sink.write_at(base + file_at + done, &buf[..n])
                 .map_err(DumpError::Disk)?;
-            if ram.release {
+            if ram.release && ram.mapped.is_none() {
                 punch(ram.memfd, mem_at, n as u64);
             }
             done += n as u64;
