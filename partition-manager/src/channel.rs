@@ -11,8 +11,10 @@
 //!   [`ControlEvents::holding`];
 //! - a shared-memory VMM's pager figures (`MemoryReport`) →
 //!   [`ControlEvents::memory`];
-//! - dump progress and on-demand dump answers (`DumpProgress`,
-//!   `DumpDone`) → [`ControlEvents::dump`];
+//! - dump progress, on-demand dump answers and a dump going on after the
+//!   partition's reboot (`DumpProgress`, `DumpDone`, `DumpDetached`) →
+//!   [`ControlEvents::dump`]; after `DumpDetached` the end is reported
+//!   when the channel closes, and the process reaped later;
 //! - guest hcalls → [`ControlEvents::hcall`], each on a thread of its own
 //!   (an hcall may wait for this very channel's answers);
 //! - the end of the channel → [`ControlEvents::closed`] with the `Exit`
@@ -51,6 +53,10 @@ pub(crate) fn read<E: ControlEvents>(
     child: Option<Child>,
 ) {
     let mut reported = None;
+    // The VMM handed its partition back while its dump goes on
+    // (`DumpDetached`): the end is reported without waiting for the
+    // process, which is reaped when its dump is done.
+    let mut detached = false;
     loop {
         match chan.recv::<ToManager>() {
             Ok((ToManager::Holding { key, gpa }, fds)) => {
@@ -59,7 +65,13 @@ pub(crate) fn read<E: ControlEvents>(
             Ok((ToManager::MemoryReport { report }, _)) => {
                 events.memory(name, generation, report);
             }
-            Ok((msg @ (ToManager::DumpProgress { .. } | ToManager::DumpDone { .. }), _)) => {
+            Ok((
+                msg @ (ToManager::DumpProgress { .. }
+                | ToManager::DumpDone { .. }
+                | ToManager::DumpDetached { .. }),
+                _,
+            )) => {
+                detached |= matches!(msg, ToManager::DumpDetached { .. });
                 events.dump(name, generation, msg);
             }
             Ok((ToManager::Hcall { seq, call }, _)) => {
@@ -91,6 +103,19 @@ pub(crate) fn read<E: ControlEvents>(
                 break;
             }
         }
+    }
+    if detached {
+        events.closed(name, generation, reported, None);
+        if let Some(mut c) = child {
+            let name = name.to_string();
+            spawn_thread("dump-reaper", move || match c.wait() {
+                Ok(st) => {
+                    tracing::info!(partition = %name, status = %st, "VMM that finished a dump after the reboot exited")
+                }
+                Err(e) => tracing::warn!(partition = %name, error = %e, "cannot reap the VMM"),
+            });
+        }
+        return;
     }
     let process = child.map(|mut c| c.wait());
     let process = match process {

@@ -63,11 +63,15 @@ fn grant_dumps(env: &Env, to: &str, rights: &str) {
 }
 
 fn client(env: &Env, name: &str, test: &str, then: &str) -> String {
+    client_mib(env, name, test, then, 32)
+}
+
+fn client_mib(env: &Env, name: &str, test: &str, then: &str, memory_mib: u64) -> String {
     write_json(
         &env.dir,
         &format!("{name}.json"),
         serde_json::json!({
-            "name": name, "kernel": guest_path("tiny.elf"), "memory_mib": 32,
+            "name": name, "kernel": guest_path("tiny.elf"), "memory_mib": memory_mib,
             "cmdline": format!("parvm.test={test}"),
             "on_crash": {"dump": "vios:vios1/dumps", "then": then},
         }),
@@ -276,4 +280,61 @@ fn a_dump_disk_whose_vios_came_back_is_used_again() {
     assert!(out.starts_with("dump 2: complete"), "{out}");
     assert_eq!(env.status("k")["state"], "running");
     env.ok(&["stop", "k"]);
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[test]
+fn then_reboot_does_not_wait_for_the_end_of_the_dump() {
+    let env = Env::new("dump-early-reboot");
+    vios(&env, 1024);
+    // 512 MiB, filled by the guest: a dump of about half a GiB.
+    env.ok(&[
+        "define",
+        &client_mib(&env, "big", "dumpfill", "reboot", 512),
+    ]);
+    grant_dumps(&env, "big", "rw");
+    env.ok(&["start", "big"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let ready_again_ms = loop {
+        if env.log_of("big").matches("parvm-guest: ready").count() >= 2 {
+            break now_ms();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reboot: {}",
+            env.manager_log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let d = wait_dumps(&env, "big", 1);
+    let first = &d["dumps"][0];
+    let finished = first["finished_ms"].as_u64().unwrap();
+    assert!(
+        ready_again_ms < finished,
+        "the guest was ready again at {ready_again_ms}, after its dump ended at {finished}: {first}"
+    );
+    eprintln!(
+        "dump 1: {} bytes from {} to {finished}; ready again at {ready_again_ms}",
+        first["size"], first["started_ms"]
+    );
+    let _ = env.parctl(&["kill", "big"]);
+    let out = get_and_read(
+        &env,
+        "big",
+        1,
+        &[&format!("x/4gx {DUMP_PATTERN:#x}"), "x/2gx 0x1f000000"],
+    );
+    assert_eq!(dumps::gdb_qwords(&out, DUMP_PATTERN), DUMP_QWORDS, "{out}");
+    assert_eq!(
+        dumps::gdb_qwords(&out, 0x1f00_0000),
+        [DUMP_QWORDS[2]; 2],
+        "{out}"
+    );
+    assert_eq!(dumps::gdb_register(&out, "r15"), Some(DUMP_R15), "{out}");
 }

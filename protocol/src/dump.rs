@@ -115,6 +115,10 @@ pub struct DumpRecord {
     /// Guest RAM covered, and how much of it was zero (not written).
     pub ram_bytes: u64,
     pub zero_bytes: u64,
+    /// The process writing it (a `writing` record whose process is gone
+    /// was interrupted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer_pid: Option<u32>,
 }
 
 /// The table of a dump disk.
@@ -146,6 +150,8 @@ pub enum DumpTableError {
     Record { id: u64, what: String },
     #[error("dump table: the encoded table is {0} bytes, more than the {TABLE_BYTES}-byte area")]
     TooLarge(usize),
+    #[error("the dump disk is busy: dump {id} is still being written where this one would go")]
+    Busy { id: u64 },
     #[error("the dump disk holds {capacity} bytes; a dump of {size} bytes needs {needed}")]
     DiskTooSmall {
         capacity: u64,
@@ -291,6 +297,25 @@ impl DumpTable {
         self.dumps.iter_mut().find(|d| d.id == id)
     }
 
+    /// `mine` into the table as it is on the disk now (`self`, another
+    /// writer may have changed it since this one read it): its record
+    /// replaced or added, records its range overlaps dropped, `next_id`
+    /// the larger of both.
+    pub fn merge(&mut self, mine: &DumpRecord, next_id: u64) {
+        let (start, end) = (mine.offset, mine.offset + mine.size.max(1));
+        self.dumps
+            .retain(|d| d.id == mine.id || d.offset + d.size.max(1) <= start || d.offset >= end);
+        match self.get_mut(mine.id) {
+            Some(d) => *d = mine.clone(),
+            None => self.dumps.push(mine.clone()),
+        }
+        self.dumps.sort_by_key(|d| d.id);
+        while self.dumps.len() > MAX_DUMPS {
+            self.dumps.remove(0);
+        }
+        self.next_id = self.next_id.max(next_id).max(mine.id + 1);
+    }
+
     /// Where a new dump of `size` bytes goes on a disk of `capacity`
     /// bytes: after the newest dump, or back at the start when it does not
     /// fit there. Records of dumps it overwrites are dropped, as is the
@@ -317,8 +342,17 @@ impl DumpTable {
             first
         };
         let end = offset + size;
-        self.dumps
-            .retain(|d| d.offset + d.size.max(1) <= offset || d.offset >= end);
+        let overlaps = |d: &DumpRecord| !(d.offset + d.size.max(1) <= offset || d.offset >= end);
+        // A dump still being written (by a VMM that went on after its
+        // partition rebooted) is never overwritten.
+        if let Some(d) = self
+            .dumps
+            .iter()
+            .find(|d| d.state == DumpState::Writing && overlaps(d))
+        {
+            return Err(DumpTableError::Busy { id: d.id });
+        }
+        self.dumps.retain(|d| !overlaps(d));
         while self.dumps.len() >= MAX_DUMPS {
             self.dumps.remove(0);
         }
@@ -350,6 +384,7 @@ mod tests {
             written: size,
             ram_bytes: 32 << 20,
             zero_bytes: 30 << 20,
+            writer_pid: None,
         }
     }
 
@@ -480,6 +515,15 @@ mod tests {
         assert_eq!(t.dumps.iter().map(|d| d.id).collect::<Vec<_>>(), vec![2]);
         t.dumps.push(record(id, off, 3 << 20));
         assert!(decode(&encode(&t).unwrap(), 10 << 20).is_ok());
+        // A dump still being written is never overwritten.
+        let mut busy = t.clone();
+        busy.get_mut(3).unwrap().state = DumpState::Writing;
+        busy.dumps.push(record(4, 4 << 20, 5 << 20));
+        busy.next_id = 5;
+        assert_eq!(
+            busy.place(3 << 20, 10 << 20),
+            Err(DumpTableError::Busy { id: 3 })
+        );
         // Too big for the disk at all.
         assert_eq!(
             t.place(10 << 20, 10 << 20),
@@ -489,6 +533,29 @@ mod tests {
                 needed: 11 << 20
             })
         );
+    }
+
+    #[test]
+    fn a_record_merges_into_a_table_another_writer_changed() {
+        let mut on_disk = table(); // dumps 1 and 2, next 3
+        let mut other = record(3, 8 << 20, 4096);
+        other.state = DumpState::Writing;
+        on_disk.dumps.push(other.clone());
+        on_disk.next_id = 4;
+        // This writer placed dump 3 too (it read the table before): its
+        // record wins for id 3, the ids go on from the larger next_id.
+        let mut mine = record(3, 8 << 20, 8192);
+        mine.partition = "q".into();
+        on_disk.merge(&mine, 4);
+        assert_eq!(on_disk.get(3).unwrap().partition, "q");
+        assert_eq!(on_disk.next_id, 4);
+        // A record overlapping mine goes; the others stay.
+        let mut t = table();
+        let over = record(9, 1 << 20, 4096);
+        t.next_id = 10;
+        t.merge(&over, 10);
+        assert_eq!(t.dumps.iter().map(|d| d.id).collect::<Vec<_>>(), [2, 9]);
+        assert!(decode(&encode(&t).unwrap(), CAP).is_ok());
     }
 
     #[test]

@@ -590,6 +590,11 @@ pub enum ToManager {
     DumpProgress {
         dump: DumpRecord,
     },
+    /// Before `Exit`: the partition reboots while this process finishes
+    /// the dump (`then: reboot`, docs/dump.md); the disk has its record.
+    DumpDetached {
+        dump: DumpRecord,
+    },
     /// The answer to [`ManagerToVmm::Dump`]: the final record, or why not.
     DumpDone {
         #[serde(default)]

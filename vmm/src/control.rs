@@ -87,6 +87,8 @@ struct Shared {
     dumper: Option<Arc<crate::dump::Dumper>>,
     stop_requested: AtomicBool,
     finished: AtomicBool,
+    /// The partition was handed back while its dump goes on (`Exit` sent).
+    detached: AtomicBool,
 }
 
 impl Shared {
@@ -195,6 +197,7 @@ impl Control {
             dumper: vmm.dumper(),
             stop_requested: AtomicBool::new(false),
             finished: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
         });
         // Fault reports and hcalls go out on the control channel.
         let weak = Arc::downgrade(&shared);
@@ -253,8 +256,34 @@ impl Control {
         }))
     }
 
+    /// For `then: reboot` (docs/dump.md): once the crash dump is placed,
+    /// tell the manager the partition ended (`DumpDetached`, then `Exit`)
+    /// and close the channel, so that it reboots the partition while this
+    /// process finishes the dump.
+    pub fn detacher(&self) -> crate::dump::Detach {
+        let s = self.shared.clone();
+        Box::new(move |dump| {
+            s.send(&ToManager::DumpDetached { dump: dump.clone() });
+            s.send(&ToManager::Exit {
+                status: ExitStatus::Crash {
+                    reason: dump.reason.clone(),
+                },
+                code: 2,
+            });
+            s.detached.store(true, Ordering::SeqCst);
+            s.finished.store(true, Ordering::SeqCst);
+            if let Some(chan) = lock(&s.writer).take() {
+                let _ = chan.stream().shutdown(std::net::Shutdown::Both);
+            }
+            tracing::info!(partition = %s.name, id = dump.id, "partition handed back for its reboot; the dump goes on");
+        })
+    }
+
     /// Reports how the partition ended and closes the channel.
     pub fn finish(mut self, reason: &ExitReason) {
+        if self.shared.detached.load(Ordering::SeqCst) {
+            return self.close();
+        }
         let status = exit_status(reason, self.shared.stop_requested.load(Ordering::SeqCst));
         self.shared.send(&ToManager::Exit {
             status,

@@ -146,6 +146,9 @@ pub struct Vmm {
     virtio: VirtioDevices,
     pager: Option<Arc<pager::Pager>>,
     dumper: Option<Arc<dump::Dumper>>,
+    /// With `then: reboot`: hands the partition back once its dump is
+    /// under way (set by the control channel).
+    detach: Option<dump::Detach>,
 }
 
 impl Vmm {
@@ -178,6 +181,7 @@ impl Vmm {
             virtio,
             pager: pager.map(Arc::new),
             dumper,
+            detach: None,
         })
     }
 
@@ -206,13 +210,20 @@ impl Vmm {
         self.dumper.clone()
     }
 
+    /// After a crash with `then: reboot` (dedicated memory), `detach` is
+    /// called once the dump is placed: the partition is handed back to the
+    /// manager for its reboot while this process finishes the dump.
+    pub fn set_detach(&mut self, detach: dump::Detach) {
+        self.detach = Some(detach);
+    }
+
     /// The serial console, for input from the control channel.
     pub fn serial(&self) -> Arc<Mutex<SerialPort>> {
         self.serial.clone()
     }
 
     /// Runs the partition until it stops; returns why.
-    pub fn run(self) -> Result<ExitReason, VmmError> {
+    pub fn run(mut self) -> Result<ExitReason, VmmError> {
         install_kick_handler()?;
         let devices = self
             .virtio
@@ -255,7 +266,15 @@ impl Vmm {
         // A shared-memory partition's dump pages its evicted RAM back in:
         // the pager's figures after it.
         if let (Some(dumper), ExitReason::Crash { kind, reason, .. }) = (&self.dumper, &reason) {
-            crash_dump(dumper, *kind, reason);
+            // Memory is released as it is written only for dedicated memory.
+            let reboot = self.config.shared.is_none()
+                && self
+                    .config
+                    .on_crash
+                    .as_ref()
+                    .is_some_and(|c| c.then == config::CrashAction::Reboot);
+            let detach = self.detach.take().filter(|_| reboot);
+            crash_dump(dumper, *kind, reason, detach);
         }
         if let Some(pager) = &self.pager {
             eprintln!("vmm: pager: {}", pager.report());
@@ -269,12 +288,12 @@ impl Vmm {
 
 /// After a crash, the dump to the dump disk (if one is configured); its
 /// outcome goes to stderr (and, as progress, to the manager).
-fn crash_dump(dumper: &dump::Dumper, kind: CrashKind, reason: &str) {
+fn crash_dump(dumper: &dump::Dumper, kind: CrashKind, reason: &str, detach: Option<dump::Detach>) {
     if !dumper.has_disk() {
         return;
     }
     eprintln!("vmm: dumping after: {reason}");
-    match dumper.crash_dump(kind.trigger(), reason) {
+    match dumper.crash_dump(kind.trigger(), reason, detach) {
         Ok(d) => eprintln!(
             "vmm: dump {} complete: {} bytes at offset {:#x} of the dump disk ({} of {} bytes of RAM were zero, not written) in {} ms",
             d.id,

@@ -150,8 +150,11 @@ fn run(args: Args) -> anyhow::Result<i32> {
     };
     let config = file.overridden_by(flags).validate()?;
     vmm::seccomp::configure(args.seccomp)?;
-    let vmm = vmm::Vmm::new(config, &args.kvm_device)?;
+    let mut vmm = vmm::Vmm::new(config, &args.kvm_device)?;
     let control = vmm::control::Control::attach(args.control_fd, args.manager_socket, &vmm)?;
+    if let Some(c) = &control {
+        vmm.set_detach(c.detacher());
+    }
 
     EXIT.store(
         Arc::into_raw(vmm.exit_signal()).cast_mut(),

@@ -47,6 +47,18 @@ impl DumpLog {
                     .or_default()
                     .insert(dump.id, dump);
             }
+            ToManager::DumpDetached { dump } => {
+                // It goes on after the partition's end: the disk's table is
+                // its record from here.
+                tracing::info!(
+                    partition,
+                    id = dump.id,
+                    "dump goes on while the partition reboots"
+                );
+                if let Some(r) = self.reported.get_mut(partition) {
+                    r.remove(&dump.id);
+                }
+            }
             ToManager::DumpDone { dump, error } => {
                 let answer = match (dump, error) {
                     (Some(d), None) => Ok(d),
@@ -260,6 +272,7 @@ mod tests {
             written: 0,
             ram_bytes: 0,
             zero_bytes: 0,
+            writer_pid: None,
         }
     }
 

@@ -93,6 +93,7 @@ enum Job {
     Crash {
         trigger: DumpTrigger,
         reason: String,
+        detach: Option<Detach>,
         reply: mpsc::Sender<Result<DumpRecord, DumpError>>,
     },
     /// The partition keeps running: paused while its memory is written.
@@ -103,6 +104,8 @@ enum Job {
 
 /// Sends dump progress to the manager (set by the control channel).
 pub type Reporter = Box<dyn Fn(&DumpRecord) + Send + Sync>;
+/// Hands a crashed partition back to the manager while its dump goes on.
+pub type Detach = Box<dyn FnOnce(&DumpRecord) + Send>;
 
 /// The dump thread's handle.
 pub struct Dumper {
@@ -260,10 +263,20 @@ impl Dumper {
 
     /// Dumps a crashed partition (its vCPUs have stopped and saved their
     /// registers); returns when the dump is complete or failed.
-    pub fn crash_dump(&self, trigger: DumpTrigger, reason: &str) -> Result<DumpRecord, DumpError> {
+    /// With `detach`, it is called once the dump is placed and its
+    /// record written (from then on the memory is released as the dump
+    /// goes): the partition is handed back for its reboot while the dump
+    /// goes on.
+    pub fn crash_dump(
+        &self,
+        trigger: DumpTrigger,
+        reason: &str,
+        detach: Option<Detach>,
+    ) -> Result<DumpRecord, DumpError> {
         self.submit(|reply| Job::Crash {
             trigger,
             reason: reason.to_string(),
+            detach,
             reply,
         })
     }
@@ -288,9 +301,10 @@ impl Worker {
                 Ok(Job::Crash {
                     trigger,
                     reason,
+                    detach,
                     reply,
                 }) => {
-                    let r = self.dump(trigger, &reason, true);
+                    let r = self.dump(trigger, &reason, true, detach);
                     let _ = reply.send(r);
                 }
                 Ok(Job::OnDemand { reply }) => {
@@ -333,7 +347,12 @@ impl Worker {
             }
         }
         let paused = Instant::now();
-        let r = self.dump(DumpTrigger::OnDemand, "on demand (parctl dump)", false);
+        let r = self.dump(
+            DumpTrigger::OnDemand,
+            "on demand (parctl dump)",
+            false,
+            None,
+        );
         if !was_paused {
             self.pause.resume();
         }
@@ -346,6 +365,7 @@ impl Worker {
         trigger: DumpTrigger,
         reason: &str,
         release: bool,
+        mut detach: Option<Detach>,
     ) -> Result<DumpRecord, DumpError> {
         let Some(disk) = self.disk.as_mut() else {
             return Err(DumpError::NoDisk);
@@ -372,6 +392,11 @@ impl Worker {
         let mut progress = |r: &DumpRecord| {
             if let Some(report) = lock(&reporter).as_ref() {
                 report(r);
+            }
+            if r.state == dump::DumpState::Writing {
+                if let Some(detach) = detach.take() {
+                    detach(r);
+                }
             }
         };
         writer::write_dump(disk, &meta, &cpus, &source, &mut progress)

@@ -60,13 +60,42 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The disk's table; a disk without one (or with a damaged one) starts a
-/// new table. Dumps left `writing` by an earlier VMM are marked failed.
-pub fn read_table(sink: &mut dyn DumpSink) -> Result<DumpTable, DumpError> {
+/// Whether the process that writes a `writing` record is gone (or is
+/// this one, whose earlier dump then failed).
+fn writer_gone(d: &DumpRecord) -> bool {
+    match d.writer_pid {
+        Some(pid) if pid != std::process::id() => {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        }
+        _ => true,
+    }
+}
+
+/// The disk's table as it is now, with the `writing` records of VMMs that
+/// are gone marked failed.
+fn decode_disk(sink: &mut dyn DumpSink) -> Result<Result<DumpTable, DumpTableError>, DumpError> {
     let bytes = sink
         .read_at(0, TABLE_BYTES as usize)
         .map_err(DumpError::Disk)?;
-    let mut table = match dump::decode(&bytes, sink.capacity()) {
+    let mut table = dump::decode(&bytes, sink.capacity());
+    if let Ok(t) = table.as_mut() {
+        for d in t
+            .dumps
+            .iter_mut()
+            .filter(|d| d.state == DumpState::Writing && writer_gone(d))
+        {
+            d.state = DumpState::Failed;
+            d.error = Some("interrupted: the VMM ended before the dump did".into());
+        }
+    }
+    Ok(table)
+}
+
+/// The disk's table; a disk without one (or with a damaged one) starts a
+/// new table. Dumps left `writing` by a VMM that is gone are marked failed
+/// (a VMM whose partition rebooted may still be writing one).
+pub fn read_table(sink: &mut dyn DumpSink) -> Result<DumpTable, DumpError> {
+    let table = match decode_disk(sink)? {
         Ok(t) => t,
         Err(DumpTableError::NotFormatted) => {
             tracing::info!("dump disk: no table yet, formatting");
@@ -77,18 +106,27 @@ pub fn read_table(sink: &mut dyn DumpSink) -> Result<DumpTable, DumpError> {
             DumpTable::default()
         }
     };
-    for d in table
-        .dumps
-        .iter_mut()
-        .filter(|d| d.state == DumpState::Writing)
-    {
-        d.state = DumpState::Failed;
-        d.error = Some("interrupted: the VMM ended before the dump did".into());
-    }
     Ok(table)
 }
 
-fn write_table(sink: &mut dyn DumpSink, table: &DumpTable) -> Result<(), DumpError> {
+/// Writes `record` into the disk's table: the table is read again first
+/// and the record merged into it, so that what another VMM wrote since
+/// (a dump of the rebooted partition while this one goes on) stays.
+fn save(
+    sink: &mut dyn DumpSink,
+    table: &mut DumpTable,
+    record: &DumpRecord,
+) -> Result<(), DumpError> {
+    match decode_disk(sink)? {
+        Ok(mut disk) => {
+            disk.merge(record, table.next_id);
+            *table = disk;
+        }
+        Err(_) => {
+            let next = table.next_id;
+            table.merge(record, next);
+        }
+    }
     let bytes = dump::encode(table).map_err(DumpError::Table)?;
     sink.write_at(0, &bytes).map_err(DumpError::Disk)
 }
@@ -144,6 +182,7 @@ pub fn write_dump(
         written: 0,
         ram_bytes,
         zero_bytes: ram_bytes - written_ram,
+        writer_pid: Some(std::process::id()),
     };
     table.dumps.push(record.clone());
     tracing::info!(
@@ -154,7 +193,7 @@ pub fn write_dump(
         zero = record.zero_bytes,
         "dump: starts"
     );
-    let result = write_table(sink, &table).and_then(|()| {
+    let result = save(sink, &mut table, &record).and_then(|()| {
         progress(&record);
         write_core(
             sink,
@@ -171,10 +210,7 @@ pub fn write_dump(
         Ok(()) => {
             record.state = DumpState::Complete;
             record.written = record.size;
-            if let Some(r) = table.get_mut(id) {
-                *r = record.clone();
-            }
-            write_table(sink, &table)
+            save(sink, &mut table, &record)
                 .and_then(|()| sink.flush().map_err(DumpError::Disk))
                 .inspect_err(|e| {
                     record.state = DumpState::Failed;
@@ -187,11 +223,8 @@ pub fn write_dump(
         Err(e) => {
             record.state = DumpState::Failed;
             record.error = Some(dump::bounded(&e.to_string()));
-            if let Some(r) = table.get_mut(id) {
-                *r = record.clone();
-            }
             // Best effort: the disk may be what failed.
-            let _ = write_table(sink, &table);
+            let _ = save(sink, &mut table, &record);
             progress(&record);
             Err(DumpError::Failed(Box::new(record), e.to_string()))
         }
@@ -239,10 +272,7 @@ fn write_core(
             record.written += n as u64;
             if record.written - tabled >= TABLE_EVERY {
                 tabled = record.written;
-                if let Some(r) = table.get_mut(record.id) {
-                    *r = record.clone();
-                }
-                write_table(sink, table)?;
+                save(sink, table, record)?;
             }
             if reported.elapsed() >= REPORT_EVERY {
                 reported = Instant::now();
