@@ -338,3 +338,41 @@ fn then_reboot_does_not_wait_for_the_end_of_the_dump() {
     );
     assert_eq!(dumps::gdb_register(&out, "r15"), Some(DUMP_R15), "{out}");
 }
+
+#[test]
+fn the_vios_killed_mid_dump_marks_it_failed_and_the_policy_runs() {
+    let env = Env::new("dump-vios-killed");
+    vios(&env, 1024);
+    env.ok(&["define", &client_mib(&env, "v", "dumpfill", "stop", 512)]);
+    grant_dumps(&env, "v", "rw");
+    env.ok(&["start", "v"]);
+    // Kill the VIOS as soon as the dump is listed as being written.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let d = dumps_json(&env, "v");
+        if d["dumps"][0]["state"] == "writing" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no dump started: {d}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    kill9(pid_of(&env.status("vios1")));
+    // The policy (then: stop) still runs: the partition ends crashed.
+    let s = env.wait_state("v", "crashed", Duration::from_secs(30));
+    assert!(
+        s["last_exit"].as_str().unwrap().contains("triple fault"),
+        "{s}"
+    );
+    let d = dumps_json(&env, "v");
+    let rec = &d["dumps"][0];
+    if rec["state"] == "complete" {
+        eprintln!("note: the dump completed before the VIOS died");
+        return;
+    }
+    assert_eq!(rec["state"], "failed", "{d}");
+    assert!(rec["error"].as_str().is_some(), "{d}");
+    one_line(
+        &env.fails(&["dump-get", "v", "1", "/tmp/x"]),
+        "is failed, not complete",
+    );
+}

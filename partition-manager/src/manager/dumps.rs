@@ -90,6 +90,16 @@ impl DumpLog {
     /// laid over them (newer: the disk may have missed the last update
     /// when its VIOS died), and reports the disk does not show.
     fn merged(&self, partition: &str, mut on_disk: Vec<DumpRecord>) -> Vec<DumpRecord> {
+        // A record left `writing` by a process that is gone was interrupted
+        // (also after a manager restart, when nothing was reported).
+        for d in on_disk.iter_mut().filter(|d| d.state == DumpState::Writing) {
+            if d.writer_pid
+                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            {
+                d.state = DumpState::Failed;
+                d.error = Some("interrupted: its VMM ended before the dump did".into());
+            }
+        }
         let Some(reported) = self.reported.get(partition) else {
             return on_disk;
         };
@@ -181,6 +191,12 @@ impl Manager {
                     "dump disk {disk} holds no dump {id} of partition `{name}` (parctl dumps {name})"
                 ))
             })?;
+        let rec = state
+            .dumps
+            .merged(name, vec![rec])
+            .into_iter()
+            .find(|d| d.id == id)
+            .ok_or_else(|| ManagerError::BadRequest(format!("dump {id} vanished")))?;
         if rec.state != DumpState::Complete {
             return Err(ManagerError::BadRequest(format!(
                 "dump {id} of partition `{name}` is {}, not complete: nothing to extract",
@@ -308,6 +324,15 @@ mod tests {
         assert!(m.iter().all(|d| d.state == DumpState::Failed));
         // Another partition's reports do not show.
         assert!(log.merged("q", vec![]).is_empty());
+        // A disk record left writing by a process that is gone: failed; by
+        // a live one (this test): still writing.
+        let mut dead = rec(7, DumpState::Writing);
+        dead.writer_pid = Some(u32::MAX - 1);
+        let mut live = rec(8, DumpState::Writing);
+        live.writer_pid = Some(std::process::id());
+        let m = log.merged("q", vec![dead, live]);
+        assert_eq!(m[0].state, DumpState::Failed);
+        assert_eq!(m[1].state, DumpState::Writing);
     }
 
     #[test]
