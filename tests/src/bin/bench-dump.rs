@@ -15,6 +15,11 @@
 //!   soon as the old one exited (what `then: reboot` does, without the
 //!   manager's 100 ms restart delay).
 //!
+//! * managed reboot: the same two partitions under `partition-manager`
+//!   with `"on_crash": {"dump": "vios:vios1/dumps", "then": "reboot"}`:
+//!   from the failure to the second `ready` line in the console log, while
+//!   the dump goes on (docs/dump.md, "Reboot early"), and the dump's time.
+//!
 //! Prints medians as a Markdown table.
 //!
 //!     cargo build --release --workspace && target/release/bench-dump [--runs N] [--small-mib N] [--large-mib N] [--write-mib N]
@@ -169,6 +174,134 @@ fn dump_run(
     Ok((rec, reboot))
 }
 
+/// SIGKILL to every process whose command line names `dir` (the
+/// manager's VMMs and VIOS of this run), then the manager.
+fn kill_under(dir: &Path, manager: &mut Child) {
+    let _ = manager.kill();
+    let _ = manager.wait();
+    let marker = dir.display().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&marker) {
+            // SAFETY: a process this run's manager started for us.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn parctl(socket: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(sibling("parctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .map_err(|e| format!("parctl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "parctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Under the manager, `then: reboot`: the dump's record and the time from
+/// the failure to the rebooted guest's ready line, in ms.
+fn managed_run(
+    dir: &Path,
+    disk_mib: u64,
+    memory_mib: u64,
+    test: &str,
+) -> Result<(DumpRecord, u64), String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let image = dir.join("dumps.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(disk_mib << 20))
+        .map_err(|e| e.to_string())?;
+    let socket = dir.join("pm.sock");
+    let state = dir.join("state");
+    let mut manager = Command::new(sibling("partition-manager"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--vmm")
+        .arg(sibling("vmm"))
+        .env("PARVM_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("partition-manager: {e}"))?;
+    let result = (|| {
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err("the manager did not listen".to_string());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let write = |name: &str, v: serde_json::Value| -> Result<String, String> {
+            let p = dir.join(name);
+            std::fs::write(&p, v.to_string()).map_err(|e| e.to_string())?;
+            Ok(p.display().to_string())
+        };
+        let vios = write(
+            "vios1.json",
+            serde_json::json!({"kind": "vios", "name": "vios1",
+                "disks": [{"id": "dumps", "path": image}]}),
+        )?;
+        let client = write(
+            "c.json",
+            serde_json::json!({"name": "c", "kernel": guest_path("tiny.elf"),
+                "memory_mib": memory_mib, "cmdline": format!("parvm.test={test}"),
+                "on_crash": {"dump": "vios:vios1/dumps", "then": "reboot"}}),
+        )?;
+        parctl(&socket, &["define", &vios])?;
+        parctl(&socket, &["start", "vios1"])?;
+        parctl(&socket, &["define", &client])?;
+        let cookie = parctl(
+            &socket,
+            &["grant", "vios1/dumps", "--to", "c", "--rights", "rw"],
+        )?;
+        parctl(&socket, &["accept", cookie.trim(), "--as", "c"])?;
+        parctl(&socket, &["start", "c"])?;
+        let log = state.join("logs").join("c.log");
+        let start = Instant::now();
+        let ready_ms = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.matches("parvm-guest: ready").count() >= 2 {
+                break now_ms();
+            }
+            if start.elapsed() > Duration::from_secs(300) {
+                return Err("the partition was not ready again".into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        loop {
+            if let Some(first) = dumps::table(&image)?.get(1).cloned() {
+                if first.state != parvm_protocol::dump::DumpState::Writing {
+                    let reboot = ready_ms.saturating_sub(first.started_ms);
+                    return Ok((first, reboot));
+                }
+            }
+            if start.elapsed() > Duration::from_secs(300) {
+                return Err("the first dump did not end".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })();
+    kill_under(dir, &mut manager);
+    result
+}
+
 fn main() {
     let o = match parse(std::env::args().skip(1)) {
         Ok(o) => o,
@@ -187,6 +320,7 @@ fn main() {
     let _ = std::fs::create_dir_all(&dir);
     let disk_mib = o.large_mib.max(o.small_mib).max(o.write_mib) + 64;
     let (mut write, mut small, mut large) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut msmall, mut mlarge) = (Vec::new(), Vec::new());
     let mut errors = Vec::new();
     for run in 0..o.runs {
         eprintln!("bench-dump: run {} of {}", run + 1, o.runs);
@@ -202,6 +336,15 @@ fn main() {
             let r = fresh(&dir, disk_mib)
                 .and_then(|(image, socket, _vios)| dump_run(&socket, &image, mib, test));
             match r {
+                Ok(v) => into.push(v),
+                Err(e) => errors.push(e),
+            }
+        }
+        for (mib, test, into) in [
+            (o.small_mib, "dumpfill", &mut msmall),
+            (o.large_mib, "dumpfault", &mut mlarge),
+        ] {
+            match managed_run(&dir.join("managed"), disk_mib, mib, test) {
                 Ok(v) => into.push(v),
                 Err(e) => errors.push(e),
             }
@@ -275,9 +418,19 @@ fn main() {
         ram(&large)
     );
     println!(
-        "| failure to ready after reboot (ms) | - | {:.0} | {:.0} |",
+        "| failure to ready after reboot, hand-run vmm (ms) | - | {:.0} | {:.0} |",
         reboot(&small),
         reboot(&large)
+    );
+    println!(
+        "| failure to ready after reboot, manager `then: reboot` (ms) | - | {:.0} | {:.0} |",
+        reboot(&msmall),
+        reboot(&mlarge)
+    );
+    println!(
+        "| dump time under the manager (ms) | - | {:.0} | {:.0} |",
+        dur(&msmall),
+        dur(&mlarge)
     );
     for e in &errors {
         println!("error: {}", e.lines().next().unwrap_or_default());
