@@ -20,9 +20,11 @@
 //!   memfds and eventfds beside them) to the VIOS's `serve_stream`.
 //! - [`grant_table`]: the manager's grant table driven by a sequence of
 //!   operations, its invariants checked after each.
+//! - [`dump_table`]: the table of a dump disk as read back from its image.
 
 pub mod block;
 pub mod definition;
+pub mod dump_table;
 pub mod frame;
 pub mod grant_table;
 pub mod hcall;
@@ -39,6 +41,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("hcall", hcall::hcall),
     ("vhost_user", vhost_user::vhost_user),
     ("grant_table", grant_table::grant_table),
+    ("dump_table", dump_table::dump_table),
 ];
 
 /// A cursor over fuzz input: every read succeeds, returning zeroes once the
