@@ -250,6 +250,34 @@ fn a_dump_disk_not_granted_or_read_only_is_refused_at_start() {
         &env.fails(&["start", "n"]),
         "dump disk `vios:vios1/dumps`: the grant is read-only",
     );
+    // A dump disk too small for the partition's RAM: the VMM refuses to
+    // start, the start fails with its one line.
+    let small = env.dir.join("small.img");
+    std::fs::File::create(&small)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let def = write_json(
+        &env.dir,
+        "vios2.json",
+        serde_json::json!({"kind": "vios", "name": "vios2",
+            "disks": [{"id": "small", "path": "small.img"}]}),
+    );
+    env.ok(&["define", &def]);
+    env.ok(&["start", "vios2"]);
+    let tiny = write_json(
+        &env.dir,
+        "t.json",
+        serde_json::json!({"name": "t", "kernel": guest_path("tiny.elf"), "memory_mib": 32,
+            "on_crash": {"dump": "vios:vios2/small"}}),
+    );
+    env.ok(&["define", &tiny]);
+    let cookie = env
+        .ok(&["grant", "vios2/small", "--to", "t", "--rights", "rw"])
+        .trim()
+        .to_string();
+    env.ok(&["accept", &cookie, "--as", "t"]);
+    one_line(&env.fails(&["start", "t"]), "too small");
     // A partition without on_crash has no dumps to list.
     let plain = write_json(
         &env.dir,

@@ -123,6 +123,7 @@ pub fn attach_dumper(
             // Shared memory: through the mapping, so that evicted pages
             // fault and the pager brings them back (docs/dump.md).
             mapped: config.shared.is_some().then(|| ram.memory.clone()),
+            view: ram.memory.clone(),
             states: states.clone(),
             pause: pause.clone(),
             exit: exit.clone(),

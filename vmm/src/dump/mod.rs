@@ -128,6 +128,7 @@ struct Worker {
     memfd: File,
     pieces: Vec<ram::RamPiece>,
     mapped: Option<GuestMemoryMmap>,
+    view: GuestMemoryMmap,
     states: Arc<CpuStates>,
     pause: Arc<PauseGate>,
     exit: Arc<ExitSignal>,
@@ -176,6 +177,8 @@ pub struct DumperParts {
     /// A shared-memory partition's mapping of guest RAM (read through it,
     /// the pager serving what it evicted); `None` for dedicated memory.
     pub mapped: Option<GuestMemoryMmap>,
+    /// The mapping of guest RAM, to tell zero pages in place.
+    pub view: GuestMemoryMmap,
     pub states: Arc<CpuStates>,
     pub pause: Arc<PauseGate>,
     pub exit: Arc<ExitSignal>,
@@ -209,6 +212,7 @@ impl Dumper {
             memfd: parts.memfd,
             pieces: parts.pieces,
             mapped: parts.mapped,
+            view: parts.view,
             states: parts.states,
             pause: parts.pause,
             exit: parts.exit,
@@ -387,6 +391,7 @@ impl Worker {
             pieces: &self.pieces,
             release,
             mapped: self.mapped.as_ref(),
+            view: Some(&self.view),
         };
         let reporter = self.reporter.clone();
         let mut progress = |r: &DumpRecord| {

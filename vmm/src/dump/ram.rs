@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 pub const PAGE: u64 = 4096;
 
@@ -82,6 +82,27 @@ pub struct RamSource<'a> {
     /// so that a page the pager evicted faults and comes back from the
     /// paging device (a hole of the memfd is not a zero page there).
     pub mapped: Option<&'a GuestMemoryMmap>,
+    /// The partition's mapping, to look at pages in place (no copy) when
+    /// telling zero pages from data; without it they are read into a buffer.
+    pub view: Option<&'a GuestMemoryMmap>,
+}
+
+/// Whether the page at `gpa` of `view` is all zero, read in place with
+/// volatile loads (another thread, a VIOS completing a request, may write
+/// guest RAM: no reference to it is made). `None` if it is not in `view`.
+fn zero_in_place(view: &GuestMemoryMmap, gpa: u64) -> Option<bool> {
+    let slice = view.get_slice(GuestAddress(gpa), PAGE as usize).ok()?;
+    let guard = slice.ptr_guard();
+    let words = guard.as_ptr().cast::<u64>();
+    if !words.is_aligned() {
+        return None;
+    }
+    Some((0..PAGE as usize / 8).all(|i| {
+        // SAFETY: the guard keeps the page's mapping alive, the page is
+        // PAGE bytes from an aligned start (checked), so each of the
+        // PAGE / 8 words is inside it and aligned.
+        unsafe { words.add(i).read_volatile() == 0 }
+    }))
 }
 
 impl RamSource<'_> {
@@ -132,6 +153,28 @@ pub fn scan(src: &RamSource<'_>, buf: &mut [u8]) -> io::Result<Vec<(u64, u64)>> 
             while at < hole {
                 let n = ((hole - at) as usize).min(buf.len());
                 let gpa = p.gpa + (at - p.memfd_offset);
+                if let Some(view) = src.view.filter(|_| src.mapped.is_none()) {
+                    // Dedicated memory: the extents hold no hole, so looking
+                    // through the mapping allocates nothing.
+                    for i in 0..n as u64 / PAGE {
+                        let page = gpa + i * PAGE;
+                        let zero = match zero_in_place(view, page) {
+                            Some(z) => z,
+                            None => {
+                                src.read(p, page, &mut buf[..PAGE as usize])?;
+                                is_zero(&buf[..PAGE as usize])
+                            }
+                        };
+                        if !zero {
+                            match runs.last_mut() {
+                                Some((start, len)) if *start + *len == page => *len += PAGE,
+                                _ => runs.push((page, PAGE)),
+                            }
+                        }
+                    }
+                    at += n as u64;
+                    continue;
+                }
                 src.read(p, gpa, &mut buf[..n])?;
                 for (i, page) in buf[..n].chunks(PAGE as usize).enumerate() {
                     if is_zero(page) {
@@ -232,8 +275,24 @@ mod tests {
             pieces: &pieces,
             release: false,
             mapped: None,
+            view: None,
         };
         let runs = scan(&src, &mut buf).unwrap();
+        // The same through a mapping of the memfd (pages looked at in place).
+        let ranges = pieces
+            .iter()
+            .map(|p| {
+                let file = f.try_clone().unwrap();
+                let offset = vm_memory::FileOffset::new(file, p.memfd_offset);
+                (GuestAddress(p.gpa), p.len as usize, Some(offset))
+            })
+            .collect::<Vec<_>>();
+        let view = GuestMemoryMmap::from_ranges_with_files(ranges).unwrap();
+        let mapped = RamSource {
+            view: Some(&view),
+            ..src
+        };
+        assert_eq!(scan(&mapped, &mut buf).unwrap(), runs);
         assert_eq!(
             runs,
             vec![

@@ -86,6 +86,7 @@ fn a_dump_holds_the_pattern_at_its_physical_address_and_the_registers() {
         pieces: &pieces,
         release: true,
         mapped: None,
+        view: None,
     };
     let rec = write_dump(&mut disk, &meta(), &[cpu], &source, &mut |r| {
         seen.push(r.state)
@@ -160,6 +161,7 @@ fn a_disk_failing_mid_dump_gives_a_failed_record() {
         pieces: &pieces,
         release: false,
         mapped: None,
+        view: None,
     };
     let err = write_dump(&mut disk, &meta(), &[], &source, &mut |r| {
         last = Some(r.clone())
@@ -198,6 +200,7 @@ fn a_disk_too_small_for_the_core_is_refused_before_writing() {
         pieces: &pieces,
         release: false,
         mapped: None,
+        view: None,
     };
     let err = write_dump(&mut disk, &meta(), &[], &source, &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("needs"), "{err}");

@@ -17,6 +17,8 @@ use virtio_devices::paging::{PagingDisk, MAX_TRANSFER};
 
 /// The table is rewritten after every this many bytes of the core.
 const TABLE_EVERY: u64 = 64 << 20;
+/// Written guest RAM is released in runs of at most this many bytes.
+const PUNCH_EVERY: u64 = 8 << 20;
 /// Progress goes to the manager at most this often.
 const REPORT_EVERY: Duration = Duration::from_millis(200);
 
@@ -248,6 +250,7 @@ fn write_core(
     record.written = layout.head.len() as u64;
     let mut reported = Instant::now();
     let mut tabled = 0u64;
+    let mut released: Option<(u64, u64)> = None;
     for (load, file_at) in layout.loads.iter().filter(|(l, _)| l.file) {
         let Some(piece) = ram
             .pieces
@@ -266,7 +269,21 @@ fn write_core(
             sink.write_at(base + file_at + done, &buf[..n])
                 .map_err(DumpError::Disk)?;
             if ram.release && ram.mapped.is_none() {
-                punch(ram.memfd, mem_at, n as u64);
+                // Released in runs of up to PUNCH_EVERY (one fallocate each).
+                match released.as_mut() {
+                    Some((start, len)) if *start + *len == mem_at => *len += n as u64,
+                    _ => {
+                        if let Some((start, len)) = released.take() {
+                            punch(ram.memfd, start, len);
+                        }
+                        released = Some((mem_at, n as u64));
+                    }
+                }
+                if released.is_some_and(|(_, len)| len >= PUNCH_EVERY) {
+                    if let Some((start, len)) = released.take() {
+                        punch(ram.memfd, start, len);
+                    }
+                }
             }
             done += n as u64;
             record.written += n as u64;
@@ -279,6 +296,9 @@ fn write_core(
                 progress(record);
             }
         }
+    }
+    if let Some((start, len)) = released {
+        punch(ram.memfd, start, len);
     }
     Ok(())
 }
