@@ -116,6 +116,42 @@ impl RamSource<'_> {
         }
     }
 
+    /// The memfd offset of the first hole at or after `gpa` (inside
+    /// `piece`), for dedicated memory; `u64::MAX` for a shared-memory
+    /// partition (read through the mapping whatever the memfd holds). The
+    /// kernel walks the page cache to answer, so a caller asks once per
+    /// run, not per chunk (holes punched behind it do not move it).
+    pub fn next_hole(&self, piece: &RamPiece, gpa: u64) -> u64 {
+        if self.mapped.is_some() {
+            return u64::MAX;
+        }
+        let at = piece.memfd_at(gpa);
+        match seek(self.memfd, at, libc::SEEK_HOLE) {
+            Ok(Some(h)) => h,
+            _ => at,
+        }
+    }
+
+    /// Calls `f` with `len` bytes of guest RAM at `gpa` (inside `piece`)
+    /// as they are in the mapping, without a copy; `None` (and `f` not
+    /// called) when there is no mapping. For dedicated memory the caller
+    /// makes sure the range has no hole of the memfd ([`Self::next_hole`]):
+    /// reading a hole through the mapping would allocate it.
+    pub fn with_direct<T>(&self, gpa: u64, len: usize, f: &mut dyn FnMut(&[u8]) -> T) -> Option<T> {
+        let view = self.mapped.or(self.view)?;
+        let slice = view.get_slice(GuestAddress(gpa), len).ok()?;
+        let guard = slice.ptr_guard();
+        // SAFETY: the guard keeps the `len` bytes at the slice's start
+        // mapped (the mapping is owned by `view`, borrowed for this call),
+        // and get_slice checked they lie inside one region. Guest RAM is
+        // shared (a VIOS completing a request may write it): the bytes may
+        // change under the reader, as guest RAM may, but cannot move or go
+        // away while `f` runs; a shared-memory partition's evicted pages
+        // fault and are brought back by the pager.
+        let bytes = unsafe { std::slice::from_raw_parts(guard.as_ptr(), len) };
+        Some(f(bytes))
+    }
+
     /// The memfd ranges of `piece` that may hold data: its extents (holes
     /// are zero), or all of it for a shared-memory partition.
     fn extents(&self, p: &RamPiece) -> io::Result<Vec<(u64, u64)>> {
@@ -293,6 +329,21 @@ mod tests {
             ..src
         };
         assert_eq!(scan(&mapped, &mut buf).unwrap(), runs);
+        // Where the memfd's next hole is (the caller reads straight from
+        // the mapping only before it: a hole would be allocated there).
+        assert_eq!(mapped.next_hole(&pieces[0], 0x10_0000), 0x10_2000);
+        assert_eq!(mapped.next_hole(&pieces[0], 0x30_0000), 0x30_0000);
+        let len = |b: &[u8]| b.len();
+        assert_eq!(
+            mapped.with_direct(0x10_0000, 0x2000, &mut { len }),
+            Some(0x2000)
+        );
+        assert_eq!(src.with_direct(0x10_0000, 0x1000, &mut { len }), None);
+        let mut seen = Vec::new();
+        mapped.with_direct((1 << 32) + 0x5000, 0x1000, &mut |b: &[u8]| {
+            seen.extend_from_slice(&b[..2])
+        });
+        assert_eq!(seen, [3, 0]);
         assert_eq!(
             runs,
             vec![

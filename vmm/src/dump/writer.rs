@@ -260,14 +260,31 @@ fn write_core(
             continue;
         };
         let mut done = 0u64;
+        let mut hole = ram.next_hole(piece, load.paddr);
         while done < load.memsz {
             let n = ((load.memsz - done) as usize).min(buf.len());
             let gpa = load.paddr + done;
-            ram.read(piece, gpa, &mut buf[..n])
-                .map_err(DumpError::Memory)?;
+            let at = base + file_at + done;
+            let mem_end = piece.memfd_at(gpa) + n as u64;
+            // Straight from guest RAM where that allocates nothing (no hole
+            // of the memfd in the chunk), else through the buffer.
+            let direct = if mem_end <= hole {
+                ram.with_direct(gpa, n, &mut |bytes| sink.write_at(at, bytes))
+            } else {
+                None
+            };
+            if hole < mem_end {
+                hole = ram.next_hole(piece, gpa + n as u64);
+            }
+            match direct {
+                Some(written) => written.map_err(DumpError::Disk)?,
+                None => {
+                    ram.read(piece, gpa, &mut buf[..n])
+                        .map_err(DumpError::Memory)?;
+                    sink.write_at(at, &buf[..n]).map_err(DumpError::Disk)?;
+                }
+            }
             let mem_at = piece.memfd_at(gpa);
-            sink.write_at(base + file_at + done, &buf[..n])
-                .map_err(DumpError::Disk)?;
             if ram.release && ram.mapped.is_none() {
                 // Released in runs of up to PUNCH_EVERY (one fallocate each).
                 match released.as_mut() {
