@@ -246,3 +246,29 @@ put("http", "pipelined", "GET /v1/events?since=3&wait_ms=10 HTTP/1.1\r\nAccept: 
 put("http", "short-body", "POST /v1/grants HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nab")
 put("http", "chunked", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
 put("http", "percent", "GET /v1/partitions/%zz%2Fb HTTP/1.0\r\n\r\n")
+# --- dump_table: capacity (u64 LE, shifted right by 16 in the target) then the table
+def fnv1a64(b):
+    h = 0xcbf29ce484222325
+    for x in b:
+        h = ((h ^ x) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def dump_table(table, capacity=1 << 40):
+    body = json.dumps(table, separators=(",", ":")).encode()
+    head = b"PARVMDMP" + struct.pack("<IIQ", 1, len(body), fnv1a64(body)) + bytes(8)
+    return struct.pack("<Q", capacity << 16) + head + body
+
+
+def record(i, offset, size, state="complete"):
+    return {"id": i, "partition": "p", "trigger": "pvpanic", "reason": "guest panic",
+            "state": state, "started_ms": 1, "offset": offset, "size": size,
+            "written": size if state == "complete" else 0, "ram_bytes": 1 << 25,
+            "zero_bytes": 1 << 24}
+
+
+put("dump_table", "empty", dump_table({"next_id": 1, "dumps": []}))
+put("dump_table", "two", dump_table({"next_id": 3, "dumps": [record(1, 1 << 20, 5000),
+                                                            record(2, 2 << 20, 4096, "writing")]}))
+put("dump_table", "near-full", dump_table({"next_id": 2, "dumps": [record(1, 1 << 20, (3 << 20) - 1)]}, 4 << 20))
+put("dump_table", "unformatted", struct.pack("<Q", 1 << 30) + bytes(4096))

@@ -18,13 +18,16 @@
 #   python3-venv        target/pyenv: a virtualenv (with the system's
 #                       packages) holding schemathesis from PyPI, which
 #                       tests/api.rs runs against the served OpenAPI document
+#   gdb                 the dump tests (vios/tests/dump.rs,
+#                       partition-manager/tests/dump.rs) read the cores with
+#                       batch gdb; readelf comes with binutils
 #
 # Idempotent: packages already installed are skipped, and `apt-get update`
 # runs at most once, only when something has to be installed. Usable by CI as
 # root (no sudo needed); as a normal user it uses sudo when available.
 set -euo pipefail
 
-PKGS=(binutils qemu-system-x86 python3 acpica-tools cpio xz-utils curl python3-prometheus-client python3-venv)
+PKGS=(binutils qemu-system-x86 python3 acpica-tools cpio xz-utils curl python3-prometheus-client python3-venv gdb)
 # PyPI packages in target/pyenv (pinned: a new release may check more).
 PY_PKGS=(schemathesis==4.32.5)
 PYENV="$(cd "$(dirname "$0")/.." && pwd)/target/pyenv"

@@ -17,6 +17,8 @@
 //!   shared (Active Memory Sharing) memory, checked into [`SharedMemory`].
 //! - [`cpu`]: the `cpu` section ([`CpuSpec`]): processor entitlement in
 //!   processing units, capped or uncapped with a weight.
+//! - [`crash`]: the `on_crash` section ([`OnCrash`]): the dump disk, the
+//!   action after a failure, the watchdog.
 //! - [`vios`]: a VIOS partition ([`ViosDefinition`]: the images it exports).
 //! - [`manager`]: the fields only the partition manager acts on:
 //!   [`RestartPolicy`] (`restart`) and [`SegmentSpec`] (`segments`).
@@ -24,6 +26,7 @@
 //! See docs/manager.md and docs/vios.md for the JSON schema.
 
 pub mod cpu;
+pub mod crash;
 pub mod manager;
 pub mod memory;
 pub mod partition;
@@ -31,6 +34,7 @@ pub mod source;
 pub mod vios;
 
 pub use cpu::{CpuMode, CpuSpec, ProcUnits, DEFAULT_CPU_WEIGHT};
+pub use crash::{CrashAction, OnCrash, MAX_WATCHDOG_SECS};
 pub use manager::{
     check_segment_size, check_segments, valid_segment_id, RestartPolicy, SegmentSpec,
     MAX_SEGMENT_SIZE, SEGMENT_PAGE,
@@ -95,6 +99,8 @@ pub enum ConfigError {
     MemorySpec(String),
     #[error("cpu: {0}")]
     Cpu(String),
+    #[error("on_crash: {0}")]
+    OnCrash(String),
 }
 
 /// Longest partition name.

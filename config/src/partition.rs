@@ -3,6 +3,7 @@
 //! [`PartitionConfig`].
 
 use crate::cpu::CpuSpec;
+use crate::crash::OnCrash;
 use crate::manager::{RestartPolicy, SegmentSpec};
 use crate::memory::{MemorySpec, SharedMemory};
 use crate::source::DiskSource;
@@ -160,6 +161,9 @@ pub struct PartitionDefinition {
     /// ignores it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<CpuSpec>,
+    /// A failure's dump and what follows it (docs/dump.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_crash: Option<Box<OnCrash>>,
 }
 
 impl PartitionDefinition {
@@ -190,6 +194,11 @@ impl PartitionDefinition {
                 DiskSource::VhostUserFd(_) | DiskSource::Vios { .. } => {}
             }
         }
+        if let Some(DiskSource::VhostUser(path)) =
+            self.on_crash.as_mut().and_then(|c| c.dump.as_mut())
+        {
+            fix(path);
+        }
         if let Some(Console::File(path)) = &mut self.console {
             fix(path);
         }
@@ -210,6 +219,7 @@ impl PartitionDefinition {
             segments: over.segments.or(self.segments),
             memory: over.memory.or(self.memory),
             cpu: over.cpu.or(self.cpu),
+            on_crash: over.on_crash.or(self.on_crash),
         }
     }
 
@@ -255,6 +265,9 @@ impl PartitionDefinition {
                 return Err(ConfigError::CmdlineTooLong(cmdline.len()));
             }
         }
+        if let Some(c) = &self.on_crash {
+            c.check()?;
+        }
         Ok(PartitionConfig {
             name,
             vcpus: vcpus as u8,
@@ -265,6 +278,7 @@ impl PartitionDefinition {
             console: self.console.unwrap_or(Console::Stdout),
             disks,
             shared,
+            on_crash: self.on_crash.map(|c| *c),
         })
     }
 }
@@ -282,4 +296,6 @@ pub struct PartitionConfig {
     pub disks: Vec<DiskConfig>,
     /// Shared memory (Active Memory Sharing); `None`: dedicated.
     pub shared: Option<SharedMemory>,
+    /// Dump and action on failure; `None`: the VMM just exits.
+    pub on_crash: Option<OnCrash>,
 }

@@ -431,3 +431,42 @@ fn cpu_sections_are_checked_with_the_field_named() {
         "{e}"
     );
 }
+
+#[test]
+fn on_crash_section_parses_and_is_checked() {
+    let c = parse(r#"{"kernel":"k","on_crash":{"dump":"vios:vios1/dumps","then":"reboot"}}"#)
+        .unwrap()
+        .validate()
+        .unwrap();
+    let oc = c.on_crash.unwrap();
+    assert_eq!(
+        oc.dump,
+        Some(DiskSource::Vios {
+            vios: "vios1".into(),
+            disk: "dumps".into()
+        })
+    );
+    assert_eq!(oc.then, CrashAction::Reboot);
+    // Defaults: no dump, stop.
+    let c = parse(r#"{"kernel":"k","on_crash":{}}"#)
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(c.on_crash.unwrap(), OnCrash::default());
+    // A socket path is relative to the file.
+    let d = parse(r#"{"kernel":"k","on_crash":{"dump":"vhost-user:d.sock"}}"#).unwrap();
+    assert_eq!(
+        d.on_crash.unwrap().dump,
+        Some(DiskSource::VhostUser("/etc/parvm/d.sock".into()))
+    );
+    let err = |json: &str| match parse(json).and_then(|d| d.validate().map(|_| ())) {
+        Err(e) => e.to_string(),
+        Ok(()) => panic!("accepted: {json}"),
+    };
+    assert!(err(r#"{"kernel":"k","on_crash":{"dump":"/img"}}"#).contains("served by a VIOS"));
+    assert!(err(r#"{"kernel":"k","on_crash":{"dump":"vios:x"}}"#).contains("vios:<vios-name>"));
+    assert!(err(r#"{"kernel":"k","on_crash":{"then":"explode"}}"#).contains("then"));
+    assert!(err(r#"{"kernel":"k","on_crash":{"dunp":"vios:a/b"}}"#).contains("dunp"));
+    assert!(err(r#"{"kernel":"k","on_crash":{"watchdog_secs":0}}"#).contains("watchdog_secs 0"));
+    assert!(err(r#"{"kernel":"k","on_crash":{"watchdog_secs":999999}}"#).contains("outside"));
+}

@@ -21,9 +21,11 @@
 //! - [`grant_table`]: the manager's grant table driven by a sequence of
 //!   operations, its invariants checked after each.
 //! - [`http`]: the manager's HTTP/1.1 request reader, on a socket.
+//! - [`dump_table`]: the table of a dump disk as read back from its image.
 
 pub mod block;
 pub mod definition;
+pub mod dump_table;
 pub mod frame;
 pub mod grant_table;
 pub mod hcall;
@@ -42,6 +44,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("vhost_user", vhost_user::vhost_user),
     ("grant_table", grant_table::grant_table),
     ("http", http::http),
+    ("dump_table", dump_table::dump_table),
 ];
 
 /// A cursor over fuzz input: every read succeeds, returning zeroes once the

@@ -12,6 +12,10 @@
 //! - a shared-memory VMM's pager figures (`MemoryReport`) →
 //!   [`ControlEvents::memory`]; a VIOS's export figures (`DiskStats`) →
 //!   [`ControlEvents::disk_stats`];
+//! - dump progress, on-demand dump answers and a dump going on after the
+//!   partition's reboot (`DumpProgress`, `DumpDone`, `DumpDetached`) →
+//!   [`ControlEvents::dump`]; after `DumpDetached` the end is reported
+//!   when the channel closes, and the process reaped later;
 //! - guest hcalls → [`ControlEvents::hcall`], each on a thread of its own
 //!   (an hcall may wait for this very channel's answers);
 //! - the end of the channel → [`ControlEvents::closed`] with the `Exit`
@@ -34,6 +38,7 @@ pub(crate) trait ControlEvents: Send + Sync + 'static {
     fn hcall(self: &Arc<Self>, partition: &str, generation: u64, seq: u64, call: Hcall);
     fn memory(&self, partition: &str, generation: u64, report: MemoryReport);
     fn disk_stats(&self, partition: &str, generation: u64, disks: Vec<DiskStats>);
+    fn dump(&self, partition: &str, generation: u64, msg: ToManager);
     fn closed(
         self: &Arc<Self>,
         partition: &str,
@@ -52,6 +57,10 @@ pub(crate) fn read<E: ControlEvents>(
     child: Option<Child>,
 ) {
     let mut reported = None;
+    // The VMM handed its partition back while its dump goes on
+    // (`DumpDetached`): the end is reported without waiting for the
+    // process, which is reaped when its dump is done.
+    let mut detached = false;
     loop {
         match chan.recv::<ToManager>() {
             Ok((ToManager::Holding { key, gpa }, fds)) => {
@@ -62,6 +71,15 @@ pub(crate) fn read<E: ControlEvents>(
             }
             Ok((ToManager::DiskStats { disks }, _)) => {
                 events.disk_stats(name, generation, disks);
+            }
+            Ok((
+                msg @ (ToManager::DumpProgress { .. }
+                | ToManager::DumpDone { .. }
+                | ToManager::DumpDetached { .. }),
+                _,
+            )) => {
+                detached |= matches!(msg, ToManager::DumpDetached { .. });
+                events.dump(name, generation, msg);
             }
             Ok((ToManager::Hcall { seq, call }, _)) => {
                 let events = events.clone();
@@ -92,6 +110,19 @@ pub(crate) fn read<E: ControlEvents>(
                 break;
             }
         }
+    }
+    if detached {
+        events.closed(name, generation, reported, None);
+        if let Some(mut c) = child {
+            let name = name.to_string();
+            spawn_thread("dump-reaper", move || match c.wait() {
+                Ok(st) => {
+                    tracing::info!(partition = %name, status = %st, "VMM that finished a dump after the reboot exited")
+                }
+                Err(e) => tracing::warn!(partition = %name, error = %e, "cannot reap the VMM"),
+            });
+        }
+        return;
     }
     let process = child.map(|mut c| c.wait());
     let process = match process {

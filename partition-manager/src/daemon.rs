@@ -648,6 +648,18 @@ pub fn handle(mgr: &Arc<Manager>, request: Request) -> (Response, Option<File>) 
         Request::PoolAddPaging { device } => pool(mgr.pool_add_paging(device)),
         Request::PoolRemovePaging { device } => pool(mgr.pool_remove_paging(&device)),
         Request::PoolShow => pool(mgr.pool_show()),
+        Request::Dump { name } => match mgr.dump(&name) {
+            Ok(dump) => Response::Dump { dump },
+            Err(e) => error_response(&e),
+        },
+        Request::Dumps { name } => match mgr.dumps(&name) {
+            Ok((disk, dumps)) => Response::Dumps { disk, dumps },
+            Err(e) => error_response(&e),
+        },
+        Request::DumpGet { name, id } => match mgr.dump_file(&name, id) {
+            Ok((dump, file)) => return (Response::DumpFile { dump }, Some(file)),
+            Err(e) => error_response(&e),
+        },
         Request::ConsoleInput { .. } => Response::error(
             ErrorKind::BadRequest,
             "console input outside a console session",

@@ -50,6 +50,7 @@ use std::time::{Duration, Instant};
 
 mod definitions;
 mod disk_stats;
+mod dumps;
 mod memory;
 mod sharing;
 mod workload;
@@ -62,6 +63,8 @@ struct State {
     grants: GrantEngine,
     pool: Pool,
     workload: crate::workload::Workload,
+    /// What VMMs reported of their dumps (docs/dump.md).
+    dumps: dumps::DumpLog,
 }
 
 impl State {
@@ -85,6 +88,7 @@ impl State {
         self.after_ended(&ended);
         self.release_memory(name);
         self.workload.release(name);
+        self.dumps.on_exit(name);
     }
 }
 
@@ -135,6 +139,7 @@ impl Manager {
                 grants,
                 pool,
                 workload,
+                dumps: dumps::DumpLog::default(),
             }),
             changed: Condvar::new(),
             guesses: FailedGuesses::new(),
@@ -460,6 +465,15 @@ impl Manager {
                 // two fds (the pager's fault thread and evictor).
                 let fd = crate::process::FIRST_DISK_FD + fds.len() as i32;
                 fds.extend(state.broker_paging(name, def, fd)?);
+                // The dump disk of `on_crash` (docs/dump.md): the next one.
+                let fd = crate::process::FIRST_DISK_FD + fds.len() as i32;
+                fds.extend(crate::vios::broker_dump(
+                    &state.partitions,
+                    state.grants.table(),
+                    name,
+                    def,
+                    fd,
+                )?);
                 fds
             }
             Definition::Vios(_) => Vec::new(),
@@ -622,6 +636,10 @@ impl ControlEvents for Manager {
 
     fn disk_stats(&self, name: &str, generation: u64, disks: Vec<parvm_protocol::DiskStats>) {
         self.disk_stats_report(name, generation, disks);
+    }
+
+    fn dump(&self, name: &str, generation: u64, msg: ToManager) {
+        self.dump_report(name, generation, msg);
     }
 
     /// A process is gone: stopped or crashed, what it held released, the

@@ -86,6 +86,24 @@ pub(crate) fn classify(
     }
 }
 
+/// The restart policy that applies: `on_crash.then: reboot` in the
+/// definition (docs/dump.md) restarts after a crash like `on-failure`.
+pub(crate) fn policy(
+    restart: RestartPolicy,
+    definition: &parvm_config::Definition,
+) -> RestartPolicy {
+    match definition {
+        parvm_config::Definition::Partition(d)
+            if d.on_crash
+                .as_ref()
+                .is_some_and(|c| c.then == parvm_config::CrashAction::Reboot) =>
+        {
+            RestartPolicy::OnFailure
+        }
+        _ => restart,
+    }
+}
+
 /// Whether a run that ended in `state` is restarted automatically: a
 /// crash of an `on-failure` partition that had reported ready.
 pub(crate) fn is_automatic(

@@ -151,52 +151,123 @@ pub(crate) fn broker(
         else {
             continue;
         };
-        let path = disk.source.to_string();
-        let fail = |m: String| ManagerError::StartFailed(client.to_string(), m);
-        let vios_definition = partitions
-            .definition(vios_name)
-            .ok_or_else(|| fail(format!("disk `{path}`: no partition named `{vios_name}`")))?;
-        let Definition::Vios(vios_def) = vios_definition else {
-            return Err(fail(format!(
-                "disk `{path}`: partition `{vios_name}` is not a VIOS"
-            )));
-        };
-        let read_only =
-            check_block_grant(grants, vios_def, export, client).map_err(|e| match e {
-                ManagerError::PermissionDenied(m) => ManagerError::PermissionDenied(format!(
-                    "partition `{client}` did not start: {m}"
-                )),
-                other => fail(other.to_string()),
-            })?;
-        let writer = match (partitions.state(vios_name), partitions.writer(vios_name)) {
-            (Some(PartitionState::Running), Some(w)) => w,
-            (state, _) => {
-                let state = state.unwrap_or(PartitionState::Defined);
-                return Err(fail(format!(
-                    "disk `{path}`: VIOS `{vios_name}` is {state}, not running"
-                )));
-            }
-        };
-        let (client_end, vios_end) = UnixStream::pair().map_err(|source| ManagerError::Io {
-            what: "socketpair for a VIOS disk".into(),
-            source,
-        })?;
-        writer
-            .send(
-                &ManagerToVios::ViosConnect {
-                    disk: export.clone(),
-                    client: client.to_string(),
-                    read_only,
-                },
-                &[vios_end.as_fd()],
-            )
-            .map_err(|e| fail(format!("cannot reach VIOS `{vios_name}`: {e}")))?;
+        let what = format!("disk `{}`", disk.source);
+        let (end, read_only) =
+            connect_export(partitions, grants, client, vios_name, export, &what)?;
         let fd = FIRST_DISK_FD + ends.len() as i32;
         tracing::info!(partition = %client, vios = %vios_name, disk = %export, fd, read_only, "VIOS disk brokered");
         disk.source = DiskSource::VhostUserFd(fd);
-        ends.push(OwnedFd::from(client_end));
+        ends.push(end);
     }
     Ok(ends)
+}
+
+/// The dump disk of `client`'s `on_crash` (docs/dump.md), if it names a
+/// VIOS export: brokered like a disk, but it must be granted read-write;
+/// its source becomes `vhost-user-fd:FD`. Returns the client's end.
+pub(crate) fn broker_dump(
+    partitions: &PartitionTable,
+    grants: &GrantTable,
+    client: &str,
+    definition: &mut PartitionDefinition,
+    fd: i32,
+) -> Result<Option<OwnedFd>, ManagerError> {
+    let Some(on_crash) = definition.on_crash.as_mut() else {
+        return Ok(None);
+    };
+    let Some(source @ DiskSource::Vios { .. }) = on_crash.dump.as_mut() else {
+        return Ok(None);
+    };
+    let DiskSource::Vios { vios, disk } = source.clone() else {
+        return Ok(None);
+    };
+    let what = format!("dump disk `{source}`");
+    let (end, read_only) = connect_export(partitions, grants, client, &vios, &disk, &what)?;
+    if read_only {
+        return Err(ManagerError::StartFailed(
+            client.to_string(),
+            format!("{what}: the grant is read-only; a dump disk needs --rights rw"),
+        ));
+    }
+    tracing::info!(partition = %client, %vios, %disk, fd, "dump disk brokered");
+    *source = DiskSource::VhostUserFd(fd);
+    Ok(Some(end))
+}
+
+/// Checks `client`'s grant of `vios_name`/`export` and that the VIOS runs,
+/// then brokers a socketpair: the VIOS gets its end (`ViosConnect`), the
+/// caller the client's and whether it is served read-only. `what` names
+/// the disk in errors.
+fn connect_export(
+    partitions: &PartitionTable,
+    grants: &GrantTable,
+    client: &str,
+    vios_name: &str,
+    export: &str,
+    what: &str,
+) -> Result<(OwnedFd, bool), ManagerError> {
+    let fail = |m: String| ManagerError::StartFailed(client.to_string(), m);
+    let vios_definition = partitions
+        .definition(vios_name)
+        .ok_or_else(|| fail(format!("{what}: no partition named `{vios_name}`")))?;
+    let Definition::Vios(vios_def) = vios_definition else {
+        return Err(fail(format!(
+            "{what}: partition `{vios_name}` is not a VIOS"
+        )));
+    };
+    let read_only = check_block_grant(grants, vios_def, export, client).map_err(|e| match e {
+        ManagerError::PermissionDenied(m) => {
+            ManagerError::PermissionDenied(format!("partition `{client}` did not start: {m}"))
+        }
+        other => fail(other.to_string()),
+    })?;
+    let writer = match (partitions.state(vios_name), partitions.writer(vios_name)) {
+        (Some(PartitionState::Running), Some(w)) => w,
+        (state, _) => {
+            let state = state.unwrap_or(PartitionState::Defined);
+            return Err(fail(format!(
+                "{what}: VIOS `{vios_name}` is {state}, not running"
+            )));
+        }
+    };
+    let (client_end, vios_end) = UnixStream::pair().map_err(|source| ManagerError::Io {
+        what: "socketpair for a VIOS disk".into(),
+        source,
+    })?;
+    writer
+        .send(
+            &ManagerToVios::ViosConnect {
+                disk: export.to_string(),
+                client: client.to_string(),
+                read_only,
+            },
+            &[vios_end.as_fd()],
+        )
+        .map_err(|e| fail(format!("cannot reach VIOS `{vios_name}`: {e}")))?;
+    Ok((OwnedFd::from(client_end), read_only))
+}
+
+/// The image file behind VIOS export `vios_name`/`export` (from the VIOS's
+/// definition), for reading a dump disk's table and cores.
+pub(crate) fn export_image(
+    partitions: &PartitionTable,
+    vios_name: &str,
+    export: &str,
+) -> Result<std::path::PathBuf, ManagerError> {
+    match partitions.definition(vios_name) {
+        Some(Definition::Vios(v)) => v
+            .disks
+            .iter()
+            .find(|d| d.id == export)
+            .map(|d| d.path.clone())
+            .ok_or_else(|| {
+                ManagerError::BadRequest(format!("VIOS `{vios_name}` exports no disk `{export}`"))
+            }),
+        Some(_) => Err(ManagerError::BadRequest(format!(
+            "partition `{vios_name}` is not a VIOS"
+        ))),
+        None => Err(ManagerError::NotFound(vios_name.to_string())),
+    }
 }
 
 /// A VIOS (re)became ready: its earlier connections died with its previous
@@ -232,6 +303,38 @@ pub(crate) fn on_ready(
             Ok(()) => done.push((client, disk_id)),
             Err(e) => {
                 tracing::warn!(partition = %client, vios = %vios_name, disk = %disk_id, error = %e, "VIOS disk not re-brokered")
+            }
+        }
+    }
+    // Dump disks (docs/dump.md): the VMM takes the new socket at its next
+    // dump.
+    let dumps: Vec<(String, String)> = partitions
+        .attached_partitions()
+        .into_iter()
+        .filter_map(
+            |(client, def)| match def.on_crash.as_ref()?.dump.as_ref()? {
+                DiskSource::Vios { vios, disk } if vios == vios_name && client != vios_name => {
+                    Some((client.to_string(), disk.clone()))
+                }
+                _ => None,
+            },
+        )
+        .collect();
+    for (client, export) in dumps {
+        let sent = connect_export(partitions, grants, &client, vios_name, &export, "dump disk")
+            .and_then(|(end, _)| {
+                partitions
+                    .writer(&client)
+                    .ok_or_else(|| ManagerError::Control(client.clone(), "not attached".into()))?
+                    .send(&ManagerToVmm::DumpReconnect, &[end.as_fd()])
+                    .map_err(|e| ManagerError::Control(client.clone(), e.to_string()))
+            });
+        match sent {
+            Ok(()) => {
+                tracing::info!(partition = %client, vios = %vios_name, disk = %export, "dump disk re-brokered after the VIOS came back")
+            }
+            Err(e) => {
+                tracing::warn!(partition = %client, vios = %vios_name, disk = %export, error = %e, "dump disk not re-brokered")
             }
         }
     }

@@ -15,6 +15,9 @@
 //!   manager: take the inherited control socket, and after a manager
 //!   restart dial its socket again (peer checked with `SO_PEERCRED`) and
 //!   attach with the token.
+//! - [`dump`]: firmware-assisted dump: the table on a dump disk (outside
+//!   input when read back, checked field by field) and the dump records as
+//!   they travel.
 //! - [`cli`]: what every binary does at its edge (logging, one-line errors).
 //! - this file: the message types, one enum per direction and peer:
 //!   [`Request`]/[`Response`] on the manager's listening socket,
@@ -34,6 +37,7 @@
 //! partition manager, `parctl`) depends on it.
 
 pub mod cli;
+pub mod dump;
 mod error_kind;
 pub mod event;
 pub mod frame;
@@ -42,6 +46,7 @@ pub mod managed;
 pub mod pool;
 pub mod workload;
 
+pub use dump::{DumpRecord, DumpState, DumpTrigger};
 pub use event::{Event, EventBatch, EventKind};
 pub use frame::{
     Channel, Fds, Message, ProtocolError, HEADER_LEN, MAGIC, MAX_FDS, MAX_FRAME, VERSION,
@@ -57,7 +62,7 @@ pub use pool::{
 
 pub use parvm_config::{CpuMode, Definition, ProcUnits, RestartPolicy};
 use serde::{Deserialize, Serialize};
-pub use workload::{Policy, PolicyMove};
+pub use workload::{CpuStatus, Policy, PolicyMove};
 
 /// Lifecycle state of a partition, as stored and shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -156,35 +161,6 @@ pub struct PartitionStatus {
     /// partition has no `cpu` section and no process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<CpuStatus>,
-}
-
-/// A partition's processor figures, as `parctl status` and `parctl top`
-/// show them (`lparstat`'s entitlement and physical consumption).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct CpuStatus {
-    /// Processing units entitled now (`null` without a `cpu` section: no
-    /// limit); the policy may have moved it from `desired`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
-    pub entitled: Option<parvm_config::ProcUnits>,
-    /// The definition's entitlement.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
-    pub desired: Option<parvm_config::ProcUnits>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
-    pub mode: Option<parvm_config::CpuMode>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weight: Option<u8>,
-    /// Processing units the vCPU threads used over the last sample
-    /// (about a second), `null` before the first.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
-    pub used: Option<parvm_config::ProcUnits>,
-    /// The cgroup the vCPU threads run in, while they run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<String>,
 }
 
 /// Kinds of errors the manager answers with.
@@ -411,6 +387,19 @@ pub enum Request {
     },
     /// The workload policy and its recent moves.
     PolicyShow,
+    /// Dumps (docs/dump.md): of the running partition (it keeps running),
+    /// answered with `Dump` once it ended; the list; one, answered with
+    /// `DumpFile` and the dump disk's image (read-only) beside it.
+    Dump {
+        name: String,
+    },
+    Dumps {
+        name: String,
+    },
+    DumpGet {
+        name: String,
+        id: u64,
+    },
 }
 
 /// Manager -> `parctl` (or a reconnecting VMM).
@@ -463,6 +452,19 @@ pub enum Response {
         segments: Vec<SegmentInfo>,
         grants: Vec<GrantInfo>,
         doorbells: Vec<DoorbellInfo>,
+    },
+    /// A dump after `dump`; a partition's dumps (oldest first) and its
+    /// dump disk; one dump with the disk's image beside this frame (the
+    /// core is `dump.size` bytes at `dump.offset` of it).
+    Dump {
+        dump: DumpRecord,
+    },
+    Dumps {
+        disk: String,
+        dumps: Vec<DumpRecord>,
+    },
+    DumpFile {
+        dump: DumpRecord,
     },
     /// The pool after `pool_*`.
     /// The workload policy and its last moves, oldest first.
@@ -607,6 +609,22 @@ pub enum ToManager {
     DiskStats {
         disks: Vec<DiskStats>,
     },
+    /// A dump started, went on or ended (complete or failed).
+    DumpProgress {
+        dump: DumpRecord,
+    },
+    /// Before `Exit`: the partition reboots while this process finishes
+    /// the dump (`then: reboot`, docs/dump.md); the disk has its record.
+    DumpDetached {
+        dump: DumpRecord,
+    },
+    /// The answer to [`ManagerToVmm::Dump`]: the final record, or why not.
+    DumpDone {
+        #[serde(default)]
+        dump: Option<DumpRecord>,
+        #[serde(default)]
+        error: Option<String>,
+    },
 }
 
 impl Message for ToManager {
@@ -688,6 +706,11 @@ pub enum ManagerToVmm {
         #[serde(default)]
         evictor: bool,
     },
+    /// Dump the running partition: `DumpProgress` reports, then `DumpDone`.
+    Dump,
+    /// The VIOS serving the dump disk came back; the socket beside this
+    /// frame is the new connection to it.
+    DumpReconnect,
 }
 
 impl Message for ManagerToVmm {
@@ -696,9 +719,9 @@ impl Message for ManagerToVmm {
         match self {
             ManagerToVmm::Map { .. } => Fds::One("memfd"),
             ManagerToVmm::Doorbell { .. } => Fds::One("eventfd"),
-            ManagerToVmm::VhostUserReconnect { .. } | ManagerToVmm::PagingReconnect { .. } => {
-                Fds::One("socket")
-            }
+            ManagerToVmm::VhostUserReconnect { .. }
+            | ManagerToVmm::PagingReconnect { .. }
+            | ManagerToVmm::DumpReconnect => Fds::One("socket"),
             _ => Fds::None,
         }
     }
@@ -755,46 +778,11 @@ impl Message for Response {
     fn fds(&self) -> Fds {
         match self {
             Response::LogFile { .. } => Fds::One("log file"),
+            Response::DumpFile { .. } => Fds::One("dump disk image"),
             _ => Fds::None,
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn requests_have_a_stable_json_shape() {
-        let r = Request::Start { name: "a".into() };
-        assert_eq!(
-            serde_json::to_string(&r).unwrap(),
-            r#"{"op":"start","name":"a"}"#
-        );
-        let r: Request = serde_json::from_str(r#"{"op":"list"}"#).unwrap();
-        assert_eq!(r, Request::List);
-        assert!(serde_json::from_str::<Request>(r#"{"op":"start","name":"a","x":1}"#).is_err());
-        assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
-    }
-
-    #[test]
-    fn states_and_policies_round_trip_as_strings() {
-        for s in [
-            "defined", "starting", "running", "paused", "stopping", "stopped", "crashed",
-        ] {
-            let st: PartitionState = s.parse().unwrap();
-            assert_eq!(st.as_str(), s);
-        }
-        assert!("zombie".parse::<PartitionState>().is_err());
-        assert_eq!(
-            "on-failure".parse::<RestartPolicy>().unwrap(),
-            RestartPolicy::OnFailure
-        );
-        assert_eq!(
-            serde_json::to_string(&RestartPolicy::OnFailure).unwrap(),
-            r#""on-failure""#
-        );
-        assert!("always".parse::<RestartPolicy>().is_err());
-    }
-}
+mod tests;

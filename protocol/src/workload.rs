@@ -78,3 +78,32 @@ pub struct PolicyMove {
     pub to: ProcUnits,
     pub reason: String,
 }
+
+/// A partition's processor figures, as `parctl status` and `parctl top`
+/// show them (`lparstat`'s entitlement and physical consumption).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CpuStatus {
+    /// Processing units entitled now (`null` without a `cpu` section: no
+    /// limit); the policy may have moved it from `desired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
+    pub entitled: Option<parvm_config::ProcUnits>,
+    /// The definition's entitlement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
+    pub desired: Option<parvm_config::ProcUnits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub mode: Option<parvm_config::CpuMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u8>,
+    /// Processing units the vCPU threads used over the last sample
+    /// (about a second), `null` before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
+    pub used: Option<parvm_config::ProcUnits>,
+    /// The cgroup the vCPU threads run in, while they run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+}

@@ -546,6 +546,26 @@ user_main:
         call    has_token
         testl   %eax, %eax
         jnz     memtest                         /* ends in poweroff */
+        leaq    cmdline_buf(%rip), %rdi
+        leaq    tok_dumpfault(%rip), %rsi
+        call    has_token
+        testl   %eax, %eax
+        jnz     dump_fault                      /* triple fault */
+        leaq    cmdline_buf(%rip), %rdi
+        leaq    tok_dumpfill(%rip), %rsi
+        call    has_token
+        testl   %eax, %eax
+        jnz     dump_fill                       /* fill, triple fault */
+        leaq    cmdline_buf(%rip), %rdi
+        leaq    tok_dumppanic(%rip), %rsi
+        call    has_token
+        testl   %eax, %eax
+        jnz     dump_panic                      /* pvpanic, then spins */
+        leaq    cmdline_buf(%rip), %rdi
+        leaq    tok_dumpcount(%rip), %rsi
+        call    has_token
+        testl   %eax, %eax
+        jnz     dump_count                      /* never returns */
         call    grant_dispatch                  /* parvm.grant=...: no return */
 poweroff:
         leaq    msg_poweroff(%rip), %rsi
@@ -1013,6 +1033,9 @@ initrd_report:
 
 /* Memory exercisers (parvm.test=memtest; the sweeps of parvm.test=blkswap). */
         .include "mem.S"
+
+/* Firmware-assisted dump tests (parvm.test=dumpfault, dumppanic, dumpcount). */
+        .include "dump.S"
 
 /* ======================================================================
  * Data. Initialised explicitly (nothing relies on zeroed memory).

@@ -2,10 +2,12 @@
 //! from source by this crate's build script, see [`guests`]), the Debian
 //! Linux test images ([`linux`]), running the real binaries with a
 //! deadline, and the shared parts of the benchmarks ([`blkbench`] for the
-//! disk paths, [`amsbench`] for the limits of Active Memory Sharing).
+//! disk paths, [`amsbench`] for the limits of Active Memory Sharing), and
+//! reading dump disks and cores ([`dumps`]).
 
 pub mod amsbench;
 pub mod blkbench;
+pub mod dumps;
 pub mod guests;
 pub mod linux;
 pub mod sandbox;

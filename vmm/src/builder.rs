@@ -7,14 +7,16 @@
 use crate::config::{Console, DiskConfig, PartitionConfig};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::exit::ExitSignal;
-use crate::devices::legacy::{AcpiPowerPort, ResetTrigger, I8042};
+use crate::devices::legacy::{AcpiPowerPort, Pvpanic, ResetTrigger, I8042};
 use crate::devices::serial::{ConsoleOut, EventFdTrigger, SerialPort, COM1_BASE, COM1_IRQ};
 use crate::devices::virtio::VirtioDevices;
+use crate::dump::cpu::CpuStates;
+use crate::dump::{Dumper, DumperParts};
 use crate::grants::{self, GrantMaps, GrantWindow, HcallDevice};
 use crate::interrupts::Interrupts;
 use crate::memory::GuestRam;
-use crate::vcpu::Vcpu;
-use crate::{acpi, boot, control, cpuid, open_kvm, VmmError};
+use crate::vcpu::{DumpHooks, Vcpu};
+use crate::{acpi, boot, cpuid, open_kvm, VmmError};
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use std::io::Write;
@@ -94,6 +96,44 @@ pub fn attach_pager(
     )?))
 }
 
+/// The dump thread (docs/dump.md) with its dump disk connected and
+/// checked, when the definition has `on_crash` with a dump disk or a
+/// watchdog; `None` otherwise. Returns what the vCPUs leave for it.
+pub fn attach_dumper(
+    ram: &GuestRam,
+    config: &PartitionConfig,
+    pause: &Arc<crate::pause::PauseGate>,
+    exit: &Arc<ExitSignal>,
+) -> Result<(Option<Arc<Dumper>>, DumpHooks), VmmError> {
+    let states = Arc::new(CpuStates::new(config.vcpus));
+    let Some(on_crash) = config.on_crash.clone() else {
+        let life = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        return Ok((None, DumpHooks { states, life }));
+    };
+    let memfd = ram
+        .memfd
+        .try_clone()
+        .map_err(|e| VmmError::Setup("dump: guest RAM memfd", e.to_string()))?;
+    let dumper = Dumper::start(
+        DumperParts {
+            partition: config.name.clone(),
+            on_crash,
+            memfd,
+            pieces: crate::dump::ram::pieces(ram),
+            // Shared memory: through the mapping, so that evicted pages
+            // fault and the pager brings them back (docs/dump.md).
+            mapped: config.shared.is_some().then(|| ram.memory.clone()),
+            view: ram.memory.clone(),
+            states: states.clone(),
+            pause: pause.clone(),
+            exit: exit.clone(),
+        },
+        ram.size,
+    )?;
+    let life = dumper.life.clone();
+    Ok((Some(dumper), DumpHooks { states, life }))
+}
+
 /// IO-APIC, PICs and local APICs in the kernel, the PIT, and the GSI
 /// routing the devices' lines come from.
 pub fn attach_irqchip(vm: &Arc<VmFd>) -> Result<Arc<Interrupts>, VmmError> {
@@ -132,8 +172,8 @@ impl Machine {
     }
 
     /// The port-I/O devices: the COM1 serial console (IRQ 4, output to
-    /// `console`), the i8042 (its reset stops the VMM) and the ACPI power
-    /// port. Returns the serial port, which also takes console input.
+    /// `console`), the i8042 (its reset stops the VMM), the pvpanic port
+    /// (a guest panic is a crash) and the ACPI power port. Returns the serial port, which also takes console input.
     pub fn attach_legacy_devices(
         &mut self,
         console: &Console,
@@ -165,6 +205,14 @@ impl Machine {
         let i8042 = I8042(vm_superio::I8042Device::new(reset));
         self.pio
             .insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(i8042)))
+            .map_err(bus_err)?;
+        let pvpanic = Pvpanic(self.exit.clone());
+        self.pio
+            .insert(
+                u64::from(acpi::PVPANIC_PORT),
+                1,
+                Arc::new(Mutex::new(pvpanic)),
+            )
             .map_err(bus_err)?;
         let power = AcpiPowerPort(self.exit.clone());
         self.pio
@@ -278,7 +326,9 @@ impl Machine {
         &mut self,
         count: u8,
         entry: boot::EntryPoint,
-    ) -> Result<(Vec<Vcpu>, Arc<control::PauseGate>), VmmError> {
+        pause: Arc<crate::pause::PauseGate>,
+        hooks: &DumpHooks,
+    ) -> Result<Vec<Vcpu>, VmmError> {
         let supported = self
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -286,7 +336,6 @@ impl Machine {
         // The buses are complete: from here on the vCPUs share them.
         let pio = Arc::new(std::mem::take(&mut self.pio));
         let mmio = Arc::new(std::mem::take(&mut self.mmio));
-        let pause = Arc::new(control::PauseGate::new());
         let mut vcpus = Vec::with_capacity(usize::from(count));
         for index in 0..count {
             let vcpu = Vcpu::new(
@@ -296,6 +345,7 @@ impl Machine {
                 mmio.clone(),
                 self.exit.clone(),
                 pause.clone(),
+                hooks.clone(),
             )?;
             let mut cpuid = supported.clone();
             cpuid::filter(&mut cpuid, index, count);
@@ -306,6 +356,6 @@ impl Machine {
             }
             vcpus.push(vcpu);
         }
-        Ok((vcpus, pause))
+        Ok(vcpus)
     }
 }

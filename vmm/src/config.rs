@@ -5,8 +5,8 @@
 //! override the file's fields before [`PartitionDefinition::validate`].
 
 pub use parvm_config::{
-    ConfigError, Console, DiskConfig, DiskSource, MemoryMode, MemorySpec, PartitionConfig,
-    PartitionDefinition, SharedMemory, DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS,
-    MAX_DISKS, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, VHOST_USER_FD_PREFIX, VHOST_USER_PREFIX,
-    VIOS_PREFIX,
+    ConfigError, Console, CrashAction, DiskConfig, DiskSource, MemoryMode, MemorySpec, OnCrash,
+    PartitionConfig, PartitionDefinition, SharedMemory, DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB,
+    DEFAULT_VCPUS, MAX_DISKS, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, VHOST_USER_FD_PREFIX,
+    VHOST_USER_PREFIX, VIOS_PREFIX,
 };

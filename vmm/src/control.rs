@@ -9,7 +9,7 @@
 //! 1. sends `Hello`, then `Ready` once every vCPU thread runs;
 //! 2. keeps the `Token` ([`managed::TokenSlot`]), carries out `Stop` (an
 //!    exit request), `Pause`/`Resume` (the
-//!    [`PauseGate`] vCPU barrier), `ConsoleInput` (bytes for the serial
+//!    [`PauseGate`](crate::pause::PauseGate) vCPU barrier), `ConsoleInput` (bytes for the serial
 //!    port), `Map`/`Unmap` of shared segments ([`GrantMaps`]) and hands
 //!    `HcallDone` answers to the waiting hcall device, and for a
 //!    shared-memory partition `MemoryTarget` (the pager's new resident
@@ -35,6 +35,7 @@ use crate::devices::exit::{ExitReason, ExitSignal};
 use crate::devices::serial::SerialPort;
 use crate::grants::GrantMaps;
 use crate::pager::{Pager, PagerReport};
+use crate::pause::PauseGate;
 use crate::Vmm;
 use parvm_protocol::managed::{self, ManagedError, TokenSlot};
 use parvm_protocol::{
@@ -44,7 +45,7 @@ use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -68,133 +69,6 @@ pub enum ControlError {
     Thread(std::io::Error),
 }
 
-/// A barrier the vCPU threads pass before every KVM_RUN: `pause` holds them
-/// there (kicking them out of KVM_RUN with the VMM's kick signal) and returns
-/// once all are held; `resume` lets them go. It also counts started vCPU
-/// threads, which is how the control channel knows the partition is ready.
-pub struct PauseGate {
-    requested: AtomicBool,
-    inner: Mutex<GateInner>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct GateInner {
-    /// vCPU threads between `enter` and `leave`.
-    running: Vec<libc::pthread_t>,
-    /// How many of them are held at the gate.
-    held: usize,
-    /// How many ever entered.
-    started: usize,
-}
-
-impl Default for PauseGate {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl PauseGate {
-    pub fn new() -> Self {
-        PauseGate {
-            requested: AtomicBool::new(false),
-            inner: Mutex::new(GateInner::default()),
-            changed: Condvar::new(),
-        }
-    }
-
-    /// A vCPU thread starts running.
-    pub fn enter(&self) {
-        let mut g = lock(&self.inner);
-        // SAFETY: pthread_self has no preconditions.
-        g.running.push(unsafe { libc::pthread_self() });
-        g.started += 1;
-        self.changed.notify_all();
-    }
-
-    /// A vCPU thread is about to end; after this it is never signalled.
-    pub fn leave(&self) {
-        let mut g = lock(&self.inner);
-        // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() };
-        // SAFETY: pthread_equal only compares two thread ids.
-        g.running
-            .retain(|&t| unsafe { libc::pthread_equal(t, me) } == 0);
-        self.changed.notify_all();
-    }
-
-    /// Called by a vCPU thread before KVM_RUN: holds it while a pause is
-    /// requested and the partition is not exiting.
-    pub fn checkpoint(&self, exit: &ExitSignal) {
-        if !self.requested.load(Ordering::SeqCst) {
-            return;
-        }
-        let mut g = lock(&self.inner);
-        g.held += 1;
-        self.changed.notify_all();
-        while self.requested.load(Ordering::SeqCst) && !exit.requested() {
-            g = match self.changed.wait_timeout(g, Duration::from_millis(50)) {
-                Ok((g, _)) => g,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
-        }
-        g.held -= 1;
-    }
-
-    /// Holds every vCPU; true once all are held, false on exit or timeout.
-    pub fn pause(&self, exit: &ExitSignal, timeout: Duration) -> bool {
-        self.requested.store(true, Ordering::SeqCst);
-        let deadline = Instant::now() + timeout;
-        let mut g = lock(&self.inner);
-        loop {
-            if g.held >= g.running.len() {
-                return true;
-            }
-            if exit.requested() || Instant::now() >= deadline {
-                return false;
-            }
-            for &t in &g.running {
-                // SAFETY: `t` is a live vCPU thread: threads remove
-                // themselves (under this lock, which we hold) before ending,
-                // and Vmm::run installed a handler for the kick signal before
-                // starting them.
-                unsafe { libc::pthread_kill(t, crate::kick_signal()) };
-            }
-            g = match self.changed.wait_timeout(g, Duration::from_millis(2)) {
-                Ok((g, _)) => g,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
-        }
-    }
-
-    /// Lets the held vCPUs run again.
-    pub fn resume(&self) {
-        self.requested.store(false, Ordering::SeqCst);
-        let _g = lock(&self.inner);
-        self.changed.notify_all();
-    }
-
-    pub fn is_paused(&self) -> bool {
-        self.requested.load(Ordering::SeqCst)
-    }
-
-    /// Waits until `n` vCPU threads have started; false if the partition
-    /// exits first.
-    pub fn wait_started(&self, n: usize, exit: &ExitSignal) -> bool {
-        let mut g = lock(&self.inner);
-        while g.started < n {
-            if exit.requested() {
-                return false;
-            }
-            g = match self.changed.wait_timeout(g, Duration::from_millis(50)) {
-                Ok((g, _)) => g,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
-        }
-        true
-    }
-}
-
 struct Shared {
     name: String,
     pid: u32,
@@ -209,8 +83,12 @@ struct Shared {
     grants: Arc<GrantMaps>,
     /// The pager of a shared-memory partition.
     pager: Option<Arc<Pager>>,
+    /// The dump thread (`on_crash` in the definition).
+    dumper: Option<Arc<crate::dump::Dumper>>,
     stop_requested: AtomicBool,
     finished: AtomicBool,
+    /// The partition was handed back while its dump goes on (`Exit` sent).
+    detached: AtomicBool,
 }
 
 impl Shared {
@@ -316,14 +194,25 @@ impl Control {
             serial: vmm.serial(),
             grants: vmm.grants(),
             pager: vmm.pager(),
+            dumper: vmm.dumper(),
             stop_requested: AtomicBool::new(false),
             finished: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
         });
         // Fault reports and hcalls go out on the control channel.
         let weak = Arc::downgrade(&shared);
         shared.grants.link.set_sender(Box::new(move |msg| {
             weak.upgrade().is_some_and(|s| s.send(&msg))
         }));
+        // Dump progress too.
+        if let Some(dumper) = &shared.dumper {
+            let weak = Arc::downgrade(&shared);
+            dumper.set_reporter(Box::new(move |dump| {
+                if let Some(s) = weak.upgrade() {
+                    s.send(&ToManager::DumpProgress { dump: dump.clone() });
+                }
+            }));
+        }
         shared.send(&ToManager::Hello {
             version: VERSION,
             name: shared.name.clone(),
@@ -367,8 +256,34 @@ impl Control {
         }))
     }
 
+    /// For `then: reboot` (docs/dump.md): once the crash dump is placed,
+    /// tell the manager the partition ended (`DumpDetached`, then `Exit`)
+    /// and close the channel, so that it reboots the partition while this
+    /// process finishes the dump.
+    pub fn detacher(&self) -> crate::dump::Detach {
+        let s = self.shared.clone();
+        Box::new(move |dump| {
+            s.send(&ToManager::DumpDetached { dump: dump.clone() });
+            s.send(&ToManager::Exit {
+                status: ExitStatus::Crash {
+                    reason: dump.reason.clone(),
+                },
+                code: 2,
+            });
+            s.detached.store(true, Ordering::SeqCst);
+            s.finished.store(true, Ordering::SeqCst);
+            if let Some(chan) = lock(&s.writer).take() {
+                let _ = chan.stream().shutdown(std::net::Shutdown::Both);
+            }
+            tracing::info!(partition = %s.name, id = dump.id, "partition handed back for its reboot; the dump goes on");
+        })
+    }
+
     /// Reports how the partition ended and closes the channel.
     pub fn finish(mut self, reason: &ExitReason) {
+        if self.shared.detached.load(Ordering::SeqCst) {
+            return self.close();
+        }
         let status = exit_status(reason, self.shared.stop_requested.load(Ordering::SeqCst));
         self.shared.send(&ToManager::Exit {
             status,
@@ -496,6 +411,18 @@ fn handle(s: &Shared, msg: ManagerToVmm, fds: Vec<OwnedFd>) {
                 });
             }
         },
+        ManagerToVmm::DumpReconnect => match &s.dumper {
+            // Taken by the next dump (its VIOS came back).
+            Some(dumper) => {
+                tracing::info!(partition = %s.name, "new dump disk connection from the manager");
+                dumper.handover.hand_over(UnixStream::from(fd));
+            }
+            None => {
+                s.send(&ToManager::Failed {
+                    message: "no dump disk".into(),
+                });
+            }
+        },
         // The channel lets a descriptor through only beside the messages above.
         other => handle_plain(s, other),
     }
@@ -513,6 +440,7 @@ fn handle_plain(s: &Shared, msg: ManagerToVmm) {
                 // reachable, so the partition ends.
                 tracing::error!(partition = %s.name, %key, error = %e, "cannot unmap a revoked grant; stopping");
                 s.exit.request(ExitReason::Crash {
+                    kind: crate::devices::exit::CrashKind::InternalError,
                     reason: format!("cannot unmap revoked grant {key}: {e}"),
                     registers: String::new(),
                 });
@@ -565,11 +493,49 @@ fn handle_plain(s: &Shared, msg: ManagerToVmm) {
                 });
             }
         },
+        ManagerToVmm::Dump => dump_on_demand(s),
         ManagerToVmm::Doorbell { .. }
         | ManagerToVmm::VhostUserReconnect { .. }
-        | ManagerToVmm::PagingReconnect { .. } => {
+        | ManagerToVmm::PagingReconnect { .. }
+        | ManagerToVmm::DumpReconnect => {
             // Unreachable: the channel refuses these without their fd.
         }
+    }
+}
+
+/// `parctl dump`: on a thread of its own (the control channel goes on
+/// meanwhile), answered with `DumpDone`.
+fn dump_on_demand(s: &Shared) {
+    let Some(dumper) = s.dumper.clone() else {
+        s.send(&ToManager::DumpDone {
+            dump: None,
+            error: Some("no dump disk: the definition has no on_crash.dump".into()),
+        });
+        return;
+    };
+    let writer = lock(&s.writer).as_ref().and_then(|c| c.try_clone().ok());
+    let name = s.name.clone();
+    let spawned = std::thread::Builder::new()
+        .name("dump-request".into())
+        .stack_size(128 << 10)
+        .spawn(move || {
+            let (dump, error) = match dumper.on_demand() {
+                Ok(d) => (Some(d), None),
+                Err(crate::dump::DumpError::Failed(d, e)) => (Some(*d), Some(e)),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            if let Some(error) = &error {
+                tracing::warn!(partition = %name, %error, "on-demand dump failed");
+            }
+            if let Some(w) = writer {
+                let _ = w.send(&ToManager::DumpDone { dump, error }, &[]);
+            }
+        });
+    if let Err(e) = spawned {
+        s.send(&ToManager::DumpDone {
+            dump: None,
+            error: Some(format!("cannot start the dump: {e}")),
+        });
     }
 }
 
@@ -618,6 +584,7 @@ mod tests {
             ExitStatus::Signal { signal: 15 }
         );
         let crash = ExitReason::Crash {
+            kind: crate::devices::exit::CrashKind::TripleFault,
             reason: "triple fault".into(),
             registers: String::new(),
         };
@@ -649,37 +616,5 @@ mod tests {
             (copy.resident_pages, copy.target_pages, copy.logical_pages),
             (4096, 4096, 16384)
         );
-    }
-
-    #[test]
-    fn gate_holds_threads_until_resumed() {
-        crate::install_kick_handler().unwrap();
-        let gate = Arc::new(PauseGate::new());
-        let exit = Arc::new(ExitSignal::new().unwrap());
-        let passes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let t = {
-            let (gate, exit, passes) = (gate.clone(), exit.clone(), passes.clone());
-            std::thread::spawn(move || {
-                gate.enter();
-                while !exit.requested() {
-                    gate.checkpoint(&exit);
-                    passes.fetch_add(1, Ordering::SeqCst);
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                gate.leave();
-            })
-        };
-        assert!(gate.wait_started(1, &exit));
-        assert!(gate.pause(&exit, Duration::from_secs(5)));
-        let held = passes.load(Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(passes.load(Ordering::SeqCst), held, "a paused thread ran");
-        gate.resume();
-        std::thread::sleep(Duration::from_millis(30));
-        assert!(passes.load(Ordering::SeqCst) > held);
-        // An exit request releases a held thread.
-        assert!(gate.pause(&exit, Duration::from_secs(5)));
-        exit.request(ExitReason::PowerOff);
-        t.join().unwrap();
     }
 }

@@ -17,10 +17,12 @@
 //!   interrupt lines from (IO-APIC pins, MSI routes for doorbells).
 //! - [`devices`]: the bus, serial console, i8042, ACPI power port, exit signal.
 //! - [`vcpu`]: vCPU configuration and the KVM_RUN loop (one thread each).
-//! - [`control`]: the control channel to the partition manager and the
-//!   pause barrier the vCPUs pass.
+//! - [`control`]: the control channel to the partition manager.
+//! - [`pause`]: the pause barrier the vCPUs pass before every KVM_RUN.
 //! - [`seccomp`]: the syscall filter of each thread role, installed by each
 //!   thread once set-up is over.
+//! - [`dump`]: firmware-assisted dump: the core of a failed (or running)
+//!   partition written to a dump disk on a VIOS, and the watchdog.
 //! - [`grants`]: segments shared by other partitions (extra memory slots in
 //!   the grant windows), doorbells, the hcall device and the link to the
 //!   manager they report and call through; one file per job (see its map).
@@ -37,17 +39,19 @@ pub mod config;
 pub mod control;
 pub mod cpuid;
 pub mod devices;
+pub mod dump;
 pub mod grants;
 pub mod interrupts;
 pub mod memory;
 pub mod pager;
+pub mod pause;
 pub mod seccomp;
 pub mod vcpu;
 
 use crate::builder::Machine;
 use crate::config::PartitionConfig;
 use crate::devices::bus::lock;
-use crate::devices::exit::{ExitReason, ExitSignal};
+use crate::devices::exit::{CrashKind, ExitReason, ExitSignal};
 use crate::devices::serial::SerialPort;
 use crate::devices::virtio::VirtioDevices;
 use crate::memory::GuestRam;
@@ -92,6 +96,8 @@ pub enum VmmError {
     Setup(&'static str, String),
     #[error("shared memory: {0}")]
     Pager(#[from] pager::PagerError),
+    #[error(transparent)]
+    Dump(#[from] dump::DumpError),
 }
 
 const REQUIRED_CAPS: &[(Cap, &str)] = &[
@@ -136,9 +142,13 @@ pub struct Vmm {
     vcpus: Vec<Vcpu>,
     exit: Arc<ExitSignal>,
     serial: Arc<Mutex<SerialPort>>,
-    pause: Arc<control::PauseGate>,
+    pause: Arc<pause::PauseGate>,
     virtio: VirtioDevices,
     pager: Option<Arc<pager::Pager>>,
+    dumper: Option<Arc<dump::Dumper>>,
+    /// With `then: reboot`: hands the partition back once its dump is
+    /// under way (set by the control channel).
+    detach: Option<dump::Detach>,
 }
 
 impl Vmm {
@@ -155,7 +165,9 @@ impl Vmm {
         let virtio = machine.attach_virtio_disks(&config.disks, config.shared.is_some())?;
         let rsdp = machine.attach_acpi_tables(config.vcpus, &virtio)?;
         let entry = machine.load_kernel(&config, &virtio, rsdp)?;
-        let (vcpus, pause) = machine.attach_vcpus(config.vcpus, entry)?;
+        let pause = Arc::new(pause::PauseGate::new());
+        let (dumper, hooks) = builder::attach_dumper(&machine.ram, &config, &pause, &machine.exit)?;
+        let vcpus = machine.attach_vcpus(config.vcpus, entry, pause.clone(), &hooks)?;
         Ok(Vmm {
             config,
             _kvm: machine.kvm,
@@ -168,6 +180,8 @@ impl Vmm {
             pause,
             virtio,
             pager: pager.map(Arc::new),
+            dumper,
+            detach: None,
         })
     }
 
@@ -177,7 +191,7 @@ impl Vmm {
     }
 
     /// The barrier that pauses and resumes the vCPUs.
-    pub fn pause_gate(&self) -> Arc<control::PauseGate> {
+    pub fn pause_gate(&self) -> Arc<pause::PauseGate> {
         self.pause.clone()
     }
 
@@ -191,13 +205,25 @@ impl Vmm {
         self.pager.clone()
     }
 
+    /// The dump thread, when the definition has `on_crash`.
+    pub fn dumper(&self) -> Option<Arc<dump::Dumper>> {
+        self.dumper.clone()
+    }
+
+    /// After a crash with `then: reboot` (dedicated memory), `detach` is
+    /// called once the dump is placed: the partition is handed back to the
+    /// manager for its reboot while this process finishes the dump.
+    pub fn set_detach(&mut self, detach: dump::Detach) {
+        self.detach = Some(detach);
+    }
+
     /// The serial console, for input from the control channel.
     pub fn serial(&self) -> Arc<Mutex<SerialPort>> {
         self.serial.clone()
     }
 
     /// Runs the partition until it stops; returns why.
-    pub fn run(self) -> Result<ExitReason, VmmError> {
+    pub fn run(mut self) -> Result<ExitReason, VmmError> {
         install_kick_handler()?;
         let devices = self
             .virtio
@@ -236,10 +262,48 @@ impl Vmm {
         if devices.join().is_err() {
             tracing::error!("the device thread panicked");
         }
+        let reason = self.exit.reason().unwrap_or(ExitReason::PowerOff);
+        // A shared-memory partition's dump pages its evicted RAM back in:
+        // the pager's figures after it.
+        if let (Some(dumper), ExitReason::Crash { kind, reason, .. }) = (&self.dumper, &reason) {
+            // Memory is released as it is written only for dedicated memory.
+            let reboot = self.config.shared.is_none()
+                && self
+                    .config
+                    .on_crash
+                    .as_ref()
+                    .is_some_and(|c| c.then == config::CrashAction::Reboot);
+            let detach = self.detach.take().filter(|_| reboot);
+            crash_dump(dumper, *kind, reason, detach);
+        }
         if let Some(pager) = &self.pager {
             eprintln!("vmm: pager: {}", pager.report());
         }
-        Ok(self.exit.reason().unwrap_or(ExitReason::PowerOff))
+        if let Some(dumper) = &self.dumper {
+            dumper.shut_down();
+        }
+        Ok(reason)
+    }
+}
+
+/// After a crash, the dump to the dump disk (if one is configured); its
+/// outcome goes to stderr (and, as progress, to the manager).
+fn crash_dump(dumper: &dump::Dumper, kind: CrashKind, reason: &str, detach: Option<dump::Detach>) {
+    if !dumper.has_disk() {
+        return;
+    }
+    eprintln!("vmm: dumping after: {reason}");
+    match dumper.crash_dump(kind.trigger(), reason, detach) {
+        Ok(d) => eprintln!(
+            "vmm: dump {} complete: {} bytes at offset {:#x} of the dump disk ({} of {} bytes of RAM were zero, not written) in {} ms",
+            d.id,
+            d.size,
+            d.offset,
+            d.zero_bytes,
+            d.ram_bytes,
+            d.finished_ms.unwrap_or(d.started_ms).saturating_sub(d.started_ms)
+        ),
+        Err(e) => eprintln!("vmm: dump failed: {e}"),
     }
 }
 

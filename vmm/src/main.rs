@@ -4,7 +4,9 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Arc;
-use vmm::config::{Console, DiskConfig, DiskSource, MemoryMode, MemorySpec, PartitionDefinition};
+use vmm::config::{
+    Console, DiskConfig, DiskSource, MemoryMode, MemorySpec, OnCrash, PartitionDefinition,
+};
 use vmm::devices::exit::{ExitReason, ExitSignal};
 
 /// parvm's per-partition virtual machine monitor: boots one partition on KVM.
@@ -63,6 +65,16 @@ struct Args {
     /// all of it until the partition manager sets a target).
     #[arg(long, value_name = "N")]
     resident_mib: Option<u64>,
+    /// Firmware-assisted dump (docs/dump.md): the dump disk, a
+    /// vhost-user-blk export (`vhost-user:SOCKET`, or `vhost-user-fd:N` as
+    /// the partition manager passes it). After a crash the VMM writes an
+    /// ELF core of the guest there before it exits.
+    #[arg(long, value_name = "vhost-user:SOCKET|vhost-user-fd:N")]
+    dump_disk: Option<String>,
+    /// A guest with no port or MMIO exit for this many seconds has failed
+    /// (dumped like a crash).
+    #[arg(long, value_name = "SECONDS")]
+    watchdog_secs: Option<u64>,
     /// KVM device to use.
     #[arg(long, value_name = "PATH", default_value = vmm::KVM_DEVICE)]
     kvm_device: PathBuf,
@@ -108,6 +120,11 @@ fn run(args: Args) -> anyhow::Result<i32> {
         [args.paging.as_deref(), args.paging_evictor.as_deref()],
         args.resident_mib,
     )?;
+    let on_crash = crash_flags(
+        file.on_crash.as_deref(),
+        args.dump_disk.as_deref(),
+        args.watchdog_secs,
+    )?;
     let flags = PartitionDefinition {
         name: args.name,
         vcpus: args.vcpus,
@@ -128,12 +145,16 @@ fn run(args: Args) -> anyhow::Result<i32> {
             )
         },
         memory,
+        on_crash,
         ..Default::default()
     };
     let config = file.overridden_by(flags).validate()?;
     vmm::seccomp::configure(args.seccomp)?;
-    let vmm = vmm::Vmm::new(config, &args.kvm_device)?;
+    let mut vmm = vmm::Vmm::new(config, &args.kvm_device)?;
     let control = vmm::control::Control::attach(args.control_fd, args.manager_socket, &vmm)?;
+    if let Some(c) = &control {
+        vmm.set_detach(c.detacher());
+    }
 
     EXIT.store(
         Arc::into_raw(vmm.exit_signal()).cast_mut(),
@@ -147,7 +168,9 @@ fn run(args: Args) -> anyhow::Result<i32> {
         control.finish(&reason);
     }
     match &reason {
-        ExitReason::Crash { reason, registers } => {
+        ExitReason::Crash {
+            reason, registers, ..
+        } => {
             eprintln!("vmm: guest crashed: {reason}");
             eprint!("{registers}");
         }
@@ -188,6 +211,33 @@ fn shared_memory_flags(
         spec.resident_mib = resident_mib;
     }
     Ok(Some(Box::new(spec)))
+}
+
+/// The file's `on_crash` with `--dump-disk` and `--watchdog-secs` applied;
+/// `None` without either flag.
+fn crash_flags(
+    file: Option<&OnCrash>,
+    dump_disk: Option<&str>,
+    watchdog_secs: Option<u64>,
+) -> anyhow::Result<Option<Box<OnCrash>>> {
+    if dump_disk.is_none() && watchdog_secs.is_none() {
+        return Ok(None);
+    }
+    let mut on_crash = file.cloned().unwrap_or_default();
+    if let Some(d) = dump_disk {
+        let source = DiskSource::parse(d).map_err(|m| anyhow::anyhow!("--dump-disk {d}: {m}"))?;
+        if !matches!(
+            source,
+            DiskSource::VhostUser(_) | DiskSource::VhostUserFd(_)
+        ) {
+            anyhow::bail!("--dump-disk {d}: use vhost-user:SOCKET or vhost-user-fd:N");
+        }
+        on_crash.dump = Some(source);
+    }
+    if watchdog_secs.is_some() {
+        on_crash.watchdog_secs = watchdog_secs;
+    }
+    Ok(Some(Box::new(on_crash)))
 }
 
 fn main() {

@@ -20,6 +20,9 @@
 //! - [`Role::Pager`]: the pager of a shared-memory partition (userfaultfd
 //!   ioctls, punching pages out of the guest-RAM memfd, vhost-user messages
 //!   to its paging device and re-dialling it);
+//! - [`Role::Dump`]: the dump thread (guest RAM read from its memfd and
+//!   released after a crash, vhost-user messages to the dump disk, pausing
+//!   the vCPUs for an on-demand dump, the watchdog's exit request);
 //! - [`Role::Main`]: the main thread once the others run (console input,
 //!   kicking vCPUs out of KVM_RUN, the exit report).
 //!
@@ -45,6 +48,7 @@ pub enum Role {
     Device,
     Control,
     Pager,
+    Dump,
 }
 
 // KVM ioctls the threads make after set-up (kvm-ioctls keeps its numbers
@@ -107,6 +111,7 @@ impl parvm_sandbox::Role for Role {
         Role::Device,
         Role::Control,
         Role::Pager,
+        Role::Dump,
     ];
 
     fn name(self) -> &'static str {
@@ -116,6 +121,7 @@ impl parvm_sandbox::Role for Role {
             Role::Device => "device",
             Role::Control => "control",
             Role::Pager => "pager",
+            Role::Dump => "dump",
         }
     }
 
@@ -212,6 +218,20 @@ impl parvm_sandbox::Role for Role {
                 list.extend(unix_messages());
                 list.extend(unix_connect());
                 // The driver's set-up watchdog (a thread per reconnect).
+                list.extend(parvm_sandbox::thread_spawning());
+            }
+            Role::Dump => {
+                // Guest RAM read from its memfd (holes found with lseek),
+                // released after a crash once written.
+                list.push(Any(libc::SYS_pread64));
+                list.push(Any(libc::SYS_lseek));
+                list.push(Any(libc::SYS_fallocate));
+                // A new connection to the dump disk (its private memory).
+                list.push(Any(libc::SYS_memfd_create));
+                list.push(Any(libc::SYS_ftruncate));
+                list.extend(unix_messages());
+                list.extend(unix_connect());
+                // The driver's set-up watchdog thread on a reconnect.
                 list.extend(parvm_sandbox::thread_spawning());
             }
         }

@@ -3,11 +3,13 @@
 //! buses; a triple fault or KVM error becomes an [`ExitReason::Crash`] with
 //! the registers.
 
-use crate::control::PauseGate;
 use crate::devices::bus::Bus;
-use crate::devices::exit::{ExitReason, ExitSignal};
+use crate::devices::exit::{CrashKind, ExitReason, ExitSignal};
+use crate::dump::cpu::CpuStates;
+use crate::pause::PauseGate;
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, CpuId, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,16 @@ pub struct Vcpu {
     mmio: Arc<Bus>,
     exit: Arc<ExitSignal>,
     pause: Arc<PauseGate>,
+    hooks: DumpHooks,
+}
+
+/// What the vCPU leaves for a dump: its registers when it stops or is
+/// held at the pause gate, and a count of its exits to the VMM (the
+/// watchdog's sign of life).
+#[derive(Clone)]
+pub struct DumpHooks {
+    pub states: Arc<CpuStates>,
+    pub life: Arc<AtomicU64>,
 }
 
 fn cfg_err<E: std::fmt::Display>(i: u8, what: &'static str) -> impl FnOnce(E) -> VcpuError {
@@ -56,6 +68,7 @@ impl Vcpu {
         mmio: Arc<Bus>,
         exit: Arc<ExitSignal>,
         pause: Arc<PauseGate>,
+        hooks: DumpHooks,
     ) -> Result<Self, VcpuError> {
         let fd = vm
             .create_vcpu(u64::from(index))
@@ -67,6 +80,7 @@ impl Vcpu {
             mmio,
             exit,
             pause,
+            hooks,
         })
     }
 
@@ -147,11 +161,13 @@ impl Vcpu {
     pub fn run(mut self) {
         self.pause.enter();
         while !self.exit.requested() {
-            self.pause.checkpoint(&self.exit);
+            let (states, index, fd) = (&self.hooks.states, self.index, &self.fd);
+            self.pause.checkpoint(&self.exit, || states.save(index, fd));
             if let Some(reason) = self.run_once() {
                 self.exit.request(reason);
             }
         }
+        self.hooks.states.save(self.index, &self.fd);
         self.pause.leave();
         tracing::debug!(vcpu = self.index, "vCPU stopped");
     }
@@ -159,7 +175,17 @@ impl Vcpu {
     /// One KVM_RUN and the handling of its exit; `Some` means stop the VM.
     fn run_once(&mut self) -> Option<ExitReason> {
         let index = self.index;
-        match self.fd.run() {
+        let exit = self.fd.run();
+        if matches!(
+            exit,
+            Ok(VcpuExit::IoIn(..)
+                | VcpuExit::IoOut(..)
+                | VcpuExit::MmioRead(..)
+                | VcpuExit::MmioWrite(..))
+        ) {
+            self.hooks.life.fetch_add(1, Ordering::Relaxed);
+        }
+        match exit {
             Ok(VcpuExit::IoIn(port, data)) => {
                 if !self.pio.read(u64::from(port), data) {
                     data.fill(0xff);
@@ -184,7 +210,7 @@ impl Vcpu {
                 None
             }
             Ok(VcpuExit::Hlt) => None,
-            Ok(VcpuExit::Shutdown) => Some(self.crash(format!("guest triple fault on vCPU {index}"))),
+            Ok(VcpuExit::Shutdown) => Some(self.crash_as(CrashKind::TripleFault, format!("guest triple fault on vCPU {index}"))),
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                 kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Some(ExitReason::PowerOff),
                 kvm_bindings::KVM_SYSTEM_EVENT_RESET => Some(ExitReason::Reset),
@@ -206,7 +232,12 @@ impl Vcpu {
     }
 
     fn crash(&self, reason: String) -> ExitReason {
+        self.crash_as(CrashKind::InternalError, reason)
+    }
+
+    fn crash_as(&self, kind: CrashKind, reason: String) -> ExitReason {
         ExitReason::Crash {
+            kind,
             reason,
             registers: self.dump_registers(),
         }

@@ -20,6 +20,8 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[path = "common/dump_view.rs"]
+mod dump_view;
 #[path = "common/pool_view.rs"]
 mod pool_view;
 use pool_view::print_pool;
@@ -227,6 +229,17 @@ enum Cmd {
     Completions { shell: clap_complete::Shell },
     /// Print parctl's man page (roff), e.g. `parctl manpage | man -l -`.
     Manpage,
+    /// Dump a running partition to its dump disk (docs/dump.md); it keeps
+    /// running (its vCPUs pause while its memory is written).
+    Dump { name: String },
+    /// The partition's dumps on its dump disk, with state and progress.
+    Dumps { name: String },
+    /// Copy dump ID (an ELF core) of the partition to FILE.
+    DumpGet {
+        name: String,
+        id: u64,
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -308,7 +321,9 @@ fn default_timeout(cmd: &Cmd) -> Duration {
         | Cmd::Accept { .. }
         | Cmd::Revoke { .. }
         | Cmd::Share { .. }
-        | Cmd::Pool(PoolCmd::Resize { .. }) => Duration::from_secs(60),
+        | Cmd::Pool(PoolCmd::Resize { .. })
+        | Cmd::Dump { .. }
+        | Cmd::DumpGet { .. } => Duration::from_secs(60),
         _ => Duration::from_secs(5),
     }
 }
@@ -461,6 +476,12 @@ fn request_of(cmd: &Cmd) -> anyhow::Result<Option<Request>> {
             device: device.clone(),
         },
         Cmd::Pool(PoolCmd::Show) => Request::PoolShow,
+        Cmd::Dump { name } => Request::Dump { name: name.clone() },
+        Cmd::Dumps { name, .. } => Request::Dumps { name: name.clone() },
+        Cmd::DumpGet { name, id, .. } => Request::DumpGet {
+            name: name.clone(),
+            id: *id,
+        },
         Cmd::Share { file } => {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
@@ -537,6 +558,8 @@ fn run(args: Args) -> anyhow::Result<()> {
                 let text = String::from_utf8_lossy(&bytes);
                 print_json(&serde_json::json!({ "name": name, "path": path, "log": text }));
             }
+            Cmd::Dump { .. } | Cmd::Dumps { .. } => dump_view::show(answer, true, None)?,
+            Cmd::DumpGet { file, .. } => dump_view::show(answer, true, Some(&file))?,
             _ => print_json(&partition_manager::api::routes::answer_body(answer.0)),
         }
         return Ok(());
@@ -686,6 +709,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             other => return Err(unexpected(&other)),
         },
+        Cmd::Dump { .. } | Cmd::Dumps { .. } => dump_view::show(answer, false, None)?,
+        Cmd::DumpGet { file, .. } => dump_view::show(answer, false, Some(&file))?,
         _ => println!("{}", status_line(&expect_status(answer.0)?)),
     }
     Ok(())

@@ -563,7 +563,8 @@ impl PartitionTable {
         p.rec.pid_start = None;
         p.rec.token = None;
         p.rec.since = now_secs();
-        let automatic = restart::is_automatic(state, p.rec.restart, run.ready_at);
+        let policy = restart::policy(p.rec.restart, &p.rec.definition);
+        let automatic = restart::is_automatic(state, policy, run.ready_at);
         if automatic {
             if restart::was_healthy(run.ready_at) {
                 p.rec.restarts = 0;

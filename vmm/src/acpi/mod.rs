@@ -29,6 +29,9 @@ pub const ACPI_START: u64 = 0xe0000;
 pub const ACPI_END: u64 = 0x10_0000;
 /// I/O port of the FADT sleep control/status registers and reset register.
 pub const ACPI_SHUTDOWN_PORT: u16 = 0x3c0;
+/// The pvpanic device's I/O port (QEMU's `pvpanic` ISA device: ACPI
+/// `QEMU0001`, so Linux's pvpanic driver finds it).
+pub const PVPANIC_PORT: u16 = 0x505;
 /// What the guest writes to [`ACPI_SHUTDOWN_PORT`] to enter S5 (power off):
 /// SLP_TYP = 5 (bits 2-4, the `\_S5_` value) | SLP_EN (bit 5).
 pub const S5_SLEEP_VALUE: u8 = (5 << 2) | (1 << 5);
@@ -470,7 +473,7 @@ fn build_madt(num_cpus: u8) -> Vec<u8> {
     finish_sdt(madt.as_slice().to_vec())
 }
 
-/// DSDT: `\_S5_` for power off, `\_SB_.COM1`, and one `\_SB_.VRnn` per
+/// DSDT: `\_S5_` for power off, `\_SB_.COM1`, `\_SB_.PEVT` (pvpanic), and one `\_SB_.VRnn` per
 /// virtio-mmio device in the form Linux's virtio_mmio ACPI probe reads
 /// (memory resource 0 = the window, IRQ resource 0 = the GSI).
 fn build_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
@@ -490,6 +493,20 @@ fn build_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
             &aml::Name::new(
                 "_CRS".into(),
                 &aml::ResourceTemplate::new(vec![&com1_io, &com1_irq]),
+            ),
+        ],
+    )
+    .to_aml_bytes(&mut sb);
+
+    let pvpanic_io = aml::IO::new(PVPANIC_PORT, PVPANIC_PORT, 1, 1);
+    aml::Device::new(
+        "PEVT".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &"QEMU0001"),
+            &aml::Name::new("_STA".into(), &0x0fu8),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![&pvpanic_io]),
             ),
         ],
     )

@@ -16,9 +16,40 @@ pub enum ExitReason {
     PowerOff,
     /// SIGTERM or SIGINT: orderly shutdown, exit 0.
     Signal(i32),
-    /// Triple fault, KVM internal error, failed entry: exit 2 with a
-    /// one-line reason and the registers.
-    Crash { reason: String, registers: String },
+    /// Triple fault, KVM internal error, failed entry, a guest panic, the
+    /// watchdog: exit 2 with a one-line reason and the registers.
+    Crash {
+        kind: CrashKind,
+        reason: String,
+        registers: String,
+    },
+}
+
+/// What kind of failure a crash is (the dump records it, docs/dump.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashKind {
+    /// KVM_EXIT_SHUTDOWN: the guest triple-faulted.
+    TripleFault,
+    /// KVM could not run the guest (internal error, failed entry, an exit
+    /// the VMM does not handle), or the VMM had to stop it.
+    InternalError,
+    /// The guest reported a panic through the pvpanic device.
+    Pvpanic,
+    /// No sign of life for the watchdog's period.
+    Watchdog,
+}
+
+impl CrashKind {
+    /// The dump table's name for it.
+    pub fn trigger(self) -> parvm_protocol::dump::DumpTrigger {
+        use parvm_protocol::dump::DumpTrigger;
+        match self {
+            CrashKind::TripleFault => DumpTrigger::TripleFault,
+            CrashKind::InternalError => DumpTrigger::InternalError,
+            CrashKind::Pvpanic => DumpTrigger::Pvpanic,
+            CrashKind::Watchdog => DumpTrigger::Watchdog,
+        }
+    }
 }
 
 impl ExitReason {

@@ -3,7 +3,7 @@
 //! hardware-reduced sleep/reset port described in the FADT.
 
 use super::bus::BusDevice;
-use super::exit::{ExitReason, ExitSignal};
+use super::exit::{CrashKind, ExitReason, ExitSignal};
 use crate::acpi::{RESET_VALUE, S5_SLEEP_VALUE};
 use std::sync::Arc;
 use vm_superio::{I8042Device, Trigger};
@@ -37,6 +37,38 @@ impl BusDevice for I8042 {
     }
 }
 
+/// pvpanic (QEMU's ISA device, one I/O port): reads offer the events
+/// PANICKED (bit 0) and CRASH_LOADED (bit 1); a write of PANICKED is a
+/// crash of kind pvpanic (dumped per `on_crash`); CRASH_LOADED (the guest
+/// runs its own kdump kernel) is only logged.
+pub struct Pvpanic(pub Arc<ExitSignal>);
+
+pub const PVPANIC_PANICKED: u8 = 1;
+pub const PVPANIC_CRASH_LOADED: u8 = 2;
+
+impl BusDevice for Pvpanic {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if let Some(b) = data.first_mut() {
+            *b = PVPANIC_PANICKED | PVPANIC_CRASH_LOADED;
+        }
+    }
+    fn write(&mut self, _offset: u64, data: &[u8]) {
+        let Some(&v) = data.first() else {
+            return;
+        };
+        if v & PVPANIC_PANICKED != 0 {
+            self.0.request(ExitReason::Crash {
+                kind: CrashKind::Pvpanic,
+                reason: "guest panic reported through pvpanic".into(),
+                registers: String::new(),
+            });
+        } else if v & PVPANIC_CRASH_LOADED != 0 {
+            tracing::warn!("guest reports a crash kernel loaded (pvpanic CRASH_LOADED)");
+        }
+    }
+}
+
 /// The FADT's sleep control/status and reset register (one I/O port).
 pub struct AcpiPowerPort(pub Arc<ExitSignal>);
 
@@ -66,6 +98,26 @@ mod tests {
         assert!(!exit.requested());
         dev.write(4, &[0xfe]);
         assert_eq!(exit.reason(), Some(ExitReason::Reset));
+    }
+
+    #[test]
+    fn pvpanic_offers_both_events_and_a_panic_is_a_crash() {
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let mut dev = Pvpanic(exit.clone());
+        let mut b = [0u8; 1];
+        dev.read(0, &mut b);
+        assert_eq!(b[0], 3);
+        dev.write(0, &[PVPANIC_CRASH_LOADED]);
+        dev.write(0, &[]);
+        assert!(!exit.requested());
+        dev.write(0, &[PVPANIC_PANICKED]);
+        assert!(matches!(
+            exit.reason(),
+            Some(ExitReason::Crash {
+                kind: CrashKind::Pvpanic,
+                ..
+            })
+        ));
     }
 
     #[test]
