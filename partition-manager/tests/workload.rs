@@ -357,6 +357,12 @@ fn the_policy_lends_an_idle_partitions_entitlement_and_gives_it_back() {
     assert!(shown.contains("b: 0.50 -> 0.70 (starved"), "{shown}");
     assert!(shown.contains("from a, left unused"), "{shown}");
     assert!(shown.contains("above its desired entitlement"), "{shown}");
+    // Each move is an event too.
+    let events = env.ok(&["events", "--no-follow"]);
+    assert!(
+        events.contains("b: entitlement 0.50 -> 0.70 (starved"),
+        "{events}"
+    );
     assert_eq!(env.status("a")["cpu"]["desired"], 0.5);
     env.ok(&["stop", "a"]);
     env.ok(&["stop", "b"]);

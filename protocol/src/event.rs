@@ -84,6 +84,16 @@ pub enum EventKind {
         client: String,
         disk: String,
     },
+    /// The workload policy moved a partition's processor entitlement
+    /// (docs/workload.md), with its reason.
+    EntitlementMoved {
+        partition: String,
+        #[cfg_attr(feature = "openapi", schema(value_type = f64))]
+        from: parvm_config::ProcUnits,
+        #[cfg_attr(feature = "openapi", schema(value_type = f64))]
+        to: parvm_config::ProcUnits,
+        reason: String,
+    },
     /// The shared memory pool changed: `created`, `resized`,
     /// `paging_added`, `paging_removed`.
     Pool {
@@ -108,6 +118,7 @@ impl EventKind {
             EventKind::GrantFault { .. } => "grant_fault",
             EventKind::GrantAccepted { .. } => "grant_accepted",
             EventKind::ViosReconnect { .. } => "vios_reconnect",
+            EventKind::EntitlementMoved { .. } => "entitlement_moved",
             EventKind::Pool { .. } => "pool",
         }
     }
@@ -120,7 +131,8 @@ impl EventKind {
             | EventKind::Undefined { partition }
             | EventKind::State { partition, .. }
             | EventKind::RestartScheduled { partition, .. }
-            | EventKind::Reattached { partition, .. } => Some(partition),
+            | EventKind::Reattached { partition, .. }
+            | EventKind::EntitlementMoved { partition, .. } => Some(partition),
             EventKind::GrantRevoked { grantee, .. }
             | EventKind::GrantFault { grantee, .. }
             | EventKind::GrantAccepted { grantee, .. } => Some(grantee),
@@ -188,6 +200,12 @@ impl std::fmt::Display for Event {
             EventKind::ViosReconnect { vios, client, disk } => {
                 write!(f, "{vios}: reconnected {client} to disk {disk}")
             }
+            EventKind::EntitlementMoved {
+                partition,
+                from,
+                to,
+                reason,
+            } => write!(f, "{partition}: entitlement {from} -> {to} ({reason})"),
             EventKind::Pool {
                 change,
                 size_mib,

@@ -50,7 +50,7 @@ impl State {
 
     /// One round of the workload policy; each moved partition's group
     /// gets its new entitlement.
-    fn run_policy(&mut self) {
+    fn run_policy(&mut self) -> Vec<PolicyMove> {
         let specs: Vec<(String, CpuSpec)> = self
             .partitions
             .names()
@@ -73,6 +73,7 @@ impl State {
         for name in moved {
             self.place_vcpus(name);
         }
+        moves
     }
 
     pub(super) fn decorate_cpu(&self, status: &mut PartitionStatus) {
@@ -211,7 +212,15 @@ impl Manager {
             for (name, pid, ns, at) in samples {
                 state.workload.record(&name, pid, ns, at);
             }
-            state.run_policy();
+            for m in state.run_policy() {
+                mgr.events
+                    .push(parvm_protocol::EventKind::EntitlementMoved {
+                        partition: m.partition,
+                        from: m.from,
+                        to: m.to,
+                        reason: m.reason,
+                    });
+            }
         });
     }
 }
