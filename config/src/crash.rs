@@ -58,23 +58,14 @@ impl OnCrash {
 }
 
 mod dump_source {
-    use crate::source::DiskSource;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use crate::source::{served, DiskSource};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &Option<DiskSource>, s: S) -> Result<S::Ok, S::Error> {
-        v.as_ref().map(|d| d.to_string()).serialize(s)
+        served::serialize(v, s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DiskSource>, D::Error> {
-        let Some(text) = Option::<String>::deserialize(d)? else {
-            return Ok(None);
-        };
-        match DiskSource::parse(&text) {
-            Ok(DiskSource::Image(_)) => Err(serde::de::Error::custom(
-                "a dump disk is served by a VIOS: use vios:<vios>/<disk>, vhost-user:SOCKET or vhost-user-fd:N",
-            )),
-            Ok(source) => Ok(Some(source)),
-            Err(m) => Err(serde::de::Error::custom(m)),
-        }
+        served::deserialize(d, "a dump disk")
     }
 }

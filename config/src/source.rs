@@ -73,3 +73,31 @@ impl std::fmt::Display for DiskSource {
         }
     }
 }
+
+/// Serde for an optional source a VIOS serves (a paging device, a dump
+/// disk): written as its text; read back refusing an image path, whose
+/// error names `what`.
+pub(crate) mod served {
+    use super::DiskSource;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<DiskSource>, s: S) -> Result<S::Ok, S::Error> {
+        v.as_ref().map(|d| d.to_string()).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+        what: &str,
+    ) -> Result<Option<DiskSource>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        match DiskSource::parse(&text) {
+            Ok(DiskSource::Image(_)) => Err(serde::de::Error::custom(format!(
+                "{what} is served by a VIOS: use vios:<vios>/<disk>, vhost-user:SOCKET or vhost-user-fd:N"
+            ))),
+            Ok(source) => Ok(Some(source)),
+            Err(m) => Err(serde::de::Error::custom(m)),
+        }
+    }
+}
