@@ -221,6 +221,22 @@ fn connect_export(
         }
         other => fail(other.to_string()),
     })?;
+    let end = connect_running(partitions, client, vios_name, export, read_only, what)?;
+    Ok((end, read_only))
+}
+
+/// The VIOS `vios_name` must run: a socketpair whose end it gets with
+/// `ViosConnect {export, client, read_only}`; the client's end returned.
+/// `what` names the disk in errors.
+fn connect_running(
+    partitions: &PartitionTable,
+    client: &str,
+    vios_name: &str,
+    export: &str,
+    read_only: bool,
+    what: &str,
+) -> Result<OwnedFd, ManagerError> {
+    let fail = |m: String| ManagerError::StartFailed(client.to_string(), m);
     let writer = match (partitions.state(vios_name), partitions.writer(vios_name)) {
         (Some(PartitionState::Running), Some(w)) => w,
         (state, _) => {
@@ -231,7 +247,7 @@ fn connect_export(
         }
     };
     let (client_end, vios_end) = UnixStream::pair().map_err(|source| ManagerError::Io {
-        what: "socketpair for a VIOS disk".into(),
+        what: format!("socketpair for {what}"),
         source,
     })?;
     writer
@@ -244,7 +260,7 @@ fn connect_export(
             &[vios_end.as_fd()],
         )
         .map_err(|e| fail(format!("cannot reach VIOS `{vios_name}`: {e}")))?;
-    Ok((OwnedFd::from(client_end), read_only))
+    Ok(OwnedFd::from(client_end))
 }
 
 /// The image file behind VIOS export `vios_name`/`export` (from the VIOS's
@@ -390,33 +406,16 @@ pub(crate) fn broker_paging(
     device: &PagingDevice,
     fd: i32,
 ) -> Result<OwnedFd, ManagerError> {
-    let fail = |m: String| ManagerError::StartFailed(client.to_string(), m);
-    let vios = &device.vios;
-    let writer = match (partitions.state(vios), partitions.writer(vios)) {
-        (Some(PartitionState::Running), Some(w)) => w,
-        (state, _) => {
-            let state = state.unwrap_or(PartitionState::Defined);
-            return Err(fail(format!(
-                "paging device {device}: VIOS `{vios}` is {state}, not running"
-            )));
-        }
-    };
-    let (client_end, vios_end) = UnixStream::pair().map_err(|source| ManagerError::Io {
-        what: "socketpair for a paging device".into(),
-        source,
-    })?;
-    writer
-        .send(
-            &ManagerToVios::ViosConnect {
-                disk: device.disk.clone(),
-                client: client.to_string(),
-                read_only: false,
-            },
-            &[vios_end.as_fd()],
-        )
-        .map_err(|e| fail(format!("cannot reach VIOS `{vios}`: {e}")))?;
+    let end = connect_running(
+        partitions,
+        client,
+        &device.vios,
+        &device.disk,
+        false,
+        &format!("paging device {device}"),
+    )?;
     tracing::info!(partition = %client, %device, fd, "paging device brokered");
-    Ok(OwnedFd::from(client_end))
+    Ok(end)
 }
 
 /// VIOS `device.vios` came back: two fresh socketpairs to the paging
