@@ -147,6 +147,30 @@ fn status_of(cfg: &ManagerConfig, p: &Partition) -> PartitionStatus {
     }
 }
 
+impl Partition {
+    /// A partition just defined: no process yet.
+    fn defined(name: &str, definition: Definition, restart: RestartPolicy) -> Self {
+        Partition {
+            rec: Record {
+                name: name.into(),
+                definition,
+                restart,
+                state: PartitionState::Defined,
+                last_exit: None,
+                pid: None,
+                pid_start: None,
+                token: None,
+                restarts: 0,
+                since: now_secs(),
+            },
+            run: None,
+            epoch: 0,
+            ready_generation: 0,
+            exports: None,
+        }
+    }
+}
+
 fn put(store: &Store, rec: &Record, what: &str) {
     if let Err(e) = store.put(rec) {
         tracing::error!(partition = %rec.name, error = %e, "cannot record the {what}");
@@ -232,25 +256,7 @@ impl PartitionTable {
         definition: Definition,
         restart: RestartPolicy,
     ) -> PartitionStatus {
-        let p = Partition {
-            rec: Record {
-                name: name.into(),
-                definition,
-                restart,
-                state: PartitionState::Defined,
-                last_exit: None,
-                pid: None,
-                pid_start: None,
-                token: None,
-                restarts: 0,
-                since: now_secs(),
-            },
-            run: None,
-            epoch: 0,
-            ready_generation: 0,
-            exports: None,
-        };
-        status_of(&self.cfg, &p)
+        status_of(&self.cfg, &Partition::defined(name, definition, restart))
     }
 
     /// The stored definition and restart policy of `name`.

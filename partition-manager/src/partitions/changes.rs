@@ -74,29 +74,11 @@ impl PartitionTable {
         definition: Definition,
         restart: RestartPolicy,
     ) -> Result<PartitionStatus, ManagerError> {
-        let rec = Record {
-            name: name.into(),
-            definition,
-            restart,
-            state: PartitionState::Defined,
-            last_exit: None,
-            pid: None,
-            pid_start: None,
-            token: None,
-            restarts: 0,
-            since: now_secs(),
-        };
-        store.put(&rec)?;
+        let p = Partition::defined(name, definition, restart);
+        store.put(&p.rec)?;
         self.events.push(parvm_protocol::EventKind::Defined {
             partition: name.into(),
         });
-        let p = Partition {
-            rec,
-            run: None,
-            epoch: 0,
-            ready_generation: 0,
-            exports: None,
-        };
         let status = status_of(&self.cfg, &p);
         self.parts.insert(name.into(), p);
         Ok(status)
