@@ -36,7 +36,7 @@ mod edit;
 mod follow;
 #[path = "parctl/output.rs"]
 mod output;
-use output::{print_grants, print_status, print_table, status_line};
+use output::{print_doorbells, print_grants, print_status, print_table, status_line};
 
 /// Control parvm partitions through the partition manager.
 ///
@@ -659,16 +659,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                         g.gpa.map(|a| format!(" at {a:#x}")).unwrap_or_default()
                     );
                 }
-                for d in &doorbells {
-                    println!(
-                        "doorbell {}: {} ring {} -> {} {}",
-                        d.id,
-                        d.from,
-                        d.ring,
-                        d.to,
-                        d.target()
-                    );
-                }
+                print_doorbells(&doorbells);
             }
             other => return Err(unexpected(&other)),
         },
@@ -696,16 +687,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 doorbells,
             } => {
                 print_grants(&segments, &grants);
-                for d in &doorbells {
-                    println!(
-                        "doorbell {}: {} ring {} -> {} {}",
-                        d.id,
-                        d.from,
-                        d.ring,
-                        d.to,
-                        d.target()
-                    );
-                }
+                print_doorbells(&doorbells);
             }
             other => return Err(unexpected(&other)),
         },

@@ -3,7 +3,7 @@
 //! bodies, docs/manager.md).
 
 use partition_manager::protocol::{
-    GrantCookie, GrantInfo, GrantState, PartitionStatus, SegmentInfo,
+    grant::DoorbellInfo, GrantCookie, GrantInfo, GrantState, PartitionStatus, SegmentInfo,
 };
 
 use super::pool_view::print_shared;
@@ -149,5 +149,19 @@ pub fn print_status(s: &PartitionStatus) {
     }
     if let Some(c) = &s.cpu {
         print_cpu(c);
+    }
+}
+
+/// The doorbells of `share` and `grants`, one line each.
+pub fn print_doorbells(doorbells: &[DoorbellInfo]) {
+    for d in doorbells {
+        println!(
+            "doorbell {}: {} ring {} -> {} {}",
+            d.id,
+            d.from,
+            d.ring,
+            d.to,
+            d.target()
+        );
     }
 }
